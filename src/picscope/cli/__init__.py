@@ -1,0 +1,31 @@
+"""The `picscope` command line. Each command group lives in its own module and registers on `app`."""
+
+from __future__ import annotations
+
+import sys
+
+from picscope.cli.app import app, run_app
+
+# Command modules register themselves on import.
+from picscope.cli import core as _core  # noqa: E402,F401
+
+
+def _load_optional_commands() -> None:
+    import importlib
+
+    for name in ("eval", "train", "models", "pipeline", "session", "serve", "scale"):
+        try:
+            importlib.import_module(f"picscope.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"picscope.cli.{name}":
+                raise
+
+
+_load_optional_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_app(sys.argv[1:] if argv is None else argv)
+
+
+__all__ = ["app", "main"]

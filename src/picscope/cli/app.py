@@ -1,0 +1,55 @@
+"""The typer app, shared options, and error handling (a `PicscopeError` prints its message, exit 2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from picscope.errors import PicscopeError
+
+app = typer.Typer(
+    name="picscope",
+    help="Find the picture you mean: index folders, search by text or example, refine with feedback.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+LibraryOpt = Annotated[
+    Path | None,
+    typer.Option("--library", "-L", help="library folder [env PICSCOPE_LIBRARY; default: per-user data dir]"),
+]
+
+
+def run_app(argv: list[str]) -> int:
+    try:
+        app(args=argv, prog_name="picscope", standalone_mode=False)
+    except PicscopeError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return 2
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if os.environ.get("PICSCOPE_DEBUG"):
+            raise
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set PICSCOPE_DEBUG=1 for a traceback)")
+        return 1
+    return 0

@@ -1,0 +1,93 @@
+"""Dual encoders behind one interface, built from a spec string.
+
+Specs: `bundled` (trained offline default), `labels` (zero-shot ImageNet-label baseline),
+`hf:<repo id or folder>` (CLIP/SigLIP via transformers), `open-clip:<arch>/<pretrained>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+
+from picscope.encoders.base import BaseEncoder, DualEncoder, l2_normalise
+from picscope.errors import EncoderError
+
+__all__ = ["BaseEncoder", "DualEncoder", "default_encoder_spec", "l2_normalise", "make_encoder", "register"]
+
+_BUILDERS: dict[str, Callable[[str], DualEncoder]] = {}
+
+
+def register(prefix: str) -> Callable[[Callable[[str], DualEncoder]], Callable[[str], DualEncoder]]:
+    """Register a builder for specs `prefix` or `prefix:<argument>`."""
+
+    def deco(fn: Callable[[str], DualEncoder]) -> Callable[[str], DualEncoder]:
+        _BUILDERS[prefix] = fn
+        return fn
+
+    return deco
+
+
+@register("labels")
+def _labels(arg: str) -> DualEncoder:
+    from picscope.encoders.labels import LabelSpaceEncoder
+
+    return LabelSpaceEncoder(temperature=float(arg) if arg else 0.05)
+
+
+@register("hf")
+def _hf(arg: str) -> DualEncoder:
+    if not arg:
+        raise EncoderError("hf: needs a model, e.g. hf:openai/clip-vit-base-patch32 or hf:/path/to/model")
+    from picscope.encoders.hf import HFDualEncoder
+
+    return HFDualEncoder(arg)
+
+
+@register("open-clip")
+def _open_clip(arg: str) -> DualEncoder:
+    if not arg:
+        raise EncoderError("open-clip: needs <arch>/<pretrained>, e.g. open-clip:ViT-B-32/laion2b_s34b_b79k")
+    arch, _, pretrained = arg.partition("/")
+    from picscope.encoders.openclip import OpenClipEncoder
+
+    return OpenClipEncoder(arch, pretrained or None)
+
+
+@register("bundled")
+def _bundled(arg: str) -> DualEncoder:
+    try:
+        from picscope.encoders.bundled import BundledEncoder
+    except ImportError as exc:
+        raise EncoderError(f"the bundled encoder is not available in this build: {exc}") from exc
+    return BundledEncoder(arg or None)
+
+
+def bundled_available() -> bool:
+    try:
+        from picscope.encoders.bundled import weights_present
+    except ImportError:
+        return False
+    return bool(weights_present())
+
+
+def default_encoder_spec() -> str:
+    """`bundled` when its trained weights ship with this build, else the `labels` baseline."""
+    return "bundled" if bundled_available() else "labels"
+
+
+def _split(spec: str) -> tuple[str, str]:
+    spec = spec.strip()
+    for prefix in sorted(_BUILDERS, key=len, reverse=True):
+        if spec == prefix:
+            return prefix, ""
+        if spec.startswith(prefix + ":"):
+            return prefix, spec[len(prefix) + 1 :]
+    known = ", ".join(sorted(_BUILDERS))
+    raise EncoderError(f"unknown encoder spec {spec!r}; known: {known}")
+
+
+@lru_cache(maxsize=8)
+def make_encoder(spec: str) -> DualEncoder:
+    """Build (once per process) the encoder for `spec`."""
+    prefix, arg = _split(spec)
+    return _BUILDERS[prefix](arg)

@@ -1,0 +1,59 @@
+"""The `DualEncoder` interface: images and texts into one L2-normalised vector space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+
+@runtime_checkable
+class DualEncoder(Protocol):
+    """A text/image encoder pair sharing one space. Vectors are float32, L2-normalised, shape (n, dim).
+
+    `name` identifies the weights exactly (a library refuses to mix vectors of different names).
+    `image_size` is the side the image tower wants; decoders may downscale JPEGs to it early.
+    `prepare_image` runs in decode worker threads (resize, normalise); `embed_prepared` batches them.
+    """
+
+    name: str
+    dim: int
+    image_size: int
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def prepare_image(self, image: Image.Image) -> Any: ...
+
+    def embed_prepared(self, prepared: Sequence[Any]) -> np.ndarray: ...
+
+
+class BaseEncoder:
+    """Default plumbing: `embed_images` = prepare each image, then one batched `embed_prepared`."""
+
+    name: str = "base"
+    dim: int = 0
+    image_size: int = 224
+
+    def prepare_image(self, image: Image.Image) -> Any:
+        return image
+
+    def embed_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed_prepared([self.prepare_image(im) for im in images])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)

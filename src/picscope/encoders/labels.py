@@ -1,0 +1,68 @@
+"""`labels`: zero-shot retrieval in ImageNet label space (the baseline that needs no training).
+
+An image becomes sqrt(p), p = its EfficientNet-Lite0 class probabilities; a text becomes sqrt(w),
+w = softmax over the 1000 class names of MiniLM(text)·MiniLM("a photo of a <class>") / T.
+Both are unit vectors, so the dot product is the Bhattacharyya coefficient of two class
+distributions, in [0, 1]. It knows only the 1000 ImageNet classes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from picscope.encoders import towers
+from picscope.encoders.base import BaseEncoder
+from picscope.paths import cache_dir
+
+
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class LabelSpaceEncoder(BaseEncoder):
+    dim = 1000
+    image_size = towers.IMAGE_SIZE
+
+    def __init__(self, temperature: float = 0.05) -> None:
+        self.temperature = temperature
+        self.name = f"labels/efficientnet-lite0+minilm-l6/t{temperature:g}"
+        self._label_emb: np.ndarray | None = None
+
+    def label_embeddings(self) -> np.ndarray:
+        if self._label_emb is None:
+            cache = cache_dir() / "labels-minilm-l6-v1.npy"
+            try:
+                emb = np.load(cache)
+                if emb.shape != (1000, towers.MiniLMTower.dim):
+                    raise ValueError("stale cache")
+            except (OSError, ValueError):
+                prompts = [f"a photo of a {c}" for c in towers.imagenet_classes()]
+                emb = towers.minilm().encode(prompts)
+                tmp = cache.with_suffix(f".{os.getpid()}.npy")
+                np.save(tmp, emb)
+                os.replace(tmp, cache)
+            self._label_emb = emb
+        return self._label_emb
+
+    def prepare_image(self, image: Image.Image) -> Any:
+        return towers.prepare_efficientnet(image)
+
+    def embed_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
+        if not prepared:
+            return np.zeros((0, self.dim), np.float32)
+        _, logits = towers.efficientnet().forward(np.stack(prepared))
+        return np.sqrt(_softmax(logits.astype(np.float64))).astype(np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        q = towers.minilm().encode(list(texts))
+        sims = q @ self.label_embeddings().T
+        return np.sqrt(_softmax(sims.astype(np.float64) / self.temperature)).astype(np.float32)

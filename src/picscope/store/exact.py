@@ -1,0 +1,172 @@
+"""`exact`: brute-force inner-product search over a memory-mapped float32 matrix.
+
+Files in the library folder: `vectors.f32` (rows × dim float32) and `vectors.ids` (rows int64,
+0 = free row). A write goes vectors first, fsync, then ids, fsync: a row is live only once its id
+is durable, so a kill at any moment leaves either the old or the new state of each row. Search is one
+matrix-vector product plus `argpartition`; excluded rows are masked with −inf.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from picscope.errors import StoreError
+from picscope.store.base import Hits, as_queries, topk_from_scores
+
+_GROW_ROWS = 4096
+
+
+class ExactStore:
+    spec = "exact"
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.dim = int(dim)
+        self._vec_path = self.folder / "vectors.f32"
+        self._ids_path = self.folder / "vectors.ids"
+        self._lock = threading.RLock()
+        self._row_of: dict[int, int] | None = None
+        self._open()
+
+    # -- file management -------------------------------------------------------------------
+    def _open(self) -> None:
+        for p in (self._vec_path, self._ids_path):
+            if not p.exists():
+                p.touch()
+        vbytes = self._vec_path.stat().st_size
+        ibytes = self._ids_path.stat().st_size
+        row_bytes = self.dim * 4
+        if vbytes % row_bytes:
+            # A torn append: drop the partial row (its id was never written).
+            with open(self._vec_path, "r+b") as fh:
+                fh.truncate(vbytes - vbytes % row_bytes)
+            vbytes -= vbytes % row_bytes
+        vrows = vbytes // row_bytes
+        irows = ibytes // 8
+        self.capacity = min(vrows, irows)
+        if vrows != irows:
+            # Ids beyond the vector rows cannot be trusted, nor vectors beyond the ids.
+            with open(self._ids_path, "r+b") as fh:
+                fh.truncate(self.capacity * 8)
+            with open(self._vec_path, "r+b") as fh:
+                fh.truncate(self.capacity * row_bytes)
+        self._map()
+
+    def _map(self) -> None:
+        if self.capacity:
+            self._vecs = np.memmap(self._vec_path, dtype=np.float32, mode="r+", shape=(self.capacity, self.dim))
+            self._ids = np.memmap(self._ids_path, dtype=np.int64, mode="r+", shape=(self.capacity,))
+        else:
+            self._vecs = np.zeros((0, self.dim), np.float32)
+            self._ids = np.zeros((0,), np.int64)
+        self._row_of = None
+
+    def _grow(self, need_rows: int) -> None:
+        new_cap = max(need_rows, self.capacity + max(_GROW_ROWS, self.capacity // 2))
+        self._flush_maps()
+        with open(self._vec_path, "r+b") as fh:
+            fh.truncate(new_cap * self.dim * 4)
+        with open(self._ids_path, "r+b") as fh:
+            fh.truncate(new_cap * 8)  # new rows read as id 0 = free
+        self.capacity = new_cap
+        self._map()
+
+    def _flush_maps(self) -> None:
+        if isinstance(self._vecs, np.memmap):
+            self._vecs.flush()
+            self._ids.flush()
+
+    def _index(self) -> dict[int, int]:
+        if self._row_of is None:
+            rows = np.flatnonzero(self._ids)
+            self._row_of = dict(zip(self._ids[rows].tolist(), rows.tolist(), strict=True))
+        return self._row_of
+
+    # -- VectorStore -----------------------------------------------------------------------
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        vecs = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1) if len(ids) else vectors
+        if len(ids) == 0:
+            return
+        if vecs.shape[1] != self.dim:
+            raise StoreError(f"vector dim {vecs.shape[1]} does not match the store's {self.dim}")
+        if (ids <= 0).any():
+            raise StoreError("store ids must be positive integers")
+        if len(np.unique(ids)) != len(ids):
+            raise StoreError("duplicate ids in one upsert")
+        with self._lock:
+            row_of = self._index()
+            rows = np.empty(len(ids), np.int64)
+            free = iter(np.flatnonzero(self._ids == 0).tolist())
+            new_rows: list[int] = []
+            next_row = self.capacity
+            for i, id_ in enumerate(ids.tolist()):
+                row = row_of.get(id_)
+                if row is None:
+                    row = next(free, None)
+                    if row is None:
+                        row = next_row
+                        next_row += 1
+                    new_rows.append(row)
+                rows[i] = row
+            if next_row > self.capacity:
+                self._grow(next_row)
+                row_of = self._index()
+            # 1) vectors, durable  2) ids, durable.
+            self._vecs[rows] = vecs
+            self._vecs.flush()
+            self._ids[rows] = ids
+            self._ids.flush()
+            for id_, row in zip(ids.tolist(), rows.tolist(), strict=True):
+                row_of[id_] = row
+
+    def delete(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        with self._lock:
+            row_of = self._index()
+            rows = [row_of.pop(i) for i in ids.tolist() if i in row_of]
+            if rows:
+                self._ids[rows] = 0
+                self._ids.flush()
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        with self._lock:
+            row_of = self._index()
+            try:
+                rows = [row_of[i] for i in ids.tolist()]
+            except KeyError as exc:
+                raise KeyError(f"id {exc.args[0]} is not in the store") from None
+            return np.array(self._vecs[rows], dtype=np.float32)
+
+    def ids(self) -> np.ndarray:
+        live = self._ids[self._ids > 0]
+        return np.array(live, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._ids))
+
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> Hits:
+        q = as_queries(queries, self.dim)
+        with self._lock:
+            vecs, ids = self._vecs, np.asarray(self._ids)
+        if len(ids) == 0:
+            return topk_from_scores(np.zeros((len(q), 0), np.float32), ids, k)
+        scores = np.asarray(q @ np.asarray(vecs).T, dtype=np.float32)
+        exclude = ids == 0
+        if allowed_ids is not None:
+            exclude |= ~np.isin(ids, np.asarray(allowed_ids, dtype=np.int64))
+        if exclude.any():
+            scores[:, exclude] = -np.inf
+        return topk_from_scores(scores, ids, k)
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush_maps()
+            self._vecs = np.zeros((0, self.dim), np.float32)
+            self._ids = np.zeros((0,), np.int64)
+            self.capacity = 0
