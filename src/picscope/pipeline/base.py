@@ -1,0 +1,40 @@
+"""Shared types of the retrieval pipeline (issue: the unified language-guided pipeline).
+
+A `Request` is any way a person asks: text, reference image + change, or dialogue turns.
+`make_pipeline(spec, library, ...)` (in `picscope.pipeline`) returns a `Pipeline`; `spec` is
+`encoder` (plain dual-encoder search) or `imagescope` (stages 1-3) or a config file path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+from picscope.library import SearchResult
+
+
+@dataclass
+class Request:
+    text: str
+    reference: int | str | Path | Image.Image | None = None  # library id, file path, or image
+    turns: list[str] = field(default_factory=list)  # dialogue turns after the opening `text`
+
+
+@dataclass
+class PipelineOutput:
+    results: list[SearchResult]
+    stages: list[int] = field(default_factory=list)  # stages that actually ran
+    explanation: dict[str, Any] = field(default_factory=dict)
+    model_calls: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    name: str
+
+    def run(self, request: Request, k: int = 10, *, exclude_ids: tuple[int, ...] = ()) -> PipelineOutput: ...
