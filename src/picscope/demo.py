@@ -30,7 +30,6 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "grass": ("grass.png", "grass"),
     "gravel": ("gravel.png", "gravel"),
     "retina": ("retina.jpg", "a photo of a retina"),
-    "eagle": ("eagle.jpg", "an eagle"),
 }
 
 

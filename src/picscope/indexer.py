@@ -285,7 +285,7 @@ class Indexer:
                         hashes.setdefault(w.hash, fid)
                     if w.reuse_id is not None:
                         report.reused += 1
-                    elif prev is None:
+                    elif prev is None or prev[3] == "error":
                         report.added += 1
                     else:
                         report.updated += 1

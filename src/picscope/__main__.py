@@ -1,0 +1,5 @@
+import sys
+
+from picscope.cli import main
+
+sys.exit(main())
