@@ -47,7 +47,8 @@ def test_each_bad_file_is_recorded_and_the_rest_indexes(tmp_path: Path) -> None:
     (folder / "loop").mkdir()
     os.symlink(folder, folder / "loop" / "back-to-top")  # a symlink loop
     raw_name = os.fsencode(str(folder)) + b"/caf\xe9-latin1.jpg"  # not valid UTF-8
-    noise_image(99).save(open(raw_name, "wb"), format="JPEG")
+    with open(raw_name, "wb") as fh:
+        noise_image(99).save(fh, format="JPEG")
 
     with Library.open(tmp_path / "lib", encoder=ENC) as lib:
         report = lib.index(folder)
@@ -81,8 +82,12 @@ def test_status_lists_problem_files(tmp_path: Path, capsys: pytest.CaptureFixtur
     status = json.loads(capsys.readouterr().out)
     assert status["files"] == 2 and status["errors"] == 1
     assert status["problems"] == [
-        {"id": status["problems"][0]["id"], "path": str(folder / "empty.jpg"), "status": "error",
-         "reason": "empty file (0 bytes)"}
+        {
+            "id": status["problems"][0]["id"],
+            "path": str(folder / "empty.jpg"),
+            "status": "error",
+            "reason": "empty file (0 bytes)",
+        }
     ]
 
 

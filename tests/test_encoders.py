@@ -53,11 +53,25 @@ def _tiny_clip(folder: Path) -> Path:
         tokenizer=tok,
     )
     cfg = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 77,
-                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=24,
     )
     del transformers
@@ -97,3 +111,21 @@ def test_open_clip_missing_is_a_clear_error() -> None:
             make_encoder("open-clip:ViT-B-32/laion2b_s34b_b79k")
     else:  # pragma: no cover - only where open_clip is installed
         pytest.skip("open_clip is installed here")
+
+
+def test_onnx_runtime_matches_the_pytorch_reference() -> None:
+    from picscope.encoders import towers
+
+    tower = towers.efficientnet()
+    if tower.runtime != "onnxruntime":
+        pytest.skip("onnxruntime/onnx not installed: PyTorch is the only runtime")
+    x = np.stack([towers.prepare_efficientnet(im) for im, _ in list(sample_images().values())[:4]])
+    pooled, logits = tower.forward(x)
+    saved, tower._ort = tower._ort, None
+    try:
+        ref_pooled, ref_logits = tower.forward(x)
+    finally:
+        tower._ort = saved
+    np.testing.assert_allclose(pooled, ref_pooled, atol=1e-4)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-3)
+    assert (logits.argmax(1) == ref_logits.argmax(1)).all()

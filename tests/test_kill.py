@@ -61,7 +61,9 @@ def test_kill_9_mid_index_then_rerun_equals_uninterrupted(tmp_path: Path) -> Non
     for threshold in (16, 72):  # kill twice, at different points
         proc = subprocess.Popen(
             [sys.executable, "-m", "picscope", "index", str(folder), "--library", str(killed), "--quiet"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 240
         while _count(killed) < threshold and proc.poll() is None and time.monotonic() < deadline:

@@ -124,9 +124,13 @@ def test_missing_library_and_folder_errors(tmp_path: Path) -> None:
 
 def test_concurrent_writer_gets_clear_error(photos: Path, tmp_path: Path) -> None:
     lib_path = tmp_path / "lib"
-    with Library.open(lib_path, encoder=ENC) as a, Library.open(lib_path) as b, a.write_lock():
-        with pytest.raises(LibraryLockedError, match=f"pid {os.getpid()}"):
-            b.index(photos)
+    with (
+        Library.open(lib_path, encoder=ENC) as a,
+        Library.open(lib_path) as b,
+        a.write_lock(),
+        pytest.raises(LibraryLockedError, match=f"pid {os.getpid()}"),
+    ):
+        b.index(photos)
 
 
 def test_orphan_vectors_from_a_crash_are_reconciled(photos: Path, tmp_path: Path) -> None:

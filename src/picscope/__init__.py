@@ -4,6 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from picscope.library import Library, LibraryStatus, SearchResult  # noqa: E402
+from picscope.library import Library, LibraryStatus, SearchResult
 
 __all__ = ["Library", "LibraryStatus", "SearchResult", "__version__"]

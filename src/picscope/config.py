@@ -1,7 +1,8 @@
 """Typed configuration. One file per library (`config.toml`); every key has a default.
 
-Spec strings select backends (see each factory): encoder `bundled|labels|hf:<repo or path>|open-clip:<arch>/<pretrained>`,
-store `exact|ann|milvus:<uri>`, llm and vision specs are resolved by `picscope.models`.
+Spec strings select backends (see each factory): encoder
+`bundled|labels|hf:<repo or path>|open-clip:<arch>/<pretrained>`, store `exact|ann|milvus:<uri>`;
+llm and vision specs are resolved by `picscope.models`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class IndexConfig(BaseModel):
 
     include: list[str] = Field(default_factory=list, description="glob patterns; empty = every image file")
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDES))
-    batch_size: int = Field(32, ge=1, le=4096, description="images per encoder call")
+    batch_size: int = Field(8, ge=1, le=4096, description="images per encoder call")
     commit_every: int = Field(256, ge=1, description="images per transaction: a kill loses at most this many")
     max_pixels: int = Field(100_000_000, ge=1, description="decompression-bomb guard (width*height)")
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
@@ -44,8 +45,8 @@ class PicscopeConfig(BaseModel):
     store: str = "exact"
     llm: str = "bundled"
     vision: str = "socratic"
-    index: IndexConfig = Field(default_factory=IndexConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
+    index: IndexConfig = Field(default_factory=lambda: IndexConfig())
+    search: SearchConfig = Field(default_factory=lambda: SearchConfig())
 
     @classmethod
     def load(cls, path: Path) -> PicscopeConfig:

@@ -68,7 +68,5 @@ def write_demo_folder(folder: Path) -> list[Path]:
         if not path.exists():
             img.save(path, quality=92) if fname.endswith(".jpg") else img.save(path)
         written.append(path)
-    (folder / "DESCRIPTIONS.txt").write_text(
-        "".join(f"{f}\t{d}\n" for f, (_i, d) in samples.items()), encoding="utf-8"
-    )
+    (folder / "DESCRIPTIONS.txt").write_text("".join(f"{f}\t{d}\n" for f, (_i, d) in samples.items()), encoding="utf-8")
     return written

@@ -66,6 +66,7 @@ def decode_image(data: bytes, *, max_pixels: int = 100_000_000, target_size: int
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    img: Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -8,6 +8,7 @@ and the next run redoes exactly that. Vectors whose catalog rows never committed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -120,9 +121,13 @@ class Indexer:
                 work.error = f"cannot read file: {exc.strerror or exc}"
                 work.retry = True
                 return None, work
-            if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns) == (
-                len(data),
-                before.st_mtime_ns,
+            if (
+                (after.st_size, after.st_mtime_ns)
+                == (before.st_size, before.st_mtime_ns)
+                == (
+                    len(data),
+                    before.st_mtime_ns,
+                )
             ):
                 work.size, work.mtime_ns = before.st_size, before.st_mtime_ns
                 return data, work
@@ -260,10 +265,8 @@ class Indexer:
                 reuse_vecs = dict(zip(unique, got, strict=True))
             except KeyError:
                 for rid in unique:  # some source vanished from the store: fall back one by one
-                    try:
+                    with contextlib.suppress(KeyError):
                         reuse_vecs[rid] = self.store.get(np.array([rid], np.int64))[0]
-                    except KeyError:
-                        pass
         with self.catalog.transaction() as db:
             for i, w in enumerate(chunk):
                 raw = w.entry.raw
@@ -276,8 +279,15 @@ class Indexer:
                         w.retry = True
                 if vec is not None and w.error is None:
                     fid = self.catalog.upsert_file(
-                        db, raw=raw, size=w.size, mtime_ns=w.mtime_ns, hash=w.hash,
-                        width=w.width, height=w.height, status="ok", error=None,
+                        db,
+                        raw=raw,
+                        size=w.size,
+                        mtime_ns=w.mtime_ns,
+                        hash=w.hash,
+                        width=w.width,
+                        height=w.height,
+                        status="ok",
+                        error=None,
                     )
                     ids.append(fid)
                     vecs.append(vec)
@@ -302,8 +312,15 @@ class Indexer:
                     )
                 else:
                     self.catalog.upsert_file(
-                        db, raw=raw, size=w.size, mtime_ns=mtime, hash=w.hash,
-                        width=None, height=None, status="error", error=reason,
+                        db,
+                        raw=raw,
+                        size=w.size,
+                        mtime_ns=mtime,
+                        hash=w.hash,
+                        width=None,
+                        height=None,
+                        status="error",
+                        error=reason,
                     )
             if ids:
                 self.store.upsert(np.array(ids, np.int64), np.stack(vecs).astype(np.float32))
@@ -333,4 +350,3 @@ class Indexer:
                 db.execute(f"DELETE FROM files WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             self.store.delete(ids)
         return len(gone)
-

@@ -1,9 +1,9 @@
 """`Library`: the public entry point. A folder holding a catalog, a vector store and a config.
 
-    lib = Library.open("~/.local/share/picscope/library")
-    lib.index("~/Photos")
-    for hit in lib.search("a dog running on the beach", k=5):
-        print(hit.score, hit.path)
+lib = Library.open("~/.local/share/picscope/library")
+lib.index("~/Photos")
+for hit in lib.search("a dog running on the beach", k=5):
+    print(hit.score, hit.path)
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ class Library:
         lib_path = Path(path).expanduser() if path is not None else default_library_path()
         exists = (lib_path / CATALOG).exists()
         if not exists and not create:
-            raise LibraryError(f"no library at {lib_path}; create one with `picscope index FOLDER --library {lib_path}`")
+            raise LibraryError(
+                f"no library at {lib_path}; create one with `picscope index FOLDER --library {lib_path}`"
+            )
         try:
             lib_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -366,4 +368,3 @@ class Library:
             vectors=vectors,
             roots=[p for p, _ in self.catalog.roots()],
         )
-

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from picscope.cli.app import app, run_app
-
 # Command modules register themselves on import.
-from picscope.cli import core as _core  # noqa: E402,F401
+from picscope.cli import core as _core  # noqa: F401
+from picscope.cli.app import app, run_app
 
 
 def _load_optional_commands() -> None:

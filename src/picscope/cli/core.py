@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
@@ -31,7 +31,7 @@ class RichIndexProgress(Progress):
             transient=False,
         )
         self.label = label
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def start(self, total: int) -> None:
         if total == 0:
@@ -80,7 +80,9 @@ def print_report(report: IndexReport, as_json: bool) -> None:
 def index(
     folder: Annotated[Path, typer.Argument(help="folder to index (recursively)")],
     library: LibraryOpt = None,
-    encoder: Annotated[str | None, typer.Option(help="encoder spec for a new library: bundled, labels, hf:…, open-clip:…")] = None,
+    encoder: Annotated[
+        str | None, typer.Option(help="encoder spec for a new library: bundled, labels, hf:…, open-clip:…")
+    ] = None,
     store: Annotated[str | None, typer.Option(help="vector store for a new library: exact, ann, milvus:URI")] = None,
     rebuild: Annotated[bool, typer.Option(help="drop all vectors and re-encode (e.g. with a new --encoder)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,

@@ -56,7 +56,7 @@ class HFDualEncoder(BaseEncoder):
         self.model_type = getattr(cfg, "model_type", "clip")
         proj = getattr(cfg, "projection_dim", None)
         text_cfg = getattr(cfg, "text_config", None)
-        self.dim = int(proj or getattr(text_cfg, "hidden_size", 0))
+        self.dim = int(proj or getattr(text_cfg, "hidden_size", 0) or 0)
         vision_cfg = getattr(cfg, "vision_config", None)
         self.image_size = int(getattr(vision_cfg, "image_size", 224))
         self.max_text_tokens = int(getattr(text_cfg, "max_position_embeddings", 77))
@@ -83,7 +83,10 @@ class HFDualEncoder(BaseEncoder):
         torch = self._torch
         padding: Any = "max_length" if self.model_type.startswith("siglip") else True
         tok = self.processor(
-            text=list(texts), return_tensors="pt", padding=padding, truncation=True,
+            text=list(texts),
+            return_tensors="pt",
+            padding=padding,
+            truncation=True,
             max_length=self.max_text_tokens,
         )
         inputs = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}

@@ -35,13 +35,12 @@ def _exact(arg: str, folder: Path, dim: int) -> VectorStore:
 
 def _load_optional() -> None:
     """Import optional store modules so that they register themselves."""
+    import contextlib
     import importlib
 
     for mod in ("picscope.store.ann", "picscope.store.milvus"):
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(mod)
-        except ImportError:
-            pass
 
 
 def make_store(spec: str, folder: Path, dim: int) -> VectorStore:

@@ -49,7 +49,7 @@ def _v1(db: sqlite3.Connection) -> None:
         CREATE INDEX IF NOT EXISTS files_hash ON files(hash);
         CREATE INDEX IF NOT EXISTS files_path ON files(path);
         CREATE TABLE IF NOT EXISTS roots (raw BLOB PRIMARY KEY, path TEXT NOT NULL, last_scan REAL);
-        """
+        """,
     )
 
 
@@ -177,9 +177,7 @@ class Catalog:
         with self._lock:
             return [
                 r[0]
-                for r in self.db.execute(
-                    "SELECT id FROM files WHERE status='ok' AND path LIKE ? ESCAPE '\\'", (like,)
-                )
+                for r in self.db.execute("SELECT id FROM files WHERE status='ok' AND path LIKE ? ESCAPE '\\'", (like,))
             ]
 
     def ok_by_hash(self) -> dict[str, int]:
@@ -231,9 +229,7 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self.db.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall()
-            stale = self.db.execute(
-                "SELECT COUNT(*) FROM files WHERE status='ok' AND error IS NOT NULL"
-            ).fetchone()[0]
+            stale = self.db.execute("SELECT COUNT(*) FROM files WHERE status='ok' AND error IS NOT NULL").fetchone()[0]
         out = {"ok": 0, "error": 0}
         out.update({s: int(n) for s, n in rows})
         out["stale"] = int(stale)

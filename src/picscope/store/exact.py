@@ -19,6 +19,12 @@ from picscope.store.base import Hits, as_queries, topk_from_scores
 _GROW_ROWS = 4096
 
 
+def _flush(arr: np.ndarray) -> None:
+    """msync a memory map (a no-op for the empty in-memory arrays of an empty store)."""
+    if isinstance(arr, np.memmap):
+        arr.flush()
+
+
 class ExactStore:
     spec = "exact"
 
@@ -56,6 +62,9 @@ class ExactStore:
                 fh.truncate(self.capacity * row_bytes)
         self._map()
 
+    _vecs: np.ndarray
+    _ids: np.ndarray
+
     def _map(self) -> None:
         if self.capacity:
             self._vecs = np.memmap(self._vec_path, dtype=np.float32, mode="r+", shape=(self.capacity, self.dim))
@@ -76,9 +85,8 @@ class ExactStore:
         self._map()
 
     def _flush_maps(self) -> None:
-        if isinstance(self._vecs, np.memmap):
-            self._vecs.flush()
-            self._ids.flush()
+        _flush(self._vecs)
+        _flush(self._ids)
 
     def _index(self) -> dict[int, int]:
         if self._row_of is None:
@@ -118,9 +126,9 @@ class ExactStore:
                 row_of = self._index()
             # 1) vectors, durable  2) ids, durable.
             self._vecs[rows] = vecs
-            self._vecs.flush()
+            _flush(self._vecs)
             self._ids[rows] = ids
-            self._ids.flush()
+            _flush(self._ids)
             for id_, row in zip(ids.tolist(), rows.tolist(), strict=True):
                 row_of[id_] = row
 
@@ -131,7 +139,7 @@ class ExactStore:
             rows = [row_of.pop(i) for i in ids.tolist() if i in row_of]
             if rows:
                 self._ids[rows] = 0
-                self._ids.flush()
+                _flush(self._ids)
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).ravel()
