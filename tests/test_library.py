@@ -144,3 +144,21 @@ def test_orphan_vectors_from_a_crash_are_reconciled(photos: Path, tmp_path: Path
         removed, missing = lib.reconcile()
         assert (removed, missing) == (1, 0)
         assert len(lib.store) == n
+
+
+def test_include_exclude_globs_and_hidden_folders(tmp_path: Path) -> None:
+    from picscope.cli import main
+
+    folder = tmp_path / "photos"
+    write_images(folder / "keep", 2)
+    write_images(folder / "raw", 2, prefix="raw")
+    write_images(folder / ".thumbnails", 2, prefix="thumb")  # hidden: skipped by default
+    lib_path = tmp_path / "lib"
+    args = ["index", str(folder), "--library", str(lib_path), "--encoder", ENC, "--quiet"]
+    assert main([*args, "--exclude", "raw/*"]) == 0
+    with Library.open(lib_path) as lib:
+        paths = sorted(r.path for r in lib.catalog.all())
+        assert [Path(p).parent.name for p in paths] == ["keep", "keep"]
+    assert main([*args, "--include", "raw/*", "--exclude", "nothing"]) == 0  # saved config changes; raw in, keep out
+    with Library.open(lib_path) as lib:
+        assert sorted(Path(r.path).parent.name for r in lib.catalog.all()) == ["raw", "raw"]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from picscope.errors import ConfigError
 
-DEFAULT_EXCLUDES = ["**/.*", "**/.*/**", "**/@eaDir/**", "**/__MACOSX/**"]
+DEFAULT_EXCLUDES = [".*", "**/.*", "**/@eaDir/**", "@eaDir/**", "**/__MACOSX/**", "__MACOSX/**"]
 
 
 class IndexConfig(BaseModel):

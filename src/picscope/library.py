@@ -142,6 +142,10 @@ class Library:
             self._store = None
         self.catalog.close()
 
+    def save_config(self) -> None:
+        """Persist `self.config` (e.g. after changing index globs) to the library's config.toml."""
+        self.config.save(self.path / CONFIG)
+
     # -- components ----------------------------------------------------------------------------
     @property
     def encoder_spec(self) -> str:

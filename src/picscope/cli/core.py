@@ -12,6 +12,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from picscope.cli.app import LibraryOpt, app, err, out
+from picscope.config import DEFAULT_EXCLUDES
 from picscope.indexer import IndexReport, Progress
 from picscope.library import Library, SearchResult
 
@@ -85,11 +86,23 @@ def index(
     ] = None,
     store: Annotated[str | None, typer.Option(help="vector store for a new library: exact, ann, milvus:URI")] = None,
     rebuild: Annotated[bool, typer.Option(help="drop all vectors and re-encode (e.g. with a new --encoder)")] = False,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="only files matching this glob (repeatable; saved)")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="skip files/folders matching this glob (repeatable; saved)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Index FOLDER into the library: new, changed, renamed and deleted files are picked up."""
     lib = Library.open(library, encoder=None if rebuild else encoder, store=store)
+    if include is not None or exclude is not None:
+        if include is not None:
+            lib.config.index.include = include
+        if exclude is not None:
+            lib.config.index.exclude = [*DEFAULT_EXCLUDES, *exclude]
+        lib.save_config()
     try:
         progress = None if (quiet or as_json) else RichIndexProgress()
         report = lib.index(folder, progress=progress, rebuild=rebuild, encoder=encoder)
