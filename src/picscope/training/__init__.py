@@ -1,0 +1,1 @@
+"""Training the `bundled` dual encoder: cached frozen-tower features, projection heads, evaluation."""
