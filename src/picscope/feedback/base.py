@@ -24,6 +24,7 @@ class FeedbackState:
     round: int = 0
     notes: list[str] = field(default_factory=list)  # why the query changed, one line per round
     model_calls: int = 0
+    anchor_vector: np.ndarray | None = None  # the round-0 query vector (e.g. of a composed query)
 
 
 @runtime_checkable

@@ -155,7 +155,7 @@ def train(
         history.append({"epoch": epoch, "loss": float(loss.detach()), **m})
         log(
             f"epoch {epoch:3d}  loss {float(loss.detach()):.3f}  dev R@1 {m['t2i_r@1']:.1f}  R@5 {m['t2i_r@5']:.1f}  "
-            f"R@10 {m['t2i_r@10']:.1f}  T {1 / float(logit_scale.exp()):.3f}"
+            f"R@10 {m['t2i_r@10']:.1f}  T {1 / float(logit_scale.detach().exp()):.3f}"
         )
         if score > best["score"]:
             best = {

@@ -1,0 +1,94 @@
+"""Commands: `picscope eval DATASET_DIR --out REPORT_DIR ...` and `picscope dataset KIND OUT` builders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from picscope.cli.app import app, err, out
+
+dataset_app = typer.Typer(help="Build evaluation datasets (folder format: images/ + queries.jsonl).", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[Path, typer.Argument(help="dataset folder: images/ + queries.jsonl")],
+    out_dir: Annotated[Path, typer.Option("--out", help="report folder")],
+    encoder: Annotated[str | None, typer.Option(help="encoder spec (default: the default encoder)")] = None,
+    pipeline: Annotated[str, typer.Option(help="encoder (plain dual-encoder search)")] = "encoder",
+    stages: Annotated[str | None, typer.Option(help="pipeline stages, e.g. 1,2,3")] = None,
+    limit: Annotated[int | None, typer.Option(help="evaluate N queries (seeded sample)")] = None,
+    seed: Annotated[int, typer.Option(help="seed for sampling and simulated users")] = 0,
+    feedback: Annotated[str | None, typer.Option(help="none | rocchio (interactive rounds)")] = None,
+    rounds: Annotated[int, typer.Option(help="feedback rounds after the first page")] = 3,
+    user: Annotated[str, typer.Option(help="simulated user: oracle | noisy | budgeted")] = "oracle",
+    page_size: Annotated[int, typer.Option(help="images shown per round")] = 10,
+    max_seconds: Annotated[float | None, typer.Option(help="time budget for the whole run")] = None,
+) -> None:
+    """Evaluate retrieval on a dataset folder; writes metrics.json, per_query.json, report.md and plots."""
+    from picscope.eval.report import write_report
+    from picscope.eval.runner import RunConfig, run
+
+    cfg = RunConfig(
+        encoder=encoder,
+        pipeline=pipeline,
+        stages=tuple(int(s) for s in stages.split(",")) if stages else None,
+        limit=limit,
+        seed=seed,
+        feedback=feedback,
+        rounds=rounds,
+        user=user,
+        page_size=page_size,
+        max_seconds=max_seconds,
+    )
+    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task("eval", total=None)
+        result = run(dataset, cfg, progress=lambda n, total: bar.update(task, completed=n, total=total))
+    files = write_report(result, out_dir)
+    m = result.metrics
+    out.print(
+        f"{m['queries']} queries: R@1 {100 * m['recall@1']:.1f}  R@5 {100 * m['recall@5']:.1f}  "
+        f"R@10 {100 * m['recall@10']:.1f}  hits@10 {100 * m['hits@10']:.1f}  MRR {m['mrr']:.3f}  "
+        f"median rank {m['median_rank']:.0f}"
+    )
+    if "rounds" in m:
+        out.print("recall over shown images per round: " + "  ".join(f"{100 * r['recall']:.1f}" for r in m["rounds"]))
+    out.print(f"report: {', '.join(str(f) for f in files)}")
+
+
+@dataset_app.command("flickr8k")
+def ds_flickr8k(
+    out_dir: Path, split: str = "dev", limit: Annotated[int | None, typer.Option(help="first N images")] = None
+) -> None:
+    """Flickr8k text→image (from the shared data; images are symlinked)."""
+    from picscope.eval.builders import build_flickr8k
+
+    out.print(f"wrote {build_flickr8k(out_dir, split, limit)}")
+
+
+@dataset_app.command("msrvtt-frames")
+def ds_msrvtt(out_dir: Path) -> None:
+    """MSR-VTT 1k-A frames (subset): multi-positive, all frames of a clip are relevant."""
+    from picscope.eval.builders import build_msrvtt_frames
+
+    out.print(f"wrote {build_msrvtt_frames(out_dir)}")
+
+
+@dataset_app.command("caption-dialog")
+def ds_dialog(out_dir: Path, split: str = "dev", limit: int | None = None) -> None:
+    """caption-as-dialog (Flickr8k): round r adds the image's r-th extra caption."""
+    from picscope.eval.builders import build_caption_dialog
+
+    out.print(f"wrote {build_caption_dialog(out_dir, split, limit)}")
+
+
+@dataset_app.command("templated-cir")
+def ds_cir(out_dir: Path, split: str = "dev", limit: int | None = None) -> None:
+    """templated CIR (Flickr8k-derived): reference image + templated change → target."""
+    from picscope.eval.builders import build_templated_cir
+
+    out.print(f"wrote {build_templated_cir(out_dir, split, limit)}")

@@ -1,0 +1,218 @@
+"""Run a dataset through a retrieval configuration and compute every metric per query.
+
+Libraries are cached per (dataset gallery, encoder) under the cache folder, so a re-run re-embeds nothing, and
+exact search makes a re-run reproduce the numbers exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from picscope.encoders import default_encoder_spec
+from picscope.errors import ConfigError
+from picscope.eval import metrics as M
+from picscope.eval.dataset import Dataset, Query, load_dataset
+from picscope.eval.users import make_user
+from picscope.feedback.base import FeedbackState
+from picscope.library import Library
+from picscope.paths import cache_dir
+
+KS = (1, 5, 10, 50)
+
+
+@dataclass
+class RunConfig:
+    encoder: str | None = None
+    pipeline: str = "encoder"
+    stages: tuple[int, ...] | None = None
+    limit: int | None = None
+    seed: int = 0
+    feedback: str | None = None  # none | rocchio | caption | rewrite | combined
+    rounds: int = 3
+    user: str = "oracle"
+    page_size: int = 10
+    max_seconds: float | None = None  # stop early (and say so) once this much time is spent
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, Any]
+    per_query: list[dict[str, Any]] = field(default_factory=list)
+
+
+def library_for(ds: Dataset, encoder: str, progress: Any = None) -> Library:
+    slug = hashlib.sha256(f"{ds.root.resolve()}|{ds.fingerprint()}|{encoder}".encode()).hexdigest()[:16]
+    lib = Library.open(cache_dir() / "eval-libraries" / f"{ds.name}-{slug}", encoder=encoder)
+    lib.index(ds.root / "images", progress=progress)
+    return lib
+
+
+def _select(queries: list[Query], limit: int | None, seed: int) -> list[Query]:
+    if limit is None or limit >= len(queries):
+        return queries
+    rng = random.Random(seed)
+    return sorted(rng.sample(queries, limit), key=lambda q: queries.index(q))
+
+
+class _Index:
+    """Maps between library ids and the dataset's image keys (paths relative to the dataset root)."""
+
+    def __init__(self, lib: Library, ds: Dataset) -> None:
+        root = str(ds.root.absolute())
+        self.key_of: dict[int, str] = {}
+        for rec in lib.catalog.all("ok"):
+            self.key_of[rec.id] = os.path.relpath(rec.path, root)
+        self.id_of = {k: i for i, k in self.key_of.items()}
+        self.size = len(self.key_of)
+
+
+def _ranking(lib: Library, idx: _Index, vec: np.ndarray, exclude: list[int]) -> list[str]:
+    hits = lib.search_vector(vec, idx.size, exclude_ids=exclude)
+    return [idx.key_of[h.id] for h in hits]
+
+
+def _query_vector(lib: Library, idx: _Index, q: Query, turns_upto: int | None = None) -> tuple[np.ndarray, list[int]]:
+    text = q.text
+    if q.turns and turns_upto:
+        text = " ".join([q.text, *q.turns[:turns_upto]])
+    vec = lib.embed_texts([text])[0]
+    exclude: list[int] = []
+    if q.reference:
+        ref_id = idx.id_of[q.reference]
+        exclude = [ref_id]
+        vec = vec + lib.vectors([ref_id])[0]  # encoder baseline for composed queries: sum of embeddings
+        vec = (vec / np.linalg.norm(vec)).astype(np.float32)
+    return vec, exclude
+
+
+def _metrics_for(ranking: list[str], relevant: set[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k in KS:
+        out[f"recall@{k}"] = M.recall_at_k(ranking, relevant, k)
+    out["hits@10"] = M.hits_at_k(ranking, relevant, 10)
+    out["map@10"] = M.average_precision_at_k(ranking, relevant, 10)
+    out["ndcg@10"] = M.ndcg_at_k(ranking, relevant, 10)
+    out["mrr"] = M.reciprocal_rank(ranking, relevant)
+    out["first_rank"] = float(M.first_rank(ranking, relevant) or len(ranking) + 1)
+    return out
+
+
+def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], None] | None = None) -> RunResult:
+    ds = load_dataset(dataset_dir)
+    encoder = cfg.encoder or default_encoder_spec()
+    if cfg.pipeline != "encoder":
+        raise ConfigError(
+            f"pipeline {cfg.pipeline!r} is not available in this build (the three-stage pipeline is not implemented "
+            "yet); use --pipeline encoder"
+        )
+    lib = library_for(ds, encoder)
+    try:
+        idx = _Index(lib, ds)
+        queries = _select(ds.queries, cfg.limit, cfg.seed)
+        per_query: list[dict[str, Any]] = []
+        started = time.perf_counter()
+        stopped_early = False
+        for n, q in enumerate(queries, start=1):
+            if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds:
+                stopped_early = True
+                break
+            t0 = time.perf_counter()
+            relevant = set(q.relevant)
+            vec, exclude = _query_vector(lib, idx, q)
+            ranking = _ranking(lib, idx, vec, exclude)
+            row: dict[str, Any] = {"id": q.id, "text": q.text, "relevant": len(relevant), **_metrics_for(ranking, relevant)}
+            row["top10"] = ranking[:10]
+            if q.turns:
+                rankings = [ranking] + [
+                    _ranking(lib, idx, *_query_vector(lib, idx, q, r)) for r in range(1, len(q.turns) + 1)
+                ]
+                row["dialog_hits@10"] = M.cumulative_hits(rankings, relevant, 10)
+            if cfg.feedback:
+                row["rounds"] = _interactive(lib, idx, q, vec, exclude, cfg)
+            row["seconds"] = time.perf_counter() - t0
+            row["model_calls"] = 0
+            per_query.append(row)
+            if progress:
+                progress(n, len(queries))
+        metrics = _aggregate(per_query, ds, cfg, encoder, lib)
+        metrics["stopped_early"] = stopped_early
+        return RunResult(metrics, per_query)
+    finally:
+        lib.close()
+
+
+def _interactive(
+    lib: Library, idx: _Index, q: Query, vec: np.ndarray, exclude: list[int], cfg: RunConfig
+) -> list[dict[str, float]]:
+    from picscope.feedback import make_strategy
+
+    strategy = make_strategy(cfg.feedback or "none", lib)
+    user = make_user(cfg.user, seed=cfg.seed + hash(q.id) % 10_000)
+    relevant = set(q.relevant)
+    state = FeedbackState(q.text, q.text, vec, anchor_vector=vec)
+    shown: list[str] = []
+    rounds = []
+    for r in range(cfg.rounds + 1):
+        excl = exclude + [idx.id_of[s] for s in shown]
+        page = [h for h in _ranking(lib, idx, state.query_vector, excl)[: cfg.page_size]]
+        shown.extend(page)
+        found = len(relevant.intersection(shown))
+        rounds.append({"round": r, "shown": len(shown), "recall": found / len(relevant), "hit": float(found > 0)})
+        if r == cfg.rounds:
+            break
+        marks = user.mark(page, relevant)
+        state = strategy.update(state, [idx.id_of[s] for s in marks.relevant], [idx.id_of[s] for s in marks.not_relevant])
+    return rounds
+
+
+def _aggregate(rows: list[dict[str, Any]], ds: Dataset, cfg: RunConfig, encoder: str, lib: Library) -> dict[str, Any]:
+    n = len(rows)
+    mean = lambda key: float(np.mean([r[key] for r in rows])) if rows else float("nan")  # noqa: E731
+    out: dict[str, Any] = {
+        "dataset": str(ds.root),
+        "gallery": len(ds.gallery),
+        "queries": n,
+        "relevant_per_query": mean("relevant"),
+        "encoder": lib.catalog.get_meta("encoder_name") or encoder,
+        "pipeline": cfg.pipeline,
+        "seed": cfg.seed,
+    }
+    for k in KS:
+        out[f"recall@{k}"] = mean(f"recall@{k}")
+    for key in ("hits@10", "map@10", "ndcg@10", "mrr"):
+        out[key] = mean(key)
+    out["median_rank"] = M.median([r["first_rank"] for r in rows])
+    out["seconds_per_query"] = mean("seconds")
+    out["model_calls_per_query"] = mean("model_calls")
+    dialog = [r["dialog_hits@10"] for r in rows if "dialog_hits@10" in r]
+    if dialog:
+        width = max(map(len, dialog))
+        out["dialog_hits@10"] = [
+            float(np.mean([d[min(i, len(d) - 1)] for d in dialog])) for i in range(width)
+        ]
+    if cfg.feedback:
+        out["feedback"] = cfg.feedback
+        out["user"] = cfg.user
+        out["page_size"] = cfg.page_size
+        out["rounds"] = []
+        for r in range(cfg.rounds + 1):
+            recall = float(np.mean([row["rounds"][r]["recall"] for row in rows]))
+            out["rounds"].append(
+                {
+                    "round": r,
+                    "shown": cfg.page_size * (r + 1),
+                    f"recall@{cfg.page_size * (r + 1)}": recall,
+                    "recall": recall,
+                    "hits": float(np.mean([row["rounds"][r]["hit"] for row in rows])),
+                }
+            )
+    return out
