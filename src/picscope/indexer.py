@@ -27,6 +27,7 @@ from picscope.imageio import decode_image
 from picscope.scan import ScanEntry, ScanResult, scan
 from picscope.store.base import VectorStore
 from picscope.store.catalog import Catalog, display_path
+from picscope.store.meta import FileMeta, SupportsMeta
 
 RETRY_MTIME = -1  # recorded for read errors so the next run retries them whatever the stat says
 
@@ -256,6 +257,7 @@ class Indexer:
             return
         ids: list[int] = []
         vecs: list[np.ndarray] = []
+        metas: list[FileMeta] = []
         reuse = [w.reuse_id for w in chunk if w.reuse_id is not None]
         reuse_vecs: dict[int, np.ndarray] = {}
         if reuse:
@@ -291,6 +293,7 @@ class Indexer:
                     )
                     ids.append(fid)
                     vecs.append(vec)
+                    metas.append(FileMeta(display_path(raw), w.mtime_ns))
                     if w.hash:
                         hashes.setdefault(w.hash, fid)
                     if w.reuse_id is not None:
@@ -323,7 +326,11 @@ class Indexer:
                         error=reason,
                     )
             if ids:
-                self.store.upsert(np.array(ids, np.int64), np.stack(vecs).astype(np.float32))
+                id_arr, vec_arr = np.array(ids, np.int64), np.stack(vecs).astype(np.float32)
+                if isinstance(self.store, SupportsMeta):  # stores that filter by path/date on their side
+                    self.store.upsert_with_meta(id_arr, vec_arr, metas)
+                else:
+                    self.store.upsert(id_arr, vec_arr)
 
     def _remove_missing(
         self,

@@ -29,6 +29,7 @@ from picscope.indexer import RETRY_MTIME, Indexer, IndexReport, Progress
 from picscope.paths import default_library_path
 from picscope.store import VectorStore, make_store
 from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord
+from picscope.store.meta import MetaFilter
 
 CATALOG = "catalog.sqlite"
 CONFIG = "config.toml"
@@ -222,6 +223,9 @@ class Library:
 
     def _reset(self, encoder_spec: str) -> None:
         """Drop every vector (and, for a new encoder, the store) so the next run re-encodes."""
+        drop = getattr(self.store, "drop", None) if self.dim is not None else None
+        if callable(drop):
+            drop()  # data outside the store folder (a Milvus server collection)
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -294,15 +298,23 @@ class Library:
         if k <= 0:
             raise ValueError("k must be positive")
         allowed: np.ndarray | None = None
+        store_filter: MetaFilter | None = None
         if path_prefix:
             prefix = os.path.abspath(os.path.expanduser(path_prefix))
-            allowed = np.array(self.catalog.ids_with_prefix(prefix), np.int64)
+            if getattr(self.store, "supports_filter", False):
+                store_filter = MetaFilter(path_prefix=prefix)  # filtered on the store's side (Milvus)
+            else:
+                allowed = np.array(self.catalog.ids_with_prefix(prefix), np.int64)
         if allowed_ids is not None:
             a = np.asarray(list(allowed_ids), np.int64)
             allowed = a if allowed is None else np.intersect1d(allowed, a)
         excluded = set(int(i) for i in exclude_ids)
         want = k + len(excluded) + 8
-        hits = self.store.search(np.asarray(vector, np.float32)[None, :], want, allowed).row(0)
+        query = np.asarray(vector, np.float32)[None, :]
+        if store_filter is not None:
+            hits = self.store.search(query, want, allowed, filter=store_filter).row(0)  # type: ignore[call-arg]
+        else:
+            hits = self.store.search(query, want, allowed).row(0)
         records = self.catalog.get_many(i for i, _ in hits)
         out: list[SearchResult] = []
         for fid, score in hits:

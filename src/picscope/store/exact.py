@@ -172,6 +172,16 @@ class ExactStore:
             scores[:, exclude] = -np.inf
         return topk_from_scores(scores, ids, k)
 
+    def drop(self) -> None:
+        """Delete this store's files (after the library moved to another store)."""
+        with self._lock:
+            self._vecs = np.zeros((0, self.dim), np.float32)
+            self._ids = np.zeros((0,), np.int64)
+            self.capacity = 0
+            self._row_of = None
+            self._vec_path.unlink(missing_ok=True)
+            self._ids_path.unlink(missing_ok=True)
+
     def close(self) -> None:
         with self._lock:
             self._flush_maps()
