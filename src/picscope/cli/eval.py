@@ -10,7 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from picscope.cli.app import app, err, out
 
-dataset_app = typer.Typer(help="Build evaluation datasets (folder format: images/ + queries.jsonl).", no_args_is_help=True)
+dataset_app = typer.Typer(
+    help="Build evaluation datasets (folder format: images/ + queries.jsonl).", no_args_is_help=True
+)
 app.add_typer(dataset_app, name="dataset")
 
 
@@ -45,7 +47,9 @@ def eval_cmd(
         page_size=page_size,
         max_seconds=max_seconds,
     )
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err) as bar:
+    with Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+    ) as bar:
         task = bar.add_task("eval", total=None)
         result = run(dataset, cfg, progress=lambda n, total: bar.update(task, completed=n, total=total))
     files = write_report(result, out_dir)
@@ -92,3 +96,64 @@ def ds_cir(out_dir: Path, split: str = "dev", limit: int | None = None) -> None:
     from picscope.eval.builders import build_templated_cir
 
     out.print(f"wrote {build_templated_cir(out_dir, split, limit)}")
+
+
+@dataset_app.command("from-video")
+def ds_video(
+    videos: Annotated[Path, typer.Argument(help="folder of <video_id>.mp4 files")],
+    captions: Annotated[Path, typer.Argument(help="MSRVTT_JSFUSION_test.csv or MSRVTT_data.json")],
+    out_dir: Annotated[Path, typer.Argument(help="dataset folder to write")],
+    mode: Annotated[str, typer.Option(help="uniform | shots")] = "uniform",
+    n: Annotated[int, typer.Option(help="frames per clip (uniform)")] = 8,
+    shot_threshold: Annotated[float, typer.Option(help="histogram change that starts a new shot")] = 0.3,
+    dedup: Annotated[int, typer.Option(help="drop frames within this many dHash bits of a kept one; -1 = off")] = 4,
+) -> None:
+    """Videos → frames → multi-positive queries (the interactive-retrieval paper's MSR-VTT recipe)."""
+    from picscope.eval.video import build_from_videos
+
+    stats = build_from_videos(
+        videos, captions, out_dir, mode=mode, n=n, shot_threshold=shot_threshold, dedup_distance=dedup
+    )
+    out.print(
+        f"wrote {out_dir}: {stats.videos} clips, {stats.frames_kept} frames kept of {stats.frames_sampled} sampled "
+        f"({stats.duplicates_removed} near-duplicates removed)"
+    )
+
+
+@dataset_app.command("convert")
+def ds_convert(
+    kind: Annotated[str, typer.Argument(help="karpathy | hf-csv | cirr | circo | fashioniq | visdial")],
+    files: Annotated[
+        list[Path], typer.Argument(help="annotation file(s) then the image root, as in `docs/evaluation.md`")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="dataset folder to write")],
+    split: Annotated[str, typer.Option(help="Karpathy split")] = "test",
+) -> None:
+    """Convert a public benchmark from your local copy into a dataset folder (images are symlinked)."""
+    from picscope.eval import public
+
+    def need(count: int) -> None:
+        if len(files) != count:
+            raise typer.BadParameter(f"{kind} needs {count} paths, got {len(files)}")
+
+    if kind == "karpathy":
+        need(2)
+        public.karpathy(files[0], files[1], out_dir, split)
+    elif kind == "hf-csv":
+        need(2)
+        public.hf_retrieval_csv(files[0], files[1], out_dir)
+    elif kind == "cirr":
+        need(3)
+        public.cirr(files[0], files[1], files[2], out_dir)
+    elif kind == "circo":
+        need(2)
+        public.circo(files[0], files[1], out_dir)
+    elif kind == "fashioniq":
+        need(3)
+        public.fashioniq(files[0], files[1], files[2], out_dir)
+    elif kind == "visdial":
+        need(3)
+        public.visdial(files[0], files[1], files[2], out_dir)
+    else:
+        raise typer.BadParameter(f"unknown benchmark {kind!r}")
+    out.print(f"wrote {out_dir}")

@@ -49,7 +49,9 @@ def write_report(result: RunResult, out: Path) -> list[Path]:
             "| round | images shown | recall | hits |",
             "|---|---|---|---|",
         ]
-        lines += [f"| {r['round']} | {r['shown']} | {100 * r['recall']:.2f} | {100 * r['hits']:.2f} |" for r in m["rounds"]]
+        lines += [
+            f"| {r['round']} | {r['shown']} | {100 * r['recall']:.2f} | {100 * r['hits']:.2f} |" for r in m["rounds"]
+        ]
     if m.get("stopped_early"):
         lines += ["", "**Stopped early: the time budget ran out; the numbers cover the queries run.**"]
     lines += ["", "## Definitions", "", *_definitions()]

@@ -80,11 +80,27 @@ def _ranking(lib: Library, idx: _Index, vec: np.ndarray, exclude: list[int]) -> 
     return [idx.key_of[h.id] for h in hits]
 
 
-def _query_vector(lib: Library, idx: _Index, q: Query, turns_upto: int | None = None) -> tuple[np.ndarray, list[int]]:
-    text = q.text
-    if q.turns and turns_upto:
-        text = " ".join([q.text, *q.turns[:turns_upto]])
-    vec = lib.embed_texts([text])[0]
+def _texts(q: Query) -> list[str]:
+    """The query text of round 0 and of each dialogue round (all turns so far, concatenated)."""
+    turns = q.turns or ()
+    return [q.text] + [" ".join([q.text, *turns[:r]]) for r in range(1, len(turns) + 1)]
+
+
+class _TextVectors:
+    """Query texts embedded in large batches up front (one model call per 256 texts, not per query)."""
+
+    def __init__(self, lib: Library, queries: list[Query]) -> None:
+        texts = sorted({t for q in queries for t in _texts(q)})
+        self.vec: dict[str, np.ndarray] = {}
+        for start in range(0, len(texts), 256):
+            chunk = texts[start : start + 256]
+            self.vec.update(zip(chunk, lib.embed_texts(chunk), strict=True))
+
+
+def _query_vector(
+    lib: Library, idx: _Index, tv: _TextVectors, q: Query, turns_upto: int = 0
+) -> tuple[np.ndarray, list[int]]:
+    vec = tv.vec[_texts(q)[turns_upto]]
     exclude: list[int] = []
     if q.reference:
         ref_id = idx.id_of[q.reference]
@@ -120,6 +136,8 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
         queries = _select(ds.queries, cfg.limit, cfg.seed)
         per_query: list[dict[str, Any]] = []
         started = time.perf_counter()
+        tv = _TextVectors(lib, queries)
+        embed_seconds = (time.perf_counter() - started) / max(len(queries), 1)
         stopped_early = False
         for n, q in enumerate(queries, start=1):
             if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds:
@@ -127,18 +145,23 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
                 break
             t0 = time.perf_counter()
             relevant = set(q.relevant)
-            vec, exclude = _query_vector(lib, idx, q)
+            vec, exclude = _query_vector(lib, idx, tv, q)
             ranking = _ranking(lib, idx, vec, exclude)
-            row: dict[str, Any] = {"id": q.id, "text": q.text, "relevant": len(relevant), **_metrics_for(ranking, relevant)}
+            row: dict[str, Any] = {
+                "id": q.id,
+                "text": q.text,
+                "relevant": len(relevant),
+                **_metrics_for(ranking, relevant),
+            }
             row["top10"] = ranking[:10]
             if q.turns:
                 rankings = [ranking] + [
-                    _ranking(lib, idx, *_query_vector(lib, idx, q, r)) for r in range(1, len(q.turns) + 1)
+                    _ranking(lib, idx, *_query_vector(lib, idx, tv, q, r)) for r in range(1, len(q.turns) + 1)
                 ]
                 row["dialog_hits@10"] = M.cumulative_hits(rankings, relevant, 10)
             if cfg.feedback:
                 row["rounds"] = _interactive(lib, idx, q, vec, exclude, cfg)
-            row["seconds"] = time.perf_counter() - t0
+            row["seconds"] = time.perf_counter() - t0 + embed_seconds
             row["model_calls"] = 0
             per_query.append(row)
             if progress:
@@ -170,7 +193,9 @@ def _interactive(
         if r == cfg.rounds:
             break
         marks = user.mark(page, relevant)
-        state = strategy.update(state, [idx.id_of[s] for s in marks.relevant], [idx.id_of[s] for s in marks.not_relevant])
+        state = strategy.update(
+            state, [idx.id_of[s] for s in marks.relevant], [idx.id_of[s] for s in marks.not_relevant]
+        )
     return rounds
 
 
@@ -196,9 +221,7 @@ def _aggregate(rows: list[dict[str, Any]], ds: Dataset, cfg: RunConfig, encoder:
     dialog = [r["dialog_hits@10"] for r in rows if "dialog_hits@10" in r]
     if dialog:
         width = max(map(len, dialog))
-        out["dialog_hits@10"] = [
-            float(np.mean([d[min(i, len(d) - 1)] for d in dialog])) for i in range(width)
-        ]
+        out["dialog_hits@10"] = [float(np.mean([d[min(i, len(d) - 1)] for d in dialog])) for i in range(width)]
     if cfg.feedback:
         out["feedback"] = cfg.feedback
         out["user"] = cfg.user

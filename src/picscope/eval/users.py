@@ -35,7 +35,8 @@ class NoisyUser:
         self.rng = random.Random(seed)
 
     def mark(self, shown: Sequence[str], truth: set[str]) -> Marks:
-        rel, nonrel = [], []
+        rel: list[str] = []
+        nonrel: list[str] = []
         for s in shown:
             if s in truth:
                 (nonrel if self.rng.random() < self.miss else rel).append(s)
