@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -108,6 +109,37 @@ def main() -> None:
     rows: list[list[object]] = []
     results: dict[str, Any] = {"n": n, "dim": args.dim, "queries": args.queries, "k": k, "rows": rows}
     tmp = Path(tempfile.mkdtemp(prefix="bench-stores-"))
+    try:
+        run_stores(args, tmp, data, queries, ids, paths, mtimes, allowed, truth, truth_f, headers, rows, results)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["peak_rss_mb"] = peak_rss_mb()
+    print()
+    print(
+        f"N={n} D={args.dim}, {args.queries} single-vector queries, k={k}; {machine()}; peak RSS "
+        f"{results['peak_rss_mb']:.0f} MB (this process; Milvus Lite runs in its own process)"
+    )
+    print(table(headers, rows))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+def run_stores(
+    args: argparse.Namespace,
+    tmp: Path,
+    data: np.ndarray,
+    queries: np.ndarray,
+    ids: np.ndarray,
+    paths: list[str],
+    mtimes: np.ndarray,
+    allowed: np.ndarray,
+    truth: np.ndarray,
+    truth_f: np.ndarray,
+    headers: list[str],
+    rows: list[list[object]],
+    results: dict[str, Any],
+) -> None:
+    k, n = args.k, args.n
 
     if "exact" not in args.skip:
         from picscope.store.exact import ExactStore
@@ -152,7 +184,7 @@ def main() -> None:
                 )
             )
         tm, h = run_queries(lambda q: ast.search(q, k, allowed), queries)
-        rows.append(row("ann + filter", None, tm, h, truth_f, k, f"ef={args.ef[-1]}, bitmap selector (10%)"))
+        rows.append(row("ann + filter", None, tm, h, truth_f, k, f"ef={args.ef[-1]}, allowed_ids (10%)"))
         ast.close()
         t = time.perf_counter()
         ast = AnnStore(tmp / "ann", args.dim, opts)
@@ -199,16 +231,6 @@ def main() -> None:
             )
             print(table(headers, rows), flush=True)
         ms.close()
-
-    results["peak_rss_mb"] = peak_rss_mb()
-    print()
-    print(
-        f"N={n} D={args.dim}, {args.queries} single-vector queries, k={k}; {machine()}; peak RSS "
-        f"{results['peak_rss_mb']:.0f} MB (this process; Milvus Lite runs in its own process)"
-    )
-    print(table(headers, rows))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

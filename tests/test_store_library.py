@@ -66,7 +66,10 @@ def catalog_rows(lib_path: Path) -> list[tuple[object, ...]]:
 
 @needs_milvus
 def test_exact_and_milvus_flat_give_the_same_results(photos: Path, tmp_path: Path) -> None:
-    with Library.open(tmp_path / "exact", encoder=ENC) as a, Library.open(tmp_path / "mv", encoder=ENC, store="milvus:") as b:
+    with (
+        Library.open(tmp_path / "exact", encoder=ENC) as a,
+        Library.open(tmp_path / "mv", encoder=ENC, store="milvus:") as b,
+    ):
         ra, rb = a.index(photos), b.index(photos)
         assert ra.added == rb.added > 15
         assert len(b.store) == ra.added and b.status().store == "milvus:"
@@ -86,7 +89,9 @@ def test_exact_and_milvus_flat_give_the_same_results(photos: Path, tmp_path: Pat
 
 
 @needs_milvus
-def test_status_shows_store_and_rebuild_drops_the_collection(photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_shows_store_and_rebuild_drops_the_collection(
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     lib_path = tmp_path / "lib"
     assert main(["index", str(photos), "--library", str(lib_path), "--encoder", ENC, "--store", "milvus:", "-q"]) == 0
     capsys.readouterr()
@@ -141,7 +146,9 @@ def test_sync_index_repairs_a_store_that_disagrees_with_the_catalog(photos: Path
 
 
 @needs_milvus
-def test_unreachable_milvus_is_a_clear_error_and_changes_nothing(photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_milvus_is_a_clear_error_and_changes_nothing(
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     lib_path = tmp_path / "lib"
     with Library.open(lib_path, encoder=ENC) as lib:
         lib.index(photos)
@@ -159,7 +166,9 @@ def test_unreachable_milvus_is_a_clear_error_and_changes_nothing(photos: Path, t
     # a library that lives on that server: indexing fails before touching the catalog
     lib2 = tmp_path / "lib2"
     lib2.mkdir()
-    (lib2 / "config.toml").write_text(f'encoder = "{ENC}"\nstore = "milvus:{uri}"\n\n[milvus]\ntimeout = 1.0\nretries = 0\n')
+    (lib2 / "config.toml").write_text(
+        f'encoder = "{ENC}"\nstore = "milvus:{uri}"\n\n[milvus]\ntimeout = 1.0\nretries = 0\n'
+    )
     with Library.open(lib2) as lib, pytest.raises(StoreError, match="Nothing was changed"):
         lib.index(photos)
     assert catalog_rows(lib2) == []
@@ -218,3 +227,19 @@ def test_ray_data_actor_pool_embeds_and_ingests(photos: Path, tmp_path: Path) ->
         assert ingest_vectors(a, tmp_path / "emb").added == summary.encoded
         b.index(photos)
         assert_same(results(a), results(b))
+
+
+def test_cli_bad_input_changes_nothing(photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lib_path = tmp_path / "lib"
+    with Library.open(lib_path, encoder=ENC) as lib:
+        lib.index(photos)
+    rows = catalog_rows(lib_path)
+    assert main(["sync-index", "--library", str(lib_path), "--store", "nosuch:thing"]) == 2
+    assert "unknown store spec" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["ingest-vectors", str(tmp_path / "empty"), "--library", str(lib_path)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+    assert main(["sync-index", "--library", str(tmp_path / "nolib")]) == 2
+    assert catalog_rows(lib_path) == rows
+    with Library.open(lib_path) as lib:
+        assert lib.status().store == "exact" and len(lib.store) == len(rows)

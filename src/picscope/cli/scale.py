@@ -98,13 +98,14 @@ def embed_distributed(
 def ingest_vectors_cmd(
     folder: Annotated[Path, typer.Argument(help="output folder of `picscope embed-distributed`")],
     library: LibraryOpt = None,
+    store: Annotated[str | None, typer.Option(help="vector store for a new library: exact, ann, milvus:URI")] = None,
 ) -> None:
     """Add vectors computed by embed-distributed to the library (catalog + store), idempotently."""
     from picscope.distributed import ingest_vectors
     from picscope.distributed.ingest import read_manifest
 
     manifest = read_manifest(folder)
-    with Library.open(library, encoder=str(manifest["encoder"])) as lib:
+    with Library.open(library, encoder=str(manifest["encoder"]), store=store) as lib:
         rep = ingest_vectors(lib, folder)
     out.print(f"ingested {rep.added} vectors into {lib.path} ({rep.failed} problem files)")
     for path, reason in rep.problems[:20]:
