@@ -324,3 +324,37 @@ def test_milvus_lite_rules(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"32-d vectors; this library needs 16-d"):
         MilvusStore("x.db", tmp_path / "s", 16)  # the collection holds 32-d vectors
     shutil.rmtree(tmp_path / "s")
+
+
+def test_milvus_lite_file_held_by_another_process(tmp_path: Path) -> None:
+    if not _has("pymilvus"):
+        pytest.skip("pymilvus not installed")
+    import subprocess
+    import sys
+
+    from picscope.store.milvus import MilvusStore
+
+    folder = tmp_path / "store"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from picscope.store.milvus import MilvusStore; "
+            f"s = MilvusStore('held.db', Path({str(folder)!r}), {DIM}); print('ready', flush=True); "
+            "sys.stdin.read(); s.close()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreError, match="in use by another process"):
+            MilvusStore("held.db", folder, DIM)
+    finally:
+        holder.communicate("", timeout=30)
+    s = MilvusStore("held.db", folder, DIM)  # free again once the other process closed it
+    try:
+        assert len(s) == 0
+    finally:
+        s.close()

@@ -111,6 +111,8 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
     text = f"{type(exc).__name__}: {exc}".lower()
+    if "open local milvus failed" in text:
+        return False  # a Lite file held by another process (or unusable): retrying would not help
     return any(word in text for word in _TRANSIENT)
 
 
@@ -215,6 +217,12 @@ class MilvusStore:
                 except Exception as exc:
                     last = exc
                     if not _is_transient(exc):
+                        if self.lite and "open local milvus failed" in str(exc).lower():
+                            raise StoreError(
+                                f"cannot open Milvus Lite file {self.uri}: it is in use by another process (a Lite "
+                                "file serves one process at a time; use a Milvus server for several) or unusable. "
+                                "Nothing was changed."
+                            ) from exc
                         raise StoreError(f"Milvus {what} failed on {self.uri}: {exc}") from exc
                     self._drop_client()
             if attempt + 1 < attempts:
