@@ -46,7 +46,7 @@ class AnnOptions(BaseModel):
     ef_construction: int = Field(64, ge=8, le=2048)
     ef_search: int = Field(256, ge=8, le=32768, description="search breadth: higher = better recall, slower")
     exact_below: int = Field(20_000, ge=0, description="filters leaving at most this many candidates are exact")
-    overfetch: float = Field(2.0, ge=1.0, description="broad filters: fetch k × (1/selectivity) × this, then filter")
+    overfetch: float = Field(4.0, ge=1.0, description="broad filters: fetch k × (1/selectivity) × this, then filter")
     max_fetch: int = Field(2048, ge=1, description="above this, filter inside the graph walk instead")
     checkpoint_rows: int = Field(200_000, ge=1, description="save the graph after this many new rows")
     add_chunk: int = Field(65_536, ge=1)
@@ -307,30 +307,36 @@ class AnnStore:
                 if live <= self.options.exact_below:
                     return self._exact(q, k, np.flatnonzero(self._ids))
                 return self._graph(q, k, self._live_selector())
-            allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64))
-            rows, found = self._rows_of(allowed)
-            rows = rows[found]
-            if len(rows) <= self.options.exact_below:
-                return self._exact(q, k, rows)
+            allowed = np.asarray(allowed_ids, dtype=np.int64).ravel()
+            if len(allowed) > 1 and not (allowed[1:] > allowed[:-1]).all():
+                allowed = np.unique(allowed)  # catalog ids usually arrive sorted: skip the sort then
+            if len(allowed) <= self.options.exact_below or not live:
+                return self._exact(q, k, self._allowed_rows(allowed))
             # A broad filter: search the whole graph for more than k and keep the allowed hits (a graph
             # walk restricted to a subset loses recall); queries left short are answered exactly.
-            fetch = int(np.ceil(k * live / len(rows) * self.options.overfetch))
+            fetch = int(np.ceil(k * live / len(allowed) * self.options.overfetch))
             if fetch > self.options.max_fetch:
-                return self._graph(q, k, self._selector(rows))
+                return self._graph(q, k, self._selector(self._allowed_rows(allowed)))
             wide = self._graph(q, fetch, self._live_selector())
             pos = np.minimum(np.searchsorted(allowed, wide.ids), len(allowed) - 1)
             keep = (allowed[pos] == wide.ids) & (wide.ids > 0)
             ids = np.zeros((len(q), k), np.int64)
             scores = np.full((len(q), k), -np.inf, np.float32)
-            want = min(k, len(rows))
+            rows: np.ndarray | None = None
             for i in range(len(q)):
                 got_ids, got_scores = wide.ids[i][keep[i]][:k], wide.scores[i][keep[i]][:k]
-                if len(got_ids) < want:
-                    exact = self._exact(q[i : i + 1], k, rows)
-                    got_ids, got_scores = exact.ids[0], exact.scores[0]
+                if len(got_ids) < k:
+                    rows = self._allowed_rows(allowed) if rows is None else rows
+                    if len(got_ids) < min(k, len(rows)):
+                        exact = self._exact(q[i : i + 1], k, rows)
+                        got_ids, got_scores = exact.ids[0], exact.scores[0]
                 ids[i, : len(got_ids)] = got_ids
                 scores[i, : len(got_scores)] = got_scores
             return Hits(ids, scores)
+
+    def _allowed_rows(self, allowed: np.ndarray) -> np.ndarray:
+        rows, found = self._rows_of(allowed)
+        return rows[found]
 
     def _live_selector(self) -> Any:
         """None when no row is dead, else a bitmap of the live rows (cached until the next write)."""
