@@ -118,8 +118,13 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _quiet_pymilvus() -> None:
     # milvus-lite 2.5 imports pkg_resources (deprecated) and pymilvus logs every failed connect at ERROR.
+    # picscope reports failures itself (StoreError). pymilvus configures its loggers when imported, so
+    # import it first, then quieten them.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    import pymilvus  # noqa: F401
+
+    for name in ("pymilvus", "pymilvus.orm.iterator", "pymilvus.milvus_client.milvus_client"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 class MilvusStore:
