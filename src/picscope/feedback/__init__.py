@@ -1,9 +1,14 @@
 """Relevance-feedback strategies behind one interface (`FeedbackStrategy`), built by name.
 
-Available now: `none` (keep the original query: the next round shows the next unseen page of the original
-ranking) and `rocchio` (embedding feedback with positive and negative terms). The caption-expansion and LLM
-query-rewriting strategies of the interactive-retrieval paper need the model backends and register here
-when present.
+- `none`: keep the original query; the next round shows the next unseen page of the original ranking.
+- `rocchio`: embedding feedback with positive and negative terms on the query vector.
+- `caption`: captions of the images marked relevant appended to the query (no denoiser).
+- `rewrite`: captions + an LLM denoiser that rewrites the query around the user's words (falls back to rocchio
+  when the LLM fails, and says so).
+- `combined`: rewrite + rocchio.
+
+`caption`, `rewrite` and `combined` need a vision model (captions) and, for the last two, a chat model; pass them
+as `vision=` / `llm=`, or leave them out to build the offline defaults through `picscope.models`.
 """
 
 from __future__ import annotations
@@ -13,20 +18,41 @@ from typing import Any
 from picscope.errors import ConfigError
 from picscope.feedback.base import FeedbackState, FeedbackStrategy
 from picscope.feedback.rocchio import NoFeedback, Rocchio
+from picscope.feedback.text import CaptionExpansion, Combined, LLMRewrite
 
-__all__ = ["FeedbackState", "FeedbackStrategy", "make_strategy"]
+__all__ = ["NAMES", "FeedbackState", "FeedbackStrategy", "default_models", "make_strategy"]
 
-PLANNED = {"caption", "rewrite", "combined"}
+NAMES = ("none", "rocchio", "caption", "rewrite", "combined")
 
 
-def make_strategy(name: str, library: Any, **kw: Any) -> FeedbackStrategy:
+def default_models(library: Any, *, need_llm: bool = True) -> tuple[Any, Any]:
+    """(chat model, vision model) from the offline defaults of `picscope.models`, or a clear ConfigError."""
+    try:
+        from picscope import models
+    except ImportError as exc:
+        raise ConfigError(f"the model backends are not available in this build ({exc}); pass llm= and vision=") from exc
+    make_chat = getattr(models, "make_chat_model", None)
+    make_vision = getattr(models, "make_vision_model", None)
+    if make_chat is None or make_vision is None:
+        raise ConfigError("picscope.models has no make_chat_model/make_vision_model yet; pass llm= and vision=")
+    chat = make_chat(getattr(models, "DEFAULT_CHAT_SPEC", "bundled"))
+    vision = make_vision(getattr(models, "DEFAULT_VISION_SPEC", "socratic"), chat=chat, encoder=library.encoder)
+    return chat, vision
+
+
+def make_strategy(name: str, library: Any, *, llm: Any = None, vision: Any = None, **kw: Any) -> FeedbackStrategy:
     if name == "none":
         return NoFeedback()
     if name == "rocchio":
         return Rocchio(library, **kw)
-    if name in PLANNED:
-        raise ConfigError(
-            f"feedback strategy {name!r} needs the caption/LLM backends, which this build does not have yet; "
-            "available: none, rocchio"
-        )
-    raise ConfigError(f"unknown feedback strategy {name!r}; available: none, rocchio")
+    if name in ("caption", "rewrite", "combined"):
+        if vision is None or (llm is None and name != "caption"):
+            d_llm, d_vision = default_models(library)
+            llm = llm if llm is not None else d_llm
+            vision = vision if vision is not None else d_vision
+        if name == "caption":
+            return CaptionExpansion(library, vision, **kw)
+        if name == "rewrite":
+            return LLMRewrite(library, llm, vision, **kw)
+        return Combined(library, llm, vision, **kw)
+    raise ConfigError(f"unknown feedback strategy {name!r}; available: {', '.join(NAMES)}")

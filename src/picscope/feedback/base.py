@@ -25,6 +25,8 @@ class FeedbackState:
     notes: list[str] = field(default_factory=list)  # why the query changed, one line per round
     model_calls: int = 0
     anchor_vector: np.ndarray | None = None  # the round-0 query vector (e.g. of a composed query)
+    fallback: str | None = None  # set when the last update fell back (e.g. the LLM failed → embedding feedback)
+    captions: dict[int, str] = field(default_factory=dict)  # captions computed so far (id → text), reused
 
 
 @runtime_checkable

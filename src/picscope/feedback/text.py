@@ -1,0 +1,296 @@
+"""Text-level feedback (the interactive-retrieval paper): caption the images marked relevant, expand the query.
+
+- `CaptionExpansion` (`caption`): the user's query + the captions of the relevant images, appended as they are
+  (no denoiser), capped at `max_words` so the text encoder reads all of it.
+- `LLMRewrite` (`rewrite`): the same captions go to a chat model that rewrites the query, keeping the user's words
+  as the anchor, adding only details shared by the relevant images and dropping caption noise; the answer is
+  parsed with a schema, retried once, checked (anchor kept, length capped), and on any failure the round falls
+  back to embedding feedback (Rocchio) and says so in `state.fallback` and the round's note.
+- `Combined` (`combined`): the rewritten text vector and the original query vector as the anchor of a Rocchio step.
+
+Every strategy also turns the images marked not relevant into negative propositions (`negatives.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+from picscope.feedback.base import FeedbackState
+from picscope.feedback.negatives import negative_propositions
+from picscope.feedback.rocchio import Rocchio
+
+DEFAULT_MAX_WORDS = 40  # MiniLM/CLIP-class text towers read ~60-77 tokens; 40 words stays inside
+
+
+def _prompt(name: str) -> str:
+    return resources.files("picscope.feedback").joinpath("prompts", name).read_text(encoding="utf-8")
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z0-9']+", text.lower())
+
+
+def cap_words(text: str, max_words: int) -> str:
+    parts = text.split()
+    return " ".join(parts[:max_words])
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+class Captioner:
+    """Captions library images through a `VisionModel`, once per image (kept in `FeedbackState.captions`)."""
+
+    def __init__(self, library: Any, vision: Any) -> None:
+        self.library, self.vision = library, vision
+
+    def captions(self, state: FeedbackState, ids: list[int]) -> tuple[dict[int, str], int]:
+        """Return (captions for `ids`, number of model calls made); images that cannot be read are skipped."""
+        from picscope.imageio import load_image
+
+        out: dict[int, str] = {}
+        calls = 0
+        for i in ids:
+            if i in state.captions:
+                out[i] = state.captions[i]
+                continue
+            rec = self.library.get(i)
+            if rec is None:
+                continue
+            try:
+                image = load_image(rec.path, target_size=512)
+            except Exception:
+                continue
+            calls += 1
+            text = str(self.vision.caption(image, style="short")).strip()
+            if text:
+                out[i] = text
+        return out, calls
+
+
+class CaptionExpansion:
+    name = "caption"
+
+    def __init__(self, library: Any, vision: Any, max_words: int = DEFAULT_MAX_WORDS) -> None:
+        self.library = library
+        self.captioner = Captioner(library, vision)
+        self.max_words = max_words
+
+    def update(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
+        positives = [*state.positives, *[i for i in new_positives if i not in state.positives]]
+        negatives = [*state.negatives, *[i for i in new_negatives if i not in state.negatives]]
+        caps, calls = self.captioner.captions(state, positives + negatives)
+        pos_caps = [caps[i] for i in positives if i in caps]
+        neg_caps = [caps[i] for i in negatives if i in caps]
+        text = state.original_query
+        if pos_caps:
+            text = cap_words(". ".join([state.original_query, *pos_caps]), self.max_words)
+        vec = _unit(self.library.embed_texts([text])[0]) if text != state.original_query else state.query_vector
+        props = negative_propositions(state.original_query, pos_caps, neg_caps)
+        note = (
+            f"caption: appended {len(pos_caps)} caption(s) of relevant images (capped at {self.max_words} words)"
+            if pos_caps
+            else "caption: no relevant image captioned; the query is unchanged"
+        )
+        return dataclasses.replace(
+            state,
+            query_text=text,
+            query_vector=vec,
+            positives=positives,
+            negatives=negatives,
+            negative_propositions=props,
+            round=state.round + 1,
+            notes=[*state.notes, note],
+            model_calls=state.model_calls + calls,
+            fallback=None,
+            captions={**state.captions, **caps},
+        )
+
+
+class RewriteAnswer(BaseModel):
+    query: str = Field(min_length=1)
+    shared_details: list[str] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list)
+    avoid: list[str] = Field(default_factory=list)
+
+
+class RewriteFailed(Exception):
+    pass
+
+
+def anchored(original: str, rewritten: str, max_words: int) -> tuple[str, bool]:
+    """Keep the user's words: if the rewrite lost more than a third of them, prefix the original query.
+
+    Returns (query, whether the anchor had to be restored); the result never exceeds `max_words` words
+    unless the user's own query is longer (which is then kept whole).
+    """
+    orig = set(words(original))
+    new = set(words(rewritten))
+    restored = bool(orig) and len(orig & new) < (2 * len(orig)) / 3
+    text = f"{original.strip().rstrip('.')}, {rewritten.strip()}" if restored else rewritten.strip()
+    limit = max(max_words, len(original.split()))
+    return cap_words(text, limit), restored
+
+
+class LLMRewrite:
+    name = "rewrite"
+
+    def __init__(
+        self,
+        library: Any,
+        llm: Any,
+        vision: Any,
+        max_words: int = DEFAULT_MAX_WORDS,
+        retries: int = 1,
+        timeout: float | None = 60.0,
+        fallback: Rocchio | None = None,
+    ) -> None:
+        self.library = library
+        self.llm = llm
+        self.captioner = Captioner(library, vision)
+        self.max_words = max_words
+        self.retries = retries
+        self.timeout = timeout
+        self.fallback = fallback or Rocchio(library)
+
+    def _ask(self, query: str, pos_caps: list[str], neg_caps: list[str]) -> tuple[RewriteAnswer, int]:
+        from picscope.models.base import Message
+
+        system = _prompt("rewrite_system.txt").replace("{max_words}", str(self.max_words))
+        user = (
+            _prompt("rewrite_user.txt")
+            .replace("{query}", query)
+            .replace("{positives}", "\n".join(f"- {c}" for c in pos_caps) or "- (none)")
+            .replace("{negatives}", "\n".join(f"- {c}" for c in neg_caps) or "- (none)")
+        )
+        messages = [Message("system", system), Message("user", user)]
+        calls = 0
+        last = "no answer"
+        for _ in range(self.retries + 1):
+            calls += 1
+            try:
+                res = self.llm.chat(
+                    messages, schema=RewriteAnswer, temperature=0.0, max_tokens=200, timeout=self.timeout
+                )
+            except Exception as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            parsed = res.parsed
+            try:
+                if isinstance(parsed, RewriteAnswer):
+                    return parsed, calls
+                if isinstance(parsed, dict):
+                    return RewriteAnswer.model_validate(parsed), calls
+                return RewriteAnswer.model_validate_json(_json_part(res.text)), calls
+            except (ValidationError, ValueError) as exc:
+                last = f"unparsable answer ({str(exc).splitlines()[0]})"
+        raise RewriteFailed(f"{last} after {calls} call(s)")
+
+    def rewrite(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
+        positives = [*state.positives, *[i for i in new_positives if i not in state.positives]]
+        negatives = [*state.negatives, *[i for i in new_negatives if i not in state.negatives]]
+        try:
+            caps, calls = self.captioner.captions(state, positives + negatives)
+        except Exception as exc:
+            return self._fall_back(state, new_positives, new_negatives, f"captioning failed ({exc})", 0)
+        pos_caps = [caps[i] for i in positives if i in caps]
+        neg_caps = [caps[i] for i in negatives if i in caps]
+        base = dataclasses.replace(state, captions={**state.captions, **caps})
+        if not pos_caps:
+            props = negative_propositions(state.original_query, pos_caps, neg_caps)
+            return dataclasses.replace(
+                base,
+                positives=positives,
+                negatives=negatives,
+                negative_propositions=props,
+                round=state.round + 1,
+                notes=[*state.notes, "rewrite: nothing marked relevant; the query is unchanged"],
+                model_calls=state.model_calls + calls,
+                fallback=None,
+            )
+        try:
+            answer, llm_calls = self._ask(state.original_query, pos_caps[-8:], neg_caps[-5:])
+        except RewriteFailed as exc:
+            return self._fall_back(base, new_positives, new_negatives, f"LLM rewrite failed: {exc}", calls + 1)
+        text, restored = anchored(state.original_query, answer.query, self.max_words)
+        props = negative_propositions(state.original_query, pos_caps, neg_caps, avoid=answer.avoid)
+        why = f"rewrite: from {len(pos_caps)} relevant caption(s)"
+        if answer.shared_details:
+            why += "; added shared details: " + ", ".join(answer.shared_details[:5])
+        if answer.dropped:
+            why += "; dropped as caption noise: " + ", ".join(answer.dropped[:5])
+        if restored:
+            why += "; the user's words were restored as the anchor"
+        return dataclasses.replace(
+            base,
+            query_text=text,
+            query_vector=_unit(self.library.embed_texts([text])[0]),
+            positives=positives,
+            negatives=negatives,
+            negative_propositions=props,
+            round=state.round + 1,
+            notes=[*state.notes, why],
+            model_calls=state.model_calls + calls + llm_calls,
+            fallback=None,
+        )
+
+    def _fall_back(
+        self, state: FeedbackState, new_positives: list[int], new_negatives: list[int], reason: str, calls: int
+    ) -> FeedbackState:
+        nxt = self.fallback.update(state, new_positives, new_negatives)
+        note = f"{reason}; fell back to embedding feedback (rocchio)"
+        return dataclasses.replace(
+            nxt, notes=[*state.notes, note], fallback=note, model_calls=state.model_calls + calls
+        )
+
+    def update(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
+        return self.rewrite(state, new_positives, new_negatives)
+
+
+class Combined:
+    """LLM rewrite + Rocchio: q' = α·mean(original, rewritten) + β·mean(relevant) − γ·mean(not relevant)."""
+
+    name = "combined"
+
+    def __init__(self, library: Any, llm: Any, vision: Any, **kw: Any) -> None:
+        self.library = library
+        self.rocchio = Rocchio(library, **{k: kw.pop(k) for k in ("alpha", "beta", "gamma") if k in kw})
+        self.rewriter = LLMRewrite(library, llm, vision, fallback=self.rocchio, **kw)
+
+    def update(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
+        nxt = self.rewriter.update(state, new_positives, new_negatives)
+        if nxt.fallback is not None:
+            return nxt  # already embedding feedback
+        anchor = state.anchor_vector
+        if anchor is None:
+            anchor = _unit(self.library.embed_texts([state.original_query])[0])
+        text_vec = nxt.query_vector if nxt.query_text != state.original_query else anchor
+        mixed = dataclasses.replace(
+            nxt,
+            anchor_vector=_unit(0.5 * anchor + 0.5 * text_vec),
+            positives=state.positives,
+            negatives=state.negatives,
+            round=state.round,
+        )
+        new_pos = [i for i in nxt.positives if i not in state.positives]
+        new_neg = [i for i in nxt.negatives if i not in state.negatives]
+        r = self.rocchio.update(mixed, new_pos, new_neg)
+        return dataclasses.replace(
+            r,
+            anchor_vector=state.anchor_vector,
+            notes=[*nxt.notes[:-1], nxt.notes[-1] + "; combined with rocchio on the query vector"],
+        )
+
+
+def _json_part(text: str) -> str:
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise ValueError("no JSON object in the answer")
+    return text[start : end + 1]

@@ -1,0 +1,237 @@
+"""SQLite persistence of interactive sessions: `<library>/sessions.sqlite`.
+
+Tables: `sessions` (one row per session: query, strategy, page size, version), `rounds` (one row per round: the
+feedback state the round searched with, as JSON, and the ids it showed, in order) and `marks` (an append-only log of
+mark actions; `undone` flags the ones taken back). Every change runs in one `BEGIN IMMEDIATE` transaction that
+checks the session's `version`, so concurrent requests (threads or processes) cannot interleave: the loser gets a
+`StaleRoundError` and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from picscope.errors import PicscopeError
+from picscope.feedback.base import FeedbackState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    query TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    page_size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    options TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    n INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    shown TEXT NOT NULL,
+    scores TEXT NOT NULL DEFAULT '[]',
+    seconds REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    PRIMARY KEY (session_id, n)
+);
+CREATE TABLE IF NOT EXISTS marks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    n INTEGER NOT NULL,
+    file_id INTEGER NOT NULL,
+    relevant INTEGER NOT NULL,
+    action INTEGER NOT NULL,
+    undone INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS marks_by_round ON marks(session_id, n);
+"""
+
+
+class SessionError(PicscopeError):
+    """A session operation cannot be done as asked."""
+
+
+class SessionNotFoundError(SessionError):
+    pass
+
+
+class StaleRoundError(SessionError):
+    """The request refers to a round that is no longer the current one (or another request changed it first)."""
+
+
+class NotShownError(SessionError):
+    """An image was marked that this session never showed."""
+
+
+@dataclass
+class RoundRecord:
+    n: int
+    state: FeedbackState
+    shown: list[int]
+    scores: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    query: str
+    strategy: str
+    page_size: int
+    created: float
+    updated: float
+    version: int
+    options: dict[str, Any]
+    rounds: list[RoundRecord]
+    marks: list[dict[str, Any]]  # live (not undone) mark rows, oldest first
+
+
+def _vec(v: np.ndarray | None) -> str | None:
+    if v is None:
+        return None
+    return base64.b64encode(np.asarray(v, np.float32).tobytes()).decode("ascii")
+
+
+def _unvec(s: str | None) -> np.ndarray | None:
+    if s is None:
+        return None
+    return np.frombuffer(base64.b64decode(s), np.float32).copy()
+
+
+def state_to_json(state: FeedbackState) -> str:
+    d = asdict(state)
+    d["query_vector"] = _vec(state.query_vector)
+    d["anchor_vector"] = _vec(state.anchor_vector)
+    d["captions"] = {str(k): v for k, v in state.captions.items()}
+    return json.dumps(d)
+
+
+def state_from_json(text: str) -> FeedbackState:
+    d = json.loads(text)
+    d["query_vector"] = _unvec(d["query_vector"])
+    d["anchor_vector"] = _unvec(d.get("anchor_vector"))
+    d["captions"] = {int(k): v for k, v in d.get("captions", {}).items()}
+    known = set(FeedbackState.__dataclass_fields__)
+    return FeedbackState(**{k: v for k, v in d.items() if k in known})
+
+
+class SessionStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with self._connect() as con:
+            con.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA foreign_keys=ON")
+        con.execute("PRAGMA busy_timeout=30000")
+        return con
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    # -- reading ----------------------------------------------------------------------------------
+    def load(self, session_id: str, con: sqlite3.Connection | None = None) -> SessionRecord:
+        own = con is None
+        c = con or self._connect()
+        try:
+            row = c.execute(
+                "SELECT id, query, strategy, page_size, created, updated, version, options FROM sessions WHERE id=?",
+                (session_id,),
+            ).fetchone()
+            if row is None:
+                raise SessionNotFoundError(f"unknown session id {session_id!r} (see `picscope session --list`)")
+            rounds = [
+                RoundRecord(n, state_from_json(st), json.loads(sh), json.loads(sc), secs)
+                for n, st, sh, sc, secs in c.execute(
+                    "SELECT n, state, shown, scores, seconds FROM rounds WHERE session_id=? ORDER BY n", (session_id,)
+                )
+            ]
+            marks = [
+                {"seq": s, "round": n, "id": f, "relevant": bool(r), "action": a}
+                for s, n, f, r, a in c.execute(
+                    "SELECT seq, n, file_id, relevant, action FROM marks WHERE session_id=? AND undone=0 ORDER BY seq",
+                    (session_id,),
+                )
+            ]
+            return SessionRecord(
+                row[0], row[1], row[2], int(row[3]), row[4], row[5], int(row[6]), json.loads(row[7]), rounds, marks
+            )
+        finally:
+            if own:
+                c.close()
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT s.id, s.query, s.strategy, s.updated, (SELECT MAX(n) FROM rounds r WHERE r.session_id=s.id) "
+                "FROM sessions s ORDER BY s.updated DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [{"id": i, "query": q, "strategy": st, "updated": u, "round": n} for i, q, st, u, n in rows]
+
+    # -- writing (inside a transaction) -------------------------------------------------------------
+    @staticmethod
+    def check_version(con: sqlite3.Connection, session_id: str, version: int) -> None:
+        row = con.execute("SELECT version FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(f"unknown session id {session_id!r}")
+        if int(row[0]) != version:
+            raise StaleRoundError(
+                f"session {session_id} was changed by another request (version {row[0]}, expected {version}); "
+                "reload it and try again"
+            )
+
+    @staticmethod
+    def bump(con: sqlite3.Connection, session_id: str) -> None:
+        con.execute("UPDATE sessions SET version=version+1, updated=? WHERE id=?", (time.time(), session_id))
+
+    @staticmethod
+    def insert_session(
+        con: sqlite3.Connection, session_id: str, query: str, strategy: str, page_size: int, options: dict[str, Any]
+    ) -> None:
+        now = time.time()
+        con.execute(
+            "INSERT INTO sessions(id, query, strategy, page_size, created, updated, version, options) "
+            "VALUES (?,?,?,?,?,?,0,?)",
+            (session_id, query, strategy, page_size, now, now, json.dumps(options)),
+        )
+
+    @staticmethod
+    def insert_round(con: sqlite3.Connection, session_id: str, rec: RoundRecord) -> None:
+        con.execute(
+            "INSERT INTO rounds(session_id, n, state, shown, scores, seconds, created) VALUES (?,?,?,?,?,?,?)",
+            (
+                session_id,
+                rec.n,
+                state_to_json(rec.state),
+                json.dumps(rec.shown),
+                json.dumps(rec.scores),
+                rec.seconds,
+                time.time(),
+            ),
+        )
