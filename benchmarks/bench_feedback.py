@@ -1,0 +1,197 @@
+"""Relevance feedback: recall per round for each strategy and simulated user, the cost of a round, and the
+latency of a session round on a 10k-image library.
+
+    python benchmarks/bench_feedback.py                         # everything, offline defaults
+    python benchmarks/bench_feedback.py --parts recall --strategies none rocchio --flickr-limit 500
+    python benchmarks/bench_feedback.py --parts scale --size 10000
+
+Recall (part `recall`, through the evaluation harness `picscope.eval.runner.run` and its simulated users):
+10 images per page, round 0 = the first page before any feedback, then 3 feedback rounds; recall at round r =
+|relevant ∩ every image shown in rounds 0..r| / |relevant|, averaged over queries (so `none`, which shows the next
+unseen page of the original ranking, is exactly recall@10·(r+1)). Gain = recall(round 3) / recall_none(round 3) − 1.
+
+Cost (part `cost`): `Session.next_round` on the MSR-VTT frames library with the oracle user, per strategy:
+seconds p50/p95 and model calls per round. Scale (part `scale`): the same round on a library of `--size`
+synthetic embedding-like vectors with the offline default encoder's text tower and the default strategy.
+Strategies that need model backends (`caption`, `rewrite`, `combined`) are reported as not run when
+`picscope.models` cannot build the offline defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_search import embedding_like  # noqa: E402
+from common import machine, percentiles, table  # noqa: E402
+
+from picscope.errors import PicscopeError  # noqa: E402
+from picscope.eval.builders import build_flickr8k, build_msrvtt_frames  # noqa: E402
+from picscope.eval.dataset import load_dataset  # noqa: E402
+from picscope.eval.runner import RunConfig, library_for, run  # noqa: E402
+from picscope.feedback import NAMES, make_strategy  # noqa: E402
+from picscope.paths import cache_dir, data_root  # noqa: E402
+from picscope.sessions import DEFAULT_STRATEGY, Session  # noqa: E402
+
+
+def runnable(strategies: list[str], lib: Any) -> tuple[list[str], dict[str, str]]:
+    ok, skipped = [], {}
+    for s in strategies:
+        try:
+            make_strategy(s, lib)
+            ok.append(s)
+        except PicscopeError as exc:
+            skipped[s] = str(exc)
+    return ok, skipped
+
+
+def part_recall(datasets: dict[str, Path], strategies: list[str], users: list[str], limits: dict[str, int | None]) -> None:
+    rows = []
+    for name, ds in datasets.items():
+        for user in users:
+            base: float | None = None
+            for strategy in strategies:
+                t0 = time.perf_counter()
+                cfg = RunConfig(feedback=strategy, user=user, rounds=3, page_size=10, limit=limits[name])
+                res = run(ds, cfg)
+                r = [x["recall"] for x in res.metrics["rounds"]]
+                if strategy == "none":
+                    base = r[-1]
+                gain = f"{100 * (r[-1] / base - 1):+.1f}%" if base and strategy != "none" else ""
+                rows.append([name, user, strategy, res.metrics["queries"], *(f"{100 * x:.1f}" for x in r), gain,
+                             f"{time.perf_counter() - t0:.0f}"])
+                print(" | ".join(map(str, rows[-1])), flush=True)
+    print()
+    print(table(["dataset", "user", "feedback", "queries", "round 0", "round 1", "round 2", "round 3",
+                 "gain vs none", "run s"], rows))
+
+
+def part_cost(ds_dir: Path, strategies: list[str], n_queries: int) -> None:
+    ds = load_dataset(ds_dir)
+    lib = library_for(ds, _encoder())
+    root = str(ds.root.absolute())
+    key_of = {rec.id: str(Path(rec.path).relative_to(root)) for rec in lib.catalog.all("ok")}
+    rows = []
+    try:
+        for strategy in strategies:
+            secs: list[float] = []
+            calls: list[int] = []
+            fallbacks = 0
+            for q in ds.queries[:n_queries]:
+                truth = set(q.relevant)
+                s = Session.create(lib, q.text, strategy=strategy, page_size=10)
+                for _ in range(3):
+                    page = s.page()
+                    rel = [p.id for p in page if key_of.get(p.id) in truth]
+                    non = [p.id for p in page if key_of.get(p.id) not in truth]
+                    if rel:
+                        s.mark(rel, True)
+                    if non:
+                        s.mark(non, False)
+                    before = s.explain()["history"][-1]["model_calls_so_far"]
+                    t0 = time.perf_counter()
+                    s.next_round()
+                    secs.append(time.perf_counter() - t0)
+                    h = s.explain()["history"][-1]
+                    calls.append(h["model_calls_so_far"] - before)
+                    fallbacks += h["fallback"] is not None
+            p50, p95 = percentiles(secs)
+            rows.append([strategy, len(secs), f"{np.mean(calls):.1f}", f"{p50:.3f}", f"{p95:.3f}", fallbacks])
+    finally:
+        lib.close()
+    print(table(["strategy", "rounds", "model calls/round", "s p50", "s p95", "fallbacks"], rows))
+
+
+def _encoder() -> str:
+    from picscope.encoders import default_encoder_spec
+
+    return default_encoder_spec()
+
+
+def part_scale(size: int, sessions: int) -> None:
+    from picscope import Library
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = Library.open(Path(tmp) / "lib", encoder=_encoder())
+        enc = lib.encoder
+        vecs = embedding_like(size, enc.dim, seed=1)
+        lib.catalog.set_meta("encoder_name", enc.name)
+        lib.catalog.set_meta("dim", str(enc.dim))
+        with lib.catalog.transaction() as db:
+            ids = [
+                lib.catalog.upsert_file(db, raw=f"/synthetic/{i:06d}.jpg".encode(), size=1, mtime_ns=1, hash=None,
+                                        width=None, height=None, status="ok", error=None)
+                for i in range(size)
+            ]
+        lib.store.upsert(np.asarray(ids, np.int64), vecs)
+        words = ["a dog on a beach", "red car in the city", "children playing football", "a plate of food",
+                 "mountains under snow", "a man riding a bike", "two cats sleeping", "a crowded market"]
+        lib.embed_texts(["warm up"])  # model load is not part of a round
+        created: list[float] = []
+        rounds: list[float] = []
+        rng = np.random.default_rng(0)
+        for n in range(sessions):
+            t0 = time.perf_counter()
+            s = Session.create(lib, words[n % len(words)] + f" #{n}", strategy=DEFAULT_STRATEGY, page_size=10)
+            created.append(time.perf_counter() - t0)
+            for _ in range(3):
+                page = [p.id for p in s.page()]
+                picks = rng.permutation(len(page))
+                s.mark([page[i] for i in picks[:2]], True)
+                s.mark([page[i] for i in picks[2:5]], False)
+                t0 = time.perf_counter()
+                s.next_round()
+                rounds.append(time.perf_counter() - t0)
+        lib.close()
+    c50, c95 = percentiles(created)
+    r50, r95 = percentiles(rounds)
+    print(table(["library", "strategy", "sessions", "start (round 0) p50/p95 s", "next round p50/p95 s"],
+                [[f"{size} synthetic vectors, {_encoder()} text tower", DEFAULT_STRATEGY, sessions,
+                  f"{c50:.3f} / {c95:.3f}", f"{r50:.3f} / {r95:.3f}"]]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", nargs="+", default=["recall", "cost", "scale"])
+    ap.add_argument("--strategies", nargs="+", default=list(NAMES))
+    ap.add_argument("--users", nargs="+", default=["oracle", "noisy", "budgeted"])
+    ap.add_argument("--datasets", nargs="+", default=["msrvtt", "flickr8k"])
+    ap.add_argument("--flickr-limit", type=int, default=1000, help="Flickr8k dev queries (of 5,000), seeded sample")
+    ap.add_argument("--cost-queries", type=int, default=20)
+    ap.add_argument("--size", type=int, default=10_000)
+    ap.add_argument("--sessions", type=int, default=20)
+    args = ap.parse_args()
+    print(f"machine: {machine()}\n", flush=True)
+    if "scale" in args.parts:
+        part_scale(args.size, args.sessions)
+    if not (data_root() / "flickr8k").exists():
+        print(f"recall/cost skipped: shared data not found under {data_root()}")
+        return
+    ds_root = cache_dir() / "datasets"
+    all_ds = {
+        "msrvtt": ("MSR-VTT frames", build_msrvtt_frames(ds_root / "msrvtt-frames")),
+        "flickr8k": ("Flickr8k dev", build_flickr8k(ds_root / "flickr8k-dev", "dev")),
+    }
+    chosen = {all_ds[d][0]: all_ds[d][1] for d in args.datasets}
+    probe = library_for(load_dataset(next(iter(chosen.values()))), _encoder())
+    strategies, skipped = runnable(args.strategies, probe)
+    probe.close()
+    for s, why in skipped.items():
+        print(f"not run: {s}: {why}")
+    if "recall" in args.parts:
+        limits = {"MSR-VTT frames": None, "Flickr8k dev": args.flickr_limit}
+        part_recall(chosen, strategies, args.users, limits)
+    if "cost" in args.parts:
+        print()
+        part_cost(all_ds["msrvtt"][1], strategies, args.cost_queries)
+
+
+if __name__ == "__main__":
+    main()
