@@ -29,16 +29,123 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import embedding_like  # noqa: E402
-from common import machine, percentiles, table  # noqa: E402
+from bench_search import embedding_like
+from common import machine, percentiles, table
 
-from picscope.errors import PicscopeError  # noqa: E402
-from picscope.eval.builders import build_flickr8k, build_msrvtt_frames  # noqa: E402
-from picscope.eval.dataset import load_dataset  # noqa: E402
-from picscope.eval.runner import RunConfig, library_for, run  # noqa: E402
-from picscope.feedback import NAMES, make_strategy  # noqa: E402
-from picscope.paths import cache_dir, data_root  # noqa: E402
-from picscope.sessions import DEFAULT_STRATEGY, Session  # noqa: E402
+from picscope.errors import PicscopeError
+from picscope.eval.builders import build_flickr8k, build_msrvtt_frames
+from picscope.eval.dataset import load_dataset
+from picscope.eval.runner import RunConfig, library_for, run
+from picscope.feedback import NAMES, make_strategy
+from picscope.paths import cache_dir, data_root
+from picscope.sessions import DEFAULT_STRATEGY, Session
+
+STOP = set(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "with",
+        "for",
+        "from",
+        "by",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "its",
+        "it",
+        "this",
+        "that",
+        "his",
+        "her",
+        "their",
+        "they",
+        "there",
+        "some",
+        "while",
+        "as",
+        "up",
+        "down",
+        "out",
+        "off",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "near",
+        "next",
+        "two",
+        "three",
+        "one",
+        "other",
+        "another",
+        "each",
+        "very",
+        "who",
+        "someone",
+        "something",
+        "his",
+        "has",
+        "have",
+        "being",
+        "camera",
+        "front",
+        "top",
+        "side",
+        "back",
+        "through",
+        "stands",
+        "standing",
+    ]
+)
+
+
+def build_flickr8k_concepts(out: Path, max_queries: int = 300, seed: int = 0) -> Path:
+    """Multi-positive Flickr8k dev: a query is a pair of concepts ("dog snow"); the relevant images are those
+    where at least 2 of the 5 human captions mention both words. The labels come from the human captions only."""
+    import random
+    from collections import Counter
+    from itertools import combinations
+
+    from picscope.eval.dataset import Query, link_image, write_dataset
+    from picscope.training.data import flickr8k
+
+    data = flickr8k("dev")
+    consensus: list[set[str]] = []
+    for caps in data.captions:
+        counts = Counter(w for c in caps for w in {t.strip(".,!?'\"") for t in c.lower().split()})
+        consensus.append({w for w, n in counts.items() if n >= 2 and w not in STOP and len(w) > 2})
+    df = Counter(w for ws in consensus for w in ws)
+    vocab = {w for w, n in df.items() if 10 <= n <= 300}
+    pairs: dict[tuple[str, str], list[int]] = {}
+    for i, ws in enumerate(consensus):
+        for a, b in combinations(sorted(ws & vocab), 2):
+            pairs.setdefault((a, b), []).append(i)
+    good = sorted(p for p, imgs in pairs.items() if 5 <= len(imgs) <= 30 and p[0][:4] != p[1][:4])
+    random.Random(seed).shuffle(good)
+    keys = {}
+    for p in data.paths:
+        keys[p] = f"images/{p.name}"
+        link_image(p, out / keys[p])
+
+    def natural(a: str, b: str) -> str:  # the order in which the captions of the first relevant image say them
+        text = " ".join(data.captions[pairs[(a, b)][0]]).lower()
+        return f"{a} {b}" if text.find(a) <= text.find(b) else f"{b} {a}"
+
+    queries = [
+        Query(f"{a}+{b}", natural(a, b), tuple(keys[data.paths[i]] for i in pairs[(a, b)]))
+        for a, b in good[:max_queries]
+    ]
+    return write_dataset(out, queries)
 
 
 def runnable(strategies: list[str], lib: Any) -> tuple[list[str], dict[str, str]]:
@@ -52,7 +159,9 @@ def runnable(strategies: list[str], lib: Any) -> tuple[list[str], dict[str, str]
     return ok, skipped
 
 
-def part_recall(datasets: dict[str, Path], strategies: list[str], users: list[str], limits: dict[str, int | None]) -> None:
+def part_recall(
+    datasets: dict[str, Path], strategies: list[str], users: list[str], limits: dict[str, int | None]
+) -> None:
     rows = []
     for name, ds in datasets.items():
         for user in users:
@@ -65,12 +174,36 @@ def part_recall(datasets: dict[str, Path], strategies: list[str], users: list[st
                 if strategy == "none":
                     base = r[-1]
                 gain = f"{100 * (r[-1] / base - 1):+.1f}%" if base and strategy != "none" else ""
-                rows.append([name, user, strategy, res.metrics["queries"], *(f"{100 * x:.1f}" for x in r), gain,
-                             f"{time.perf_counter() - t0:.0f}"])
+                rows.append(
+                    [
+                        name,
+                        user,
+                        strategy,
+                        res.metrics["queries"],
+                        *(f"{100 * x:.1f}" for x in r),
+                        gain,
+                        f"{time.perf_counter() - t0:.0f}",
+                    ]
+                )
                 print(" | ".join(map(str, rows[-1])), flush=True)
     print()
-    print(table(["dataset", "user", "feedback", "queries", "round 0", "round 1", "round 2", "round 3",
-                 "gain vs none", "run s"], rows))
+    print(
+        table(
+            [
+                "dataset",
+                "user",
+                "feedback",
+                "queries",
+                "round 0",
+                "round 1",
+                "round 2",
+                "round 3",
+                "gain vs none",
+                "run s",
+            ],
+            rows,
+        )
+    )
 
 
 def part_cost(ds_dir: Path, strategies: list[str], n_queries: int) -> None:
@@ -126,13 +259,30 @@ def part_scale(size: int, sessions: int) -> None:
         lib.catalog.set_meta("dim", str(enc.dim))
         with lib.catalog.transaction() as db:
             ids = [
-                lib.catalog.upsert_file(db, raw=f"/synthetic/{i:06d}.jpg".encode(), size=1, mtime_ns=1, hash=None,
-                                        width=None, height=None, status="ok", error=None)
+                lib.catalog.upsert_file(
+                    db,
+                    raw=f"/synthetic/{i:06d}.jpg".encode(),
+                    size=1,
+                    mtime_ns=1,
+                    hash=None,
+                    width=None,
+                    height=None,
+                    status="ok",
+                    error=None,
+                )
                 for i in range(size)
             ]
         lib.store.upsert(np.asarray(ids, np.int64), vecs)
-        words = ["a dog on a beach", "red car in the city", "children playing football", "a plate of food",
-                 "mountains under snow", "a man riding a bike", "two cats sleeping", "a crowded market"]
+        words = [
+            "a dog on a beach",
+            "red car in the city",
+            "children playing football",
+            "a plate of food",
+            "mountains under snow",
+            "a man riding a bike",
+            "two cats sleeping",
+            "a crowded market",
+        ]
         lib.embed_texts(["warm up"])  # model load is not part of a round
         created: list[float] = []
         rounds: list[float] = []
@@ -152,9 +302,20 @@ def part_scale(size: int, sessions: int) -> None:
         lib.close()
     c50, c95 = percentiles(created)
     r50, r95 = percentiles(rounds)
-    print(table(["library", "strategy", "sessions", "start (round 0) p50/p95 s", "next round p50/p95 s"],
-                [[f"{size} synthetic vectors, {_encoder()} text tower", DEFAULT_STRATEGY, sessions,
-                  f"{c50:.3f} / {c95:.3f}", f"{r50:.3f} / {r95:.3f}"]]))
+    print(
+        table(
+            ["library", "strategy", "sessions", "start (round 0) p50/p95 s", "next round p50/p95 s"],
+            [
+                [
+                    f"{size} synthetic vectors, {_encoder()} text tower",
+                    DEFAULT_STRATEGY,
+                    sessions,
+                    f"{c50:.3f} / {c95:.3f}",
+                    f"{r50:.3f} / {r95:.3f}",
+                ]
+            ],
+        )
+    )
 
 
 def main() -> None:
@@ -162,7 +323,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["recall", "cost", "scale"])
     ap.add_argument("--strategies", nargs="+", default=list(NAMES))
     ap.add_argument("--users", nargs="+", default=["oracle", "noisy", "budgeted"])
-    ap.add_argument("--datasets", nargs="+", default=["msrvtt", "flickr8k"])
+    ap.add_argument("--datasets", nargs="+", default=["msrvtt", "flickr8k", "flickr8k-concepts"])
     ap.add_argument("--flickr-limit", type=int, default=1000, help="Flickr8k dev queries (of 5,000), seeded sample")
     ap.add_argument("--cost-queries", type=int, default=20)
     ap.add_argument("--size", type=int, default=10_000)
@@ -178,6 +339,7 @@ def main() -> None:
     all_ds = {
         "msrvtt": ("MSR-VTT frames", build_msrvtt_frames(ds_root / "msrvtt-frames")),
         "flickr8k": ("Flickr8k dev", build_flickr8k(ds_root / "flickr8k-dev", "dev")),
+        "flickr8k-concepts": ("Flickr8k dev concepts", build_flickr8k_concepts(ds_root / "flickr8k-dev-concepts")),
     }
     chosen = {all_ds[d][0]: all_ds[d][1] for d in args.datasets}
     probe = library_for(load_dataset(next(iter(chosen.values()))), _encoder())
@@ -186,7 +348,7 @@ def main() -> None:
     for s, why in skipped.items():
         print(f"not run: {s}: {why}")
     if "recall" in args.parts:
-        limits = {"MSR-VTT frames": None, "Flickr8k dev": args.flickr_limit}
+        limits = {"MSR-VTT frames": None, "Flickr8k dev": args.flickr_limit, "Flickr8k dev concepts": None}
         part_recall(chosen, strategies, args.users, limits)
     if "cost" in args.parts:
         print()
