@@ -176,3 +176,10 @@ def test_missing_model_backends_fall_back_and_say_so(lib: Library, monkeypatch: 
     s.next_round()
     h = s.explain()["history"][-1]
     assert h["fallback"] and "combined unavailable" in h["fallback"] and "rocchio" in h["fallback"]
+
+
+def test_a_corrupt_session_store_is_a_clear_error(lib: Library) -> None:
+    (lib.path / "sessions.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SessionError, match="cannot open the session store"):
+        Session.create(lib, "red")
+    assert lib.search("red", 3)  # the library itself still works

@@ -130,8 +130,17 @@ def state_from_json(text: str) -> FeedbackState:
 class SessionStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        with self._connect() as con:
-            con.executescript(SCHEMA)
+        try:
+            con = self._connect()
+            try:
+                con.executescript(SCHEMA)
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as exc:
+            raise SessionError(
+                f"cannot open the session store {self.path}: {exc}. Move the file away to start afresh "
+                "(the library itself is not affected)"
+            ) from exc
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -186,12 +195,15 @@ class SessionStore:
                 c.close()
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        with self._connect() as con:
+        con = self._connect()
+        try:
             rows = con.execute(
                 "SELECT s.id, s.query, s.strategy, s.updated, (SELECT MAX(n) FROM rounds r WHERE r.session_id=s.id) "
                 "FROM sessions s ORDER BY s.updated DESC LIMIT ?",
                 (limit,),
             ).fetchall()
+        finally:
+            con.close()
         return [{"id": i, "query": q, "strategy": st, "updated": u, "round": n} for i, q, st, u, n in rows]
 
     # -- writing (inside a transaction) -------------------------------------------------------------
