@@ -1,0 +1,79 @@
+"""Model backends: `make_chat_model(spec)` and `make_vision_model(spec)` (see `base.py` for the roles).
+
+Chat specs: `bundled` (best installed bundled GGUF), `bundled:<name>` (`qwen2.5-coder-0.5b`, `smollm2-135m`),
+`gguf:<path>`, `openai:<base url>#<model>`. Vision specs: `socratic` (offline composition; uses the chat model
+and the dual encoder), `socratic:<chat spec>`, `openai:<base url>#<model>` (a VLM behind an OpenAI API).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from picscope.errors import ConfigError
+from picscope.models.base import ChatModel, ChatResult, Message, Usage, Verdict, VisionModel
+
+DEFAULT_CHAT_SPEC = "bundled"
+DEFAULT_VISION_SPEC = "socratic"
+
+__all__ = [
+    "DEFAULT_CHAT_SPEC",
+    "DEFAULT_VISION_SPEC",
+    "ChatModel",
+    "ChatResult",
+    "Message",
+    "Usage",
+    "Verdict",
+    "VisionModel",
+    "make_chat_model",
+    "make_vision_model",
+]
+
+_shared: dict[tuple[str, str], Any] = {}
+_shared_lock = threading.Lock()
+
+
+def make_chat_model(spec: str | None = None, *, shared: bool = True, **kw: Any) -> ChatModel:
+    """Build a ChatModel. In-process GGUF models are shared per (spec, options) unless `shared=False`."""
+    spec = (spec or DEFAULT_CHAT_SPEC).strip()
+    kind, _, arg = spec.partition(":")
+    if kind == "openai":
+        from picscope.models.openai import OpenAIChat
+
+        return OpenAIChat(spec, **kw)
+    if kind not in ("bundled", "gguf"):
+        raise ConfigError(f"unknown llm spec {spec!r}: use bundled, bundled:<name>, gguf:<path> or "
+                          "openai:<base url>#<model>")
+    key = (spec, repr(sorted(kw.items())))
+    with _shared_lock:
+        if shared and key in _shared:
+            return _shared[key]  # type: ignore[no-any-return]
+        from picscope.models.gguf import GgufChat
+
+        if kind == "bundled":
+            from picscope.models.bundled import resolve
+
+            r = resolve(arg or None)
+            model: ChatModel = GgufChat(r.path, spec=f"bundled:{r.model.name}", provenance=r.provenance, **kw)
+        else:
+            if not arg:
+                raise ConfigError("gguf spec needs a path: gguf:/path/to/model.gguf")
+            model = GgufChat(arg, **kw)
+        if shared:
+            _shared[key] = model
+        return model
+
+
+def make_vision_model(spec: str | None = None, *, chat: ChatModel | None = None, encoder: Any = None,
+                      **kw: Any) -> VisionModel:
+    spec = (spec or DEFAULT_VISION_SPEC).strip()
+    kind, _, arg = spec.partition(":")
+    if kind == "socratic":
+        from picscope.models.socratic import SocraticVision
+
+        return SocraticVision(chat or make_chat_model(arg or None), encoder, **kw)
+    if kind == "openai":
+        from picscope.models.chat_vision import ChatVision
+
+        return ChatVision(make_chat_model(spec, **kw))
+    raise ConfigError(f"unknown vision spec {spec!r}: use socratic, socratic:<llm spec> or openai:<base url>#<model>")
