@@ -43,7 +43,8 @@ class ChatVision:
             return []
         prompt = load_prompt("verify")
         ev = SEEING + (" The second image is the reference." if reference is not None else "")
-        system, user = prompt.render(evidence=ev, statements="\n".join(f"{i + 1}. {q}" for i, q in enumerate(questions)))
+        numbered = "\n".join(f"{i + 1}. {q}" for i, q in enumerate(questions))
+        system, user = prompt.render(evidence=ev, statements=numbered)
         imgs = [self._small(image)] + ([self._small(reference)] if reference is not None else [])
         res = self.chat.chat([Message("system", system), Message("user", user, imgs)], schema=prompt.schema,
                              max_tokens=24 + 16 * len(questions))
@@ -76,7 +77,8 @@ class ChatVision:
             for pos, s in enumerate(res.parsed.get("scores", [])):
                 idx = int(s.get("n", pos + 1)) - 1
                 if 0 <= idx < len(verdicts):
-                    verdicts[idx] = Verdict(max(0.0, min(10.0, float(s.get("score", 5)))) / 10, str(s.get("reason", "")))
+                    score = max(0.0, min(10.0, float(s.get("score", 5)))) / 10
+                    verdicts[idx] = Verdict(score, str(s.get("reason", "")))
         else:
             events.record("fallback.judge", str(res.fallback))
         for rank, i in enumerate(sorted(range(len(verdicts)), key=lambda j: -verdicts[j].score)):

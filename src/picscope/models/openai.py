@@ -31,13 +31,15 @@ class OpenAIChat(BaseChat):
     supports_images = True
 
     def __init__(self, spec: str, *, api_key: str | None = None, timeout: float = 120.0, max_concurrency: int = 4,
-                 connect_timeout: float = 5.0, **kw: Any) -> None:
+                 connect_timeout: float = 5.0,
+                 transport: httpx.BaseTransport | None = None, **kw: Any) -> None:
         super().__init__(default_timeout=timeout, **kw)
         self.base_url, self.model_name = parse_openai_spec(spec)
         self.spec = f"openai:{self.base_url}#{self.model_name}" if self.model_name else f"openai:{self.base_url}"
         key = api_key or os.environ.get("PICSCOPE_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=connect_timeout))
+        self._client = httpx.Client(headers=headers, transport=transport,
+                                    timeout=httpx.Timeout(timeout, connect=connect_timeout))
         self._sem = threading.BoundedSemaphore(max_concurrency)
         self.connect_timeout = connect_timeout
 

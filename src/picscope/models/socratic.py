@@ -206,6 +206,8 @@ class SocraticVision:
         res = self.chat.chat([Message("system", system), Message("user", user)], max_tokens=64 if style == "short"
                              else 120, stop=["\n\n"])
         text = res.text.strip().strip('"').split("\n")[0].strip()
+        if style == "short" and ". " in text:
+            text = text.split(". ")[0] + "."
         if res.fallback or len(text) < 3:
             events.record("fallback.caption", f"{res.fallback or 'empty caption'}; using the template caption")
             return ev.template_caption()
