@@ -30,7 +30,9 @@ LibraryOpt = Annotated[
 
 def run_app(argv: list[str]) -> int:
     try:
-        app(args=argv, prog_name="picscope", standalone_mode=False)
+        rc = app(args=argv, prog_name="picscope", standalone_mode=False)
+        if isinstance(rc, int) and rc:  # click returns a typer.Exit code instead of raising in this mode
+            return rc
     except PicscopeError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         return 2

@@ -177,7 +177,7 @@ class BaseChat:
 
     def check(self) -> str:
         """A live check call; returns a short detail string or raises BackendError."""
-        res = self.chat([Message("user", "Reply with the word: ok")], max_tokens=4, timeout=60)
+        res = self._chat_uncached([Message("user", "Reply with the word: ok")], None, None, 0.0, 4, None, 60.0, 0)
         if res.fallback:
             raise BackendError(res.fallback)
         return f"{self.model_name or self.spec} answered {res.text.strip()[:20]!r}"

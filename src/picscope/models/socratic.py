@@ -285,4 +285,6 @@ class SocraticVision:
     def check(self) -> str:
         img = Image.new("RGB", (64, 64), (200, 30, 30))
         ev = self.evidence(img)
-        return f"encoder {getattr(self.encoder, 'name', '?')}; top object {ev.tags['objects'][0][0]!r}"
+        chat_check = getattr(self.chat, "check", None)
+        llm = f"; llm: {chat_check()}" if callable(chat_check) else ""
+        return f"encoder {getattr(self.encoder, 'name', '?')}; top object {ev.tags['objects'][0][0]!r}{llm}"
