@@ -21,7 +21,8 @@ from picscope.models.openai import OpenAIChat
 RECORDED_RESPONSE = {
     "id": "chatcmpl-recorded-1", "object": "chat.completion", "created": 1763800000, "model": "recorded-vlm",
     "choices": [{"index": 0, "finish_reason": "stop", "message": {
-        "role": "assistant", "content": "{\"answers\": [{\"n\": 1, \"answer\": \"yes\"}, {\"n\": 2, \"answer\": \"no\"}]}"}}],
+        "role": "assistant",
+        "content": "{\"answers\": [{\"n\": 1, \"answer\": \"yes\"}, {\"n\": 2, \"answer\": \"no\"}]}"}}],
     "usage": {"prompt_tokens": 812, "completion_tokens": 21, "total_tokens": 833},
 }
 

@@ -39,7 +39,7 @@ def _probe(name: str, role: str, spec: str, fn: Callable[[], str]) -> dict[str, 
     t = time.perf_counter()
     try:
         detail, status = fn(), "ok"
-    except Exception as exc:  # noqa: BLE001 - doctor reports every failure as a status
+    except Exception as exc:  # doctor reports every failure as a status
         detail, status = f"{type(exc).__name__}: {exc}", "error"
     return {"name": name, "role": role, "spec": spec, "status": status,
             "detail": f"{detail} ({time.perf_counter() - t:.1f}s)"}

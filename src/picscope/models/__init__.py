@@ -47,7 +47,7 @@ def make_chat_model(spec: str | None = None, *, shared: bool = True, **kw: Any) 
     key = (spec, repr(sorted(kw.items())))
     with _shared_lock:
         if shared and key in _shared:
-            return _shared[key]  # type: ignore[no-any-return]
+            return _shared[key]
         from picscope.models.gguf import GgufChat
 
         if kind == "bundled":

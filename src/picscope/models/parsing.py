@@ -7,7 +7,6 @@ import math
 import re
 from typing import Any
 
-import jsonschema
 from pydantic import BaseModel, ValidationError
 
 REFUSAL_RE = re.compile(r"\b(i can(?:no|')t|i am unable|i'm unable|as an ai|i cannot help|i won't)\b", re.I)
@@ -90,8 +89,16 @@ def validate(obj: Any, schema: Any) -> Any:
             return schema.model_validate(obj)
         except ValidationError as exc:
             raise ParseError(f"wrong fields or types: {exc.errors()[:3]}") from exc
+    sd = schema_dict(schema)
     try:
-        jsonschema.validate(obj, schema_dict(schema))
+        import jsonschema
+    except ImportError:  # minimal check without the optional validator: an object with the required keys
+        required = sd.get("required", [])
+        if sd.get("type") == "object" and (not isinstance(obj, dict) or any(k not in obj for k in required)):
+            raise ParseError("wrong fields or types: missing required keys") from None
+        return obj
+    try:
+        jsonschema.validate(obj, sd)
     except jsonschema.ValidationError as exc:
         raise ParseError(f"wrong fields or types: {exc.message}") from exc
     return obj

@@ -170,7 +170,7 @@ class SocraticVision:
         hit = self.cache.get(key)
         if hit is not None:
             ev = Evidence(tags={k: [(t, float(s)) for t, s in v] for k, v in hit["tags"].items()},
-                          ocr=list(hit["ocr"]), colours=hit["colours"], size=tuple(hit["size"]))  # type: ignore[arg-type]
+                          ocr=list(hit["ocr"]), colours=hit["colours"], size=tuple(hit["size"]))
         else:
             img = image.convert("RGB")
             v = np.asarray(self.encoder.embed_images([img]))[0]
