@@ -99,6 +99,7 @@ def main() -> int:
     for name, s in sig.items():
         results[f"{name}_accuracy"] = round(acc(s, truth), 3)
         results[f"{name}_auc"] = round(auc(s, truth), 3)
+    results["per_item"] = {"truth": truth, **{k: [round(x, 4) for x in v] for k, v in sig.items()}}
     results["evidence_s_median"] = round(float(np.median(evidence_lat)), 2)
     results["verify_call_s_median"] = round(float(np.median(verify_lat)), 2)
     results["verify_call_s_p90"] = round(float(np.percentile(verify_lat, 90)), 2)
@@ -132,7 +133,7 @@ def main() -> int:
     from picscope.models import events
 
     results["events"] = events.counts()
-    print(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "per_item"}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0

@@ -115,7 +115,7 @@ class Evidence:
 
 
 class SocraticVision:
-    def __init__(self, chat: ChatModel, encoder: Any = None, *, ocr: bool = True, llm_weight: float = 0.7,
+    def __init__(self, chat: ChatModel, encoder: Any = None, *, ocr: bool = True, llm_weight: float = 0.3,
                  vocabulary: Path = VOCAB_FILE, cache: ResponseCache | None = None, tau: float = 0.03) -> None:
         self.chat = chat
         self._encoder = encoder
