@@ -25,6 +25,7 @@ from picscope.feedback.base import FeedbackState
 from picscope.feedback.negatives import negative_propositions
 from picscope.feedback.rocchio import Rocchio
 
+MAX_NEGATIVE_CAPTIONS = 3  # captions of not-relevant images feed only the negative propositions: the latest few
 DEFAULT_MAX_WORDS = 40  # MiniLM/CLIP-class text towers read ~60-77 tokens; 40 words stays inside
 
 
@@ -86,7 +87,7 @@ class CaptionExpansion:
     def update(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
         positives = [*state.positives, *[i for i in new_positives if i not in state.positives]]
         negatives = [*state.negatives, *[i for i in new_negatives if i not in state.negatives]]
-        caps, calls = self.captioner.captions(state, positives + negatives)
+        caps, calls = self.captioner.captions(state, positives + negatives[-MAX_NEGATIVE_CAPTIONS:])
         pos_caps = [caps[i] for i in positives if i in caps]
         neg_caps = [caps[i] for i in negatives if i in caps]
         text = state.original_query
@@ -197,7 +198,7 @@ class LLMRewrite:
         positives = [*state.positives, *[i for i in new_positives if i not in state.positives]]
         negatives = [*state.negatives, *[i for i in new_negatives if i not in state.negatives]]
         try:
-            caps, calls = self.captioner.captions(state, positives + negatives)
+            caps, calls = self.captioner.captions(state, positives + negatives[-MAX_NEGATIVE_CAPTIONS:])
         except Exception as exc:
             return self._fall_back(state, new_positives, new_negatives, f"captioning failed ({exc})", 0)
         pos_caps = [caps[i] for i in positives if i in caps]
