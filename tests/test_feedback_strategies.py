@@ -128,6 +128,11 @@ def test_negative_propositions() -> None:
     )
     assert props[0] == "The image shows cat." and all("dog" not in p and "beach" not in p for p in props)
     assert negative_propositions("a dog", [], [], avoid=["a dog", "snow"]) == ["The image shows snow."]
+    long = "group of people dancing in a dark classroom"
+    assert negative_propositions("a dog", [], ["a red sofa"], avoid=[long]) == [
+        "The image shows red.",
+        "The image shows sofa.",
+    ]
 
 
 def test_make_strategy_errors(lib: Library, monkeypatch: pytest.MonkeyPatch) -> None:

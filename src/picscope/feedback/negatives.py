@@ -19,6 +19,7 @@ something someone people person man woman men women group
 """
 STOP = frozenset(re.findall(r"\S+", _STOP_WORDS))
 MAX_PROPOSITIONS = 3
+MAX_PHRASE_WORDS = 5  # longer "avoid" items are whole captions, not attributes: ignored
 
 
 def _terms(text: str) -> list[str]:
@@ -32,7 +33,7 @@ def negative_propositions(
     phrases: list[str] = []
     for a in avoid or []:
         a = a.strip().strip(".").lower()
-        if a and not (set(_terms(a)) & keep) and a not in phrases:
+        if a and len(a.split()) <= MAX_PHRASE_WORDS and not (set(_terms(a)) & keep) and a not in phrases:
             phrases.append(a)
     if not phrases:
         counts = Counter(t for c in negative_captions for t in dict.fromkeys(_terms(c)) if t not in keep)
