@@ -66,7 +66,7 @@ def main() -> int:
     enc_spec = args.encoder or default_encoder_spec()
     encoder = make_encoder(enc_spec)
     chat = make_chat_model(args.llm)
-    vision = SocraticVision(chat, encoder)
+    vision = SocraticVision(chat, encoder, verify_llm_weight=0.3)
     print(f"encoder {enc_spec} ({encoder.name}); llm {chat.spec}; {n_img} images, {2 * n_img} statements",
           flush=True)
 

@@ -96,7 +96,8 @@ def test_llm_failure_falls_back_to_encoder(tmp_path: Path) -> None:
 
     events.reset()
     v = SocraticVision(DownServer(retries=1, backoff=0.0, cache=ResponseCache(tmp_path, enabled=False)),
-                       make_encoder("labels"), ocr=False, cache=ResponseCache(tmp_path, enabled=False))
+                       make_encoder("labels"), ocr=False, cache=ResponseCache(tmp_path, enabled=False),
+                       verify_llm_weight=0.3)
     img = sample_images()["coffee.jpg"][0]
     sig = v.verify_signals(img, ["a cup of coffee"])
     assert sig["llm"] == [None] and sig["p"] == sig["encoder"]

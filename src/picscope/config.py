@@ -38,6 +38,27 @@ class SearchConfig(BaseModel):
     min_score: float | None = None
 
 
+class PipelineConfig(BaseModel):
+    """The three-stage pipeline (`picscope search --stages`, `Library`-level defaults). Tuned on train/dev only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[int] = Field(default_factory=lambda: [1, 2, 3], description="stages to run (1 is always run)")
+    reasoner: str = Field("llm", description="stage-1/2 reasoner: llm (the library's llm) or rules (no model)")
+    granularities: int = Field(3, ge=1, le=3, description="target descriptions per request (core/detailed/full)")
+    caption_weight: float = Field(0.15, ge=0, le=1, description="weight of description→caption similarity")
+    caption_style: str = Field("short", description="caption style asked of the vision model")
+    pool: int = Field(100, ge=1, description="stage-1 candidates whose captions are fused")
+    lazy_captions: int = Field(0, ge=0, description="captions made on demand per query (0: stored ones only)")
+    verify_k: int = Field(20, ge=1, description="K: stage-1 candidates checked by stage 2")
+    verify_weight: float = Field(0.6, ge=0, description="weight of mean log-odds of the expected answers")
+    alpha: int = Field(5, ge=2, description="candidates judged by stage 3")
+    judge_weight: float = Field(0.5, ge=0, description="weight of the judge's standardised score")
+    max_propositions: int = Field(6, ge=1, le=12)
+    max_model_calls: int | None = Field(None, ge=1, description="per-query budget; later stages are skipped")
+    max_seconds: float | None = Field(None, gt=0, description="per-query time budget")
+
+
 class PicscopeConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -47,6 +68,7 @@ class PicscopeConfig(BaseModel):
     vision: str = "socratic"
     index: IndexConfig = Field(default_factory=lambda: IndexConfig())
     search: SearchConfig = Field(default_factory=lambda: SearchConfig())
+    pipeline: PipelineConfig = Field(default_factory=lambda: PipelineConfig())
 
     @classmethod
     def load(cls, path: Path) -> PicscopeConfig:

@@ -134,25 +134,55 @@ def print_results(results: list[SearchResult], as_json: bool, paths: bool) -> No
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(help="what you are looking for")] = None,
+    query: Annotated[str | None, typer.Argument(help="what you are looking for (with --ref: the change)")] = None,
     library: LibraryOpt = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="number of results")] = 10,
     image: Annotated[Path | None, typer.Option("--image", help="find images similar to this file")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="reference photo (file or library id) for a composed "
+                                            "query: QUERY says what changes")] = None,
+    turn: Annotated[list[str] | None, typer.Option("--turn", help="a dialogue answer, e.g. 'is it outdoors? yes' "
+                                                   "(repeatable; all turns stay in force)")] = None,
+    stages: Annotated[str | None, typer.Option("--stages", help="pipeline stages: 1, 1-2, 1-3 or encoder "
+                                               "[default: encoder only]")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="show descriptions, propositions, answers, ranks")] = False,
     min_score: Annotated[float | None, typer.Option(help="hide results scoring below this")] = None,
     path: Annotated[str | None, typer.Option("--path", help="only results under this folder")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON array: path, score, id, rank")] = False,
     paths: Annotated[bool, typer.Option("--paths", help="one path per line (for pipes)")] = False,
 ) -> None:
-    """Search the library by text, or by example with --image."""
+    """Search the library by text, by example (--image), by example plus a change (--ref), or with dialogue
+    answers (--turn); --stages 1-3 runs the language-guided pipeline (LLM + vision model)."""
     if (query is None) == (image is None):
         raise typer.BadParameter("give a text query or --image FILE (one of them)")
+    if image is not None and (ref or turn or stages):
+        raise typer.BadParameter("--image is plain similarity search; use --ref FILE 'change' for composed search")
     with Library.open(library, create=False) as lib:
         if image is not None:
-            results = lib.similar(image, k, min_score=min_score, path_prefix=path)
-        else:
-            assert query is not None
-            results = lib.search(query, k, min_score=min_score, path_prefix=path)
-    print_results(results, as_json, paths)
+            print_results(lib.similar(image, k, min_score=min_score, path_prefix=path), as_json, paths)
+            return
+        assert query is not None
+        if not (ref or turn or stages or explain):
+            print_results(lib.search(query, k, min_score=min_score, path_prefix=path), as_json, paths)
+            return
+        from picscope.pipeline import Request, make_pipeline, parse_stages
+
+        chosen = parse_stages(stages) if stages is not None else ()
+        if path or min_score is not None:
+            raise typer.BadParameter("--path and --min-score apply to plain searches only")
+        pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen)
+        result = pipe.run(Request(query, reference=ref, turns=list(turn or [])), k)
+    if as_json:
+        data = {"results": [r.to_dict() for r in result.results], "stages": result.stages,
+                "model_calls": result.model_calls, "tokens": result.tokens, "seconds": round(result.seconds, 3)}
+        if explain:
+            data["explanation"] = result.explanation
+        out.print_json(json.dumps(data, default=str))
+        return
+    print_results(result.results, False, paths)
+    if explain and not paths:
+        from picscope.pipeline.explain import print_explanation
+
+        print_explanation(result.explanation, out, k)
 
 
 @app.command()

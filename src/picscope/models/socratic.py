@@ -58,6 +58,23 @@ def load_vocabulary(path: Path = VOCAB_FILE) -> dict[str, list[str]]:
     return vocab
 
 
+_QUESTION = (("is there ", ""), ("are there ", ""), ("is it ", "it is "), ("is this ", "this is "),
+             ("does it show ", ""), ("does the photo show ", ""), ("does the image show ", ""),
+             ("can you see ", ""), ("do you see ", ""), ("is the ", "the "), ("are the ", "the "))
+
+
+def statement_of(text: str) -> str:
+    """A yes/no question as a statement the encoder can embed: 'Are there two dogs?' -> 'two dogs'."""
+    s = " ".join(text.split()).rstrip("?!. ")
+    low = s.lower()
+    if not text.strip().endswith("?"):
+        return s
+    for prefix, repl in _QUESTION:
+        if low.startswith(prefix):
+            return repl + s[len(prefix):]
+    return s
+
+
 def negate(statement: str) -> str:
     """A plain negation for the encoder signal: 'a dog on grass' -> 'a photo with no dog on grass'."""
     s = statement.strip().rstrip(".?!")
@@ -116,8 +133,12 @@ class Evidence:
 
 class SocraticVision:
     def __init__(self, chat: ChatModel, encoder: Any = None, *, ocr: bool = True, llm_weight: float = 0.3,
-                 vocabulary: Path = VOCAB_FILE, cache: ResponseCache | None = None, tau: float = 0.03) -> None:
+                 vocabulary: Path = VOCAB_FILE, cache: ResponseCache | None = None, tau: float = 0.03,
+                 verify_llm_weight: float = 0.0) -> None:
         self.chat = chat
+        # Verification skips the LLM by default: on Flickr8k dev statements the 0.5B LLM's answers are at chance
+        # and mixing them in at 0.3 lowered accuracy (0.735 -> 0.705, benchmarks/bench_socratic.py), at ~5 s a call.
+        self.verify_llm_weight = verify_llm_weight
         self._encoder = encoder
         self.use_ocr = ocr
         self.llm_weight = llm_weight
@@ -191,6 +212,7 @@ class SocraticVision:
         """P(yes) from the encoder alone: sigmoid of sim(statement) - sim(negation), temperature `tau`."""
         if not statements:
             return []
+        statements = [statement_of(s) for s in statements]
         v = np.asarray(self.encoder.embed_images([image.convert("RGB")]))[0]
         t = np.asarray(self.encoder.embed_texts([*statements, *(negate(s) for s in statements)]))
         sims = t @ v
@@ -220,6 +242,8 @@ class SocraticVision:
         if not qs:
             return {"llm": [], "encoder": [], "p": []}
         enc = self.encoder_p(image, qs)
+        if self.verify_llm_weight <= 0:
+            return {"llm": [None] * len(qs), "encoder": list(enc), "p": list(enc)}
         ev_text = self.evidence(image).render()
         if reference is not None:
             ev_text += "\nreference image (for comparisons):\n" + self.evidence(reference).render()
@@ -240,7 +264,7 @@ class SocraticVision:
         missing = sum(x is None for x in llm)
         if missing:
             events.record("fallback.verify", f"{missing}/{len(qs)} answers missing ({res.fallback}); encoder only")
-        w = self.llm_weight
+        w = self.verify_llm_weight
         p = [e if lp is None else w * lp + (1 - w) * e for lp, e in zip(llm, enc, strict=True)]
         return {"llm": llm, "encoder": list(enc), "p": list(p)}
 

@@ -37,4 +37,5 @@ class PipelineOutput:
 class Pipeline(Protocol):
     name: str
 
-    def run(self, request: Request, k: int = 10, *, exclude_ids: tuple[int, ...] = ()) -> PipelineOutput: ...
+    def run(self, request: Request, k: int = 10, *, exclude_ids: tuple[int, ...] = (),
+            stages: tuple[int, ...] | None = None) -> PipelineOutput: ...

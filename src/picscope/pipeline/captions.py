@@ -1,0 +1,98 @@
+"""Captions of library images for stage-1 fusion: stored per (image, vision model, style) in the library.
+
+Captions are made by the vision backend, either ahead of time (`picscope captions build`, resumable) or lazily
+for the current candidates within a per-query allowance. They live in `<library>/captions.sqlite` (WAL), so a
+caption is never made twice for the same image and model.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from picscope.imageio import load_image
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS captions (
+    id INTEGER NOT NULL, model TEXT NOT NULL, style TEXT NOT NULL, hash TEXT,
+    caption TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (id, model, style)
+);
+"""
+VIEW_SIZE = 448  # pixels on the long side handed to vision models
+
+
+def load_view(library: Any, file_id: int, size: int = VIEW_SIZE) -> Image.Image:
+    """A library image, decoded safely and shrunk for a vision model."""
+    rec = library.get(int(file_id))
+    if rec is None or rec.status != "ok":
+        raise KeyError(f"no indexed image with id {file_id}")
+    img = load_image(rec.raw, max_pixels=library.config.index.max_pixels, target_size=size)
+    img.thumbnail((size, size))
+    return img.convert("RGB")
+
+
+class CaptionStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        with self._con() as con:
+            con.executescript(SCHEMA)
+
+    @classmethod
+    def for_library(cls, library: Any) -> CaptionStore:
+        return cls(Path(library.path) / "captions.sqlite")
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            self._local.con = con
+        return con
+
+    def get_many(self, ids: Iterable[int], model: str, style: str) -> dict[int, str]:
+        ids = [int(i) for i in ids]
+        out: dict[int, str] = {}
+        con = self._con()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            q = ",".join("?" * len(chunk))
+            for i, c in con.execute(f"SELECT id, caption FROM captions WHERE model=? AND style=? AND id IN ({q})",
+                                    (model, style, *chunk)):
+                out[int(i)] = str(c)
+        return out
+
+    def put(self, file_id: int, model: str, style: str, caption: str, hash_: str | None = None) -> None:
+        self._con().execute("INSERT OR REPLACE INTO captions VALUES (?, ?, ?, ?, ?, ?)",
+                            (int(file_id), model, style, hash_, caption, time.time()))
+
+    def count(self, model: str, style: str) -> int:
+        row = self._con().execute("SELECT COUNT(*) FROM captions WHERE model=? AND style=?", (model, style)).fetchone()
+        return int(row[0])
+
+    def ensure(self, library: Any, vision: Any, ids: list[int], style: str, limit: int,
+               progress: Callable[[int, int], None] | None = None) -> tuple[dict[int, str], int, list[str]]:
+        """Stored captions for `ids`, making at most `limit` missing ones. Returns (captions, calls, errors)."""
+        model = str(getattr(vision, "spec", type(vision).__name__))
+        have = self.get_many(ids, model, style)
+        missing = [i for i in ids if i not in have][:limit]
+        errors: list[str] = []
+        for n, fid in enumerate(missing, start=1):
+            try:
+                rec = library.get(fid)
+                cap = " ".join(vision.caption(load_view(library, fid), style).split())
+            except Exception as exc:  # an unreadable file or a failing backend costs one caption, not the query
+                errors.append(f"caption of image {fid} failed: {type(exc).__name__}: {exc}")
+                continue
+            if cap:
+                self.put(fid, model, style, cap, getattr(rec, "hash", None))
+                have[fid] = cap
+            if progress:
+                progress(n, len(missing))
+        return have, len(missing), errors

@@ -1,0 +1,45 @@
+"""Encoder-only retrieval for every request type: the baseline each stage is measured against.
+
+Text: the text embedding. Composed: the normalised sum of the reference image's and the change text's
+embeddings (the reference is excluded). Dialogue: the embedding of the opening text and all answers joined.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from picscope.library import Library
+from picscope.pipeline.base import PipelineOutput, Request
+from picscope.pipeline.reference import resolve_reference
+
+
+class EncoderPipeline:
+    name = "encoder"
+
+    def __init__(self, library: Library) -> None:
+        self.library = library
+
+    def run(self, request: Request, k: int = 10, *, exclude_ids: tuple[int, ...] = (),
+            stages: tuple[int, ...] | None = None) -> PipelineOutput:
+        if not request.text or not request.text.strip():
+            raise ValueError("empty request")
+        t0 = time.perf_counter()
+        text = " ".join([request.text, *request.turns])
+        vec = np.asarray(self.library.embed_texts([text])[0], np.float32)
+        exclude = list(exclude_ids)
+        ref_info = None
+        if request.reference is not None:
+            ref = resolve_reference(self.library, request.reference)
+            vec = vec + np.asarray(ref.vector, np.float32)
+            vec = (vec / max(float(np.linalg.norm(vec)), 1e-9)).astype(np.float32)
+            if ref.id is not None:
+                exclude.append(ref.id)
+            ref_info = ref.describe()
+        results = self.library.search_vector(vec, k, exclude_ids=exclude)
+        explanation = {"request": {"text": request.text, "turns": list(request.turns), "reference": ref_info},
+                       "query_text": text, "stages": [], "pipeline": "encoder",
+                       "candidates": [{"id": r.id, "path": r.path, "ranks": {"final": r.rank},
+                                       "stage1": {"score": round(r.score, 4)}} for r in results]}
+        return PipelineOutput(results, [], explanation, 0, 0, time.perf_counter() - t0)

@@ -1,0 +1,59 @@
+"""Human-readable explanation of a pipeline result (`picscope search --explain`, `picscope chat`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+
+def render(explanation: dict[str, Any], k: int = 10) -> Group:
+    parts: list[Any] = []
+    req = explanation.get("request", {})
+    if req.get("reference_caption"):
+        parts.append(Text(f"reference: {req['reference_caption']}", style="dim"))
+    intent = explanation.get("intent")
+    if intent:
+        parts.append(Text(f"stage 1 · target descriptions ({intent['source']}):", style="bold"))
+        for name, d in zip(("core", "detailed", "full"), intent["descriptions"], strict=False):
+            parts.append(Text(f"  {name:9s}{d}"))
+        ops = "; ".join(f"{o['kind']}: {o['text']}" for o in intent.get("operations", []))
+        if ops:
+            parts.append(Text(f"  operations: {ops}", style="dim"))
+    elif explanation.get("query_text"):
+        parts.append(Text(f"encoder-only query: {explanation['query_text']}", style="bold"))
+    props = (explanation.get("propositions") or {}).get("items", [])
+    if props:
+        parts.append(Text(f"stage 2 · propositions ({explanation['propositions']['source']}):", style="bold"))
+        for i, p in enumerate(props, 1):
+            ref = " (vs. reference)" if p.get("reference") else ""
+            parts.append(Text(f"  Q{i}. {p['question']} → expected {'yes' if p['expected'] else 'no'}{ref}"))
+    table = Table(show_edge=False, pad_edge=False, title="candidates", title_justify="left")
+    for col in ("rank", "s1", "s2", "s3", "file", "answers (P yes)", "judge"):
+        table.add_column(col, overflow="fold")
+    for c in explanation.get("candidates", [])[:k]:
+        r = c.get("ranks", {})
+        st2, st3 = c.get("stage2"), c.get("stage3")
+        answers = " ".join(f"Q{i + 1}:{p:.2f}" for i, p in enumerate(st2["p_yes"])) if st2 else ""
+        judge = f"{st3['judge']:.2f} {st3.get('reason') or ''}" if st3 else ""
+        table.add_row(str(r.get("final", "")), str(r.get("stage1", "")), str(r.get("stage2", "")),
+                      str(r.get("stage3", "")), os.path.basename(c.get("path", "")), answers, judge)
+    parts.append(table)
+    skipped = explanation.get("skipped") or {}
+    line = f"stages run: {explanation.get('stages') or 'encoder only'}"
+    if skipped:
+        line += "; skipped: " + "; ".join(f"{s} ({why})" for s, why in skipped.items())
+    cost = explanation.get("cost")
+    if cost:
+        line += f"; {cost['model_calls']} model calls, {cost['tokens']} tokens, {cost['seconds']:.1f} s"
+    parts.append(Text(line, style="dim"))
+    for n in explanation.get("notes", []):
+        parts.append(Text(f"note: {n}", style="yellow"))
+    return Group(*parts)
+
+
+def print_explanation(explanation: dict[str, Any], console: Console, k: int = 10) -> None:
+    console.print(render(explanation, k))

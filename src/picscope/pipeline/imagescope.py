@@ -1,0 +1,327 @@
+"""The three-stage language-guided pipeline (ideas from ImageScope, Luo et al. 2025; our own code and prompts).
+
+1. Intent synthesis (reasoner → operations + target descriptions at up to three granularities) and retrieval
+   that fuses description→image with description→caption similarity, averaged over the descriptions.
+2. Proposition verification: yes/no questions with expected answers, answered by the vision model (all of one
+   image's questions in one call, the reference shown when a question compares with it), fused with the
+   stage-1 score as standardised score + weight × mean log-odds of the expected answers.
+3. Global judgement: the vision model scores the best α candidates together (listwise) against the whole
+   request; their order becomes standardised stage-2 score + weight × standardised judge score.
+
+Every stage can be switched off; a per-query budget of model calls and seconds drops later stages (or shrinks
+K) instead of failing; the output says which stages ran and why any did not.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from picscope.config import PipelineConfig
+from picscope.library import Library, SearchResult
+from picscope.models.base import ChatModel, VisionModel
+from picscope.pipeline.base import PipelineOutput, Request
+from picscope.pipeline.captions import CaptionStore, load_view
+from picscope.pipeline.fusion import expected_log_odds, zscore
+from picscope.pipeline.intent import (
+    Intent,
+    llm_intent,
+    llm_propositions,
+    request_text,
+    rules_intent,
+    rules_propositions,
+)
+from picscope.pipeline.meter import MeteredChat
+from picscope.pipeline.reference import Reference, resolve_reference
+
+
+@dataclass
+class _Cand:
+    id: int
+    path: str
+    image_sim: float
+    caption_sim: float | None = None
+    caption: str | None = None
+    s1: float = 0.0
+    s2: float | None = None
+    s3: float | None = None
+    answers: list[float] = field(default_factory=list)
+    log_odds: float | None = None
+    judge: float | None = None
+    reason: str | None = None
+    ranks: dict[str, int] = field(default_factory=dict)
+
+
+class _Budget:
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.max_calls = cfg.max_model_calls
+        self.max_seconds = cfg.max_seconds
+        self.t0 = time.perf_counter()
+        self.calls = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def calls_left(self) -> float:
+        return float("inf") if self.max_calls is None else self.max_calls - self.calls
+
+    def out_of_time(self) -> bool:
+        return self.max_seconds is not None and self.elapsed() >= self.max_seconds
+
+
+class ImageScopePipeline:
+    name = "imagescope"
+
+    def __init__(self, library: Library, config: PipelineConfig | None = None, *, chat: ChatModel | None = None,
+                 vision: VisionModel | None = None) -> None:
+        self.library = library
+        self.config = config or library.config.pipeline
+        self.chat = MeteredChat(chat) if chat is not None and not isinstance(chat, MeteredChat) else chat
+        self.vision = vision
+        self.captions = CaptionStore.for_library(library)
+        self._cap_vec: dict[str, np.ndarray] = {}
+
+    # -- public --------------------------------------------------------------------------------------------
+    def run(self, request: Request, k: int = 10, *, exclude_ids: tuple[int, ...] = (),
+            stages: tuple[int, ...] | None = None) -> PipelineOutput:
+        if not request.text or not request.text.strip():
+            raise ValueError("empty request")
+        if k <= 0:
+            raise ValueError("k must be positive")
+        cfg = self.config
+        wanted = sorted(set(stages if stages is not None else cfg.stages) | {1})
+        budget = _Budget(cfg)
+        tokens0 = self.chat.snapshot()[1] if isinstance(self.chat, MeteredChat) else 0
+        notes: list[str] = []
+        skipped: dict[str, str] = {}
+
+        ref = resolve_reference(self.library, request.reference) if request.reference is not None else None
+        ref_caption = self._reference_caption(ref, budget, notes) if ref is not None else None
+        exclude = {int(i) for i in exclude_ids}
+        if ref is not None and ref.id is not None:
+            exclude.add(ref.id)  # the reference photo is never its own answer
+
+        intent = self._intent(request, ref_caption, budget)
+        cands = self._stage1(intent, max(k, cfg.verify_k, cfg.alpha), exclude, budget, notes)
+        ran = [1]
+        order = list(range(len(cands)))
+
+        if 2 in wanted:
+            why = self._stage2(request, intent, ref, cands, budget, notes)
+            if why is None:
+                ran.append(2)
+            else:
+                skipped["2"] = why
+        if 3 in wanted:
+            why = self._stage3(request, ref, cands, budget, notes)
+            if why is None:
+                ran.append(3)
+            else:
+                skipped["3"] = why
+        order = self._final_order(cands)
+        results = [SearchResult(cands[i].id, cands[i].path, cands[i].s1, r + 1) for r, i in enumerate(order[:k])]
+        for r, i in enumerate(order):
+            cands[i].ranks["final"] = r + 1
+        tokens = (self.chat.snapshot()[1] - tokens0) if isinstance(self.chat, MeteredChat) else 0
+        explanation = {
+            "request": {"text": request.text, "turns": list(request.turns),
+                        "reference": ref.describe() if ref is not None else None,
+                        "reference_caption": ref_caption},
+            "intent": {"source": intent.source, "descriptions": intent.descriptions,
+                       "operations": [vars(o) for o in intent.operations]},
+            "propositions": {"source": intent.propositions_source,
+                             "items": [vars(p) for p in intent.propositions]} if 2 in ran else None,
+            "candidates": [self._explain(cands[i]) for i in order[: max(k, cfg.alpha)]],
+            "stages": ran, "skipped": skipped, "notes": notes,
+            "config": {"verify_k": cfg.verify_k, "alpha": cfg.alpha, "caption_weight": cfg.caption_weight,
+                       "verify_weight": cfg.verify_weight, "judge_weight": cfg.judge_weight,
+                       "reasoner": cfg.reasoner if self.chat is not None else "rules"},
+            "cost": {"model_calls": budget.calls, "tokens": tokens, "seconds": round(budget.elapsed(), 3)},
+        }
+        return PipelineOutput(results=results, stages=ran, explanation=explanation, model_calls=budget.calls,
+                              tokens=tokens, seconds=budget.elapsed())
+
+    # -- stage 1 -------------------------------------------------------------------------------------------
+    def _reference_caption(self, ref: Reference, budget: _Budget, notes: list[str]) -> str | None:
+        if self.vision is None:
+            notes.append("no vision model: the reference photo is used by the judge only if one is configured")
+            return None
+        model = str(getattr(self.vision, "spec", "vision"))
+        style = self.config.caption_style
+        if ref.id is not None:
+            got = self.captions.get_many([ref.id], model, style)
+            if ref.id in got:
+                return got[ref.id]
+        budget.calls += 1
+        try:
+            cap = " ".join(self.vision.caption(ref.image, style).split())
+        except Exception as exc:
+            notes.append(f"reference caption failed ({type(exc).__name__}: {exc}); continuing without it")
+            return None
+        if ref.id is not None and cap:
+            self.captions.put(ref.id, model, style, cap)
+        return cap or None
+
+    def _intent(self, request: Request, ref_caption: str | None, budget: _Budget) -> Intent:
+        cfg = self.config
+        turns = list(request.turns)
+        if cfg.reasoner == "llm" and self.chat is not None and budget.calls_left() >= 1 and not budget.out_of_time():
+            intent = llm_intent(self.chat, request.text, turns, ref_caption, cfg.granularities)
+            budget.calls += intent.model_calls
+            return intent
+        intent = rules_intent(request.text, turns, ref_caption, cfg.granularities)
+        if cfg.reasoner == "llm":
+            intent.source = "rules (no LLM configured or no budget left)"
+        return intent
+
+    def _text_vectors(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cap_vec]
+        for start in range(0, len(missing), 128):
+            chunk = missing[start : start + 128]
+            self._cap_vec.update(zip(chunk, np.asarray(self.library.embed_texts(chunk), np.float32), strict=True))
+        if len(self._cap_vec) > 50_000:
+            self._cap_vec.clear()
+        return np.stack([self._cap_vec[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
+
+    def _stage1(self, intent: Intent, n: int, exclude: set[int], budget: _Budget, notes: list[str]) -> list[_Cand]:
+        cfg = self.config
+        t = self._text_vectors(intent.descriptions)
+        mean_t = t.mean(0).astype(np.float32)  # mean over descriptions of t·v == (mean t)·v
+        pool = max(n, cfg.pool if cfg.caption_weight > 0 else n)
+        hits = self.library.search_vector(mean_t, pool, exclude_ids=sorted(exclude))
+        cands = [_Cand(h.id, h.path, float(h.score)) for h in hits]
+        tau = cfg.caption_weight
+        if tau > 0 and self.vision is not None and cands:
+            allowance = int(min(cfg.lazy_captions, budget.calls_left()))
+            caps, made, errors = self.captions.ensure(self.library, self.vision, [c.id for c in cands],
+                                                      cfg.caption_style, allowance)
+            budget.calls += made
+            notes.extend(errors[:3])
+            have = [c for c in cands if c.id in caps]
+            if have:
+                e = self._text_vectors([caps[c.id] for c in have])
+                sims = (e @ t.T).mean(1)
+                for c, s in zip(have, sims, strict=True):
+                    c.caption, c.caption_sim = caps[c.id], float(s)
+            if len(have) < len(cands):
+                notes.append(f"{len(cands) - len(have)} of {len(cands)} stage-1 candidates have no caption yet "
+                             "(image similarity only; `picscope captions build` makes them)")
+        elif tau > 0 and self.vision is None:
+            notes.append("no vision model: caption fusion is off")
+        for c in cands:
+            c.s1 = c.image_sim if c.caption_sim is None else (1 - tau) * c.image_sim + tau * c.caption_sim
+        cands.sort(key=lambda c: -c.s1)
+        for r, c in enumerate(cands):
+            c.ranks["stage1"] = r + 1
+        return cands
+
+    # -- stage 2 -------------------------------------------------------------------------------------------
+    def _stage2(self, request: Request, intent: Intent, ref: Reference | None, cands: list[_Cand],
+                budget: _Budget, notes: list[str]) -> str | None:
+        cfg = self.config
+        if self.vision is None:
+            return "no vision model configured"
+        if budget.out_of_time():
+            return f"time budget spent ({budget.elapsed():.1f} s)"
+        if cfg.reasoner == "llm" and self.chat is not None and not intent.propositions and budget.calls_left() >= 3:
+            before = intent.model_calls
+            llm_propositions(self.chat, intent, request.text, list(request.turns), has_reference=ref is not None,
+                             limit=cfg.max_propositions)
+            budget.calls += intent.model_calls - before
+        else:
+            rules_propositions(intent, cfg.max_propositions)
+        props = intent.propositions
+        if not props:
+            return "no propositions to verify"
+        reserve = 1 if 3 in cfg.stages else 0
+        k = int(min(cfg.verify_k, len(cands), budget.calls_left() - reserve))
+        if k < 2:
+            return "model-call budget too small for verification"
+        if k < min(cfg.verify_k, len(cands)):
+            notes.append(f"stage 2 verified the top {k} only (model-call budget)")
+        questions = [p.question for p in props]
+        expected = [p.expected for p in props]
+        needs_ref = ref is not None and any(p.reference for p in props)
+        done = 0
+        for c in cands[:k]:
+            if budget.out_of_time():
+                notes.append(f"stage 2 stopped after {done} of {k} candidates (time budget)")
+                break
+            budget.calls += 1
+            try:
+                p = self.vision.verify(load_view(self.library, c.id), questions,
+                                       reference=ref.image if needs_ref and ref is not None else None)
+            except Exception as exc:
+                notes.append(f"verification of image {c.id} failed ({type(exc).__name__}: {exc})")
+                break
+            if len(p) != len(questions):
+                notes.append(f"the vision model answered {len(p)} of {len(questions)} questions for {c.id}")
+                break
+            c.answers = [float(x) for x in p]
+            c.log_odds = expected_log_odds(c.answers, expected)
+            done += 1
+        if done < 2:
+            return "verification failed for the first candidates"
+        head = cands[:done]
+        z = zscore([c.s1 for c in head])
+        for c, zi in zip(head, z, strict=True):
+            c.s2 = float(zi) + cfg.verify_weight * float(c.log_odds or 0.0)
+        head.sort(key=lambda c: -(c.s2 or 0.0))
+        cands[:done] = head
+        for r, c in enumerate(head):
+            c.ranks["stage2"] = r + 1
+        return None
+
+    # -- stage 3 -------------------------------------------------------------------------------------------
+    def _stage3(self, request: Request, ref: Reference | None, cands: list[_Cand], budget: _Budget,
+                notes: list[str]) -> str | None:
+        cfg = self.config
+        if self.vision is None:
+            return "no vision model configured"
+        if budget.out_of_time():
+            return f"time budget spent ({budget.elapsed():.1f} s)"
+        if budget.calls_left() < 1:
+            return "model-call budget spent"
+        top = cands[: min(cfg.alpha, len(cands))]
+        if len(top) < 2:
+            return "fewer than two candidates"
+        budget.calls += 1
+        try:
+            images = [load_view(self.library, c.id) for c in top]
+            verdicts = self.vision.judge(request_text(request.text, request.turns), images,
+                                         reference=ref.image if ref is not None else None)
+        except Exception as exc:
+            return f"the judge failed ({type(exc).__name__}: {exc})"
+        if len(verdicts) != len(top):
+            return f"the judge scored {len(verdicts)} of {len(top)} candidates"
+        prev = [c.s2 if c.s2 is not None else c.s1 for c in top]
+        zp, zj = zscore(prev), zscore([v.score for v in verdicts])
+        for c, a, b, v in zip(top, zp, zj, verdicts, strict=True):
+            c.judge, c.reason = float(v.score), v.reason
+            c.s3 = float(a) + cfg.judge_weight * float(b)
+        top.sort(key=lambda c: -(c.s3 or 0.0))
+        cands[: len(top)] = top
+        for r, c in enumerate(top):
+            c.ranks["stage3"] = r + 1
+        return None
+
+    @staticmethod
+    def _final_order(cands: list[_Cand]) -> list[int]:
+        return list(range(len(cands)))  # stages reorder `cands` in place, each within its own window
+
+    @staticmethod
+    def _explain(c: _Cand) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": c.id, "path": c.path, "ranks": dict(c.ranks),
+                               "stage1": {"score": round(c.s1, 4), "image_sim": round(c.image_sim, 4)}}
+        if c.caption is not None:
+            out["stage1"].update(caption=c.caption, caption_sim=round(float(c.caption_sim or 0), 4))
+        if c.answers:
+            out["stage2"] = {"p_yes": [round(p, 3) for p in c.answers], "log_odds": round(c.log_odds or 0.0, 3),
+                             "score": round(c.s2 or 0.0, 3)}
+        if c.judge is not None:
+            out["stage3"] = {"judge": round(c.judge, 3), "reason": c.reason, "score": round(c.s3 or 0.0, 3)}
+        return out
+

@@ -1,0 +1,220 @@
+"""Stage 1a (intent synthesis) and stage 2a (propositions): what the wanted photo looks like, as text.
+
+Two reasoners produce the same `Intent`:
+- `llm`: the library's ChatModel with our prompts (`models/prompts/intent.v1.*`, `propositions.v1.*`) and JSON
+  schemas; an unusable answer is retried by the chat layer and then replaced by the rules below, never by a blank
+  description or by the reference caption.
+- `rules`: a small deterministic parser (clauses, negations, dialogue answers); no model at all.
+
+Dialogue requests keep every turn: the request text handed to the LLM lists all answers, the propositions cover
+all of them, and the rules reasoner turns each "question? yes/no" turn into its own constraint.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from picscope.models.base import ChatModel, Message
+from picscope.models.prompts import load_prompt
+
+OpKind = Literal["add", "remove", "modify", "compare", "keep"]
+NO_REFERENCE = "(none: the request describes the photo directly)"
+GRANULARITIES = ("core", "detailed", "full")
+
+
+@dataclass
+class Operation:
+    kind: str
+    text: str
+
+
+@dataclass
+class Proposition:
+    question: str
+    expected: bool  # the answer a matching photo gives
+    reference: bool = False  # compares the candidate with the reference photo
+
+
+@dataclass
+class Intent:
+    descriptions: list[str]
+    operations: list[Operation] = field(default_factory=list)
+    propositions: list[Proposition] = field(default_factory=list)
+    source: str = "rules"  # "llm", "rules", or "rules (fallback: <why>)"
+    propositions_source: str = ""
+    model_calls: int = 0
+    tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def request_text(text: str, turns: list[str] | tuple[str, ...] = ()) -> str:
+    """The whole request as one text; dialogue answers are listed so that none is dropped."""
+    text = " ".join(text.split())
+    if not turns:
+        return text
+    lines = [text, "Answers to follow-up questions (all still apply):"]
+    lines += [f"- {' '.join(t.split())}" for t in turns]
+    return "\n".join(lines)
+
+
+# -- rules ------------------------------------------------------------------------------------------------
+_NEG = re.compile(r"^(?:but\s+)?(?:with\s+)?(?:no|without|not|never|remove|minus|drop|lose|get rid of|no more)\s+(.+)$",
+                  re.I)
+_SPLIT = re.compile(r"\s*(?:,|;|\band\b|\bbut\b|\bwhile\b)\s*", re.I)
+_YES = re.compile(r"^(yes|yeah|yep|correct|true|it is|there (?:is|are))\b", re.I)
+_NO = re.compile(r"^(no|nope|not|none|false|there (?:is|are) no)\b", re.I)
+_Q_PREFIX = re.compile(r"^(?:is|are|does|do|can|was|were)\s+(?:there|it|this|the photo|the image|they|he|she)?\s*",
+                       re.I)
+
+
+def _clauses(text: str) -> list[str]:
+    parts = [p.strip(" .!?") for p in _SPLIT.split(text) if p and p.strip(" .!?")]
+    return [p for p in parts if len(p) > 1]
+
+
+def _turn_fact(turn: str) -> tuple[str, bool] | None:
+    """'is it outdoors? yes' -> ('it outdoors', True); 'what colour is the car? red' -> ('the car red', True)."""
+    q, sep, a = turn.partition("?")
+    q, a = q.strip(), a.strip(" .!")
+    if not sep or not a:
+        return (turn.strip(" .?!"), True) if turn.strip(" .?!") else None
+    if _NO.match(a):
+        return _Q_PREFIX.sub("", q).strip() or q, False
+    if _YES.match(a):
+        return _Q_PREFIX.sub("", q).strip() or q, True
+    subject = re.sub(r"^(?:what|which|how many|how|where|who)\s+(?:\w+\s+)?(?:is|are|does|do)\s+", "", q, flags=re.I)
+    return f"{subject} {a}".strip(), True
+
+
+def _question(fact: str) -> str:
+    fact = fact.strip(" .?!")
+    return f"Is there {fact}?" if not re.match(r"^(it|this|they|the photo|the image)\b", fact, re.I) else f"Is {fact}?"
+
+
+def rules_intent(text: str, turns: list[str] | tuple[str, ...] = (), reference_caption: str | None = None,
+                 granularities: int = 3) -> Intent:
+    """Deterministic reasoner: clauses become operations, negations removals, dialogue answers constraints."""
+    ops: list[Operation] = []
+    for clause in _clauses(text):
+        m = _NEG.match(clause)
+        ops.append(Operation("remove", m.group(1)) if m else Operation("add" if reference_caption is None
+                                                                       else "modify", clause))
+    for turn in turns:
+        fact = _turn_fact(turn)
+        if fact:
+            ops.append(Operation("add" if fact[1] else "remove", fact[0]))
+    wanted = [o.text for o in ops if o.kind != "remove"]
+    core = ", ".join(wanted) or text.strip()
+    detailed = text.strip() if not turns else f"{text.strip()}, " + ", ".join(o.text for o in ops[len(_clauses(text)):]
+                                                                            if o.kind != "remove")
+    full = f"{reference_caption.rstrip('.')}, {core}" if reference_caption else detailed
+    props = [Proposition(_question(o.text), o.kind != "remove") for o in ops]
+    return Intent(descriptions=_dedupe([core, detailed.strip(", "), full])[:granularities] or [text],
+                  operations=ops, propositions=props, source="rules", propositions_source="rules")
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for s in items:
+        s = " ".join(s.split())
+        if s and s.lower() not in seen:
+            seen.add(s.lower())
+            out.append(s)
+    return out
+
+
+# -- LLM ---------------------------------------------------------------------------------------------------
+def _tokens(res: Any) -> int:
+    u = getattr(res, "usage", None)
+    return int(getattr(u, "prompt_tokens", 0) + getattr(u, "completion_tokens", 0)) if u else 0
+
+
+def llm_intent(chat: ChatModel, text: str, turns: list[str] | tuple[str, ...] = (),
+               reference_caption: str | None = None, granularities: int = 3, *, timeout: float | None = 120.0
+               ) -> Intent:
+    """Stage 1a with the LLM; falls back to `rules_intent` (stating why) when the answer is unusable."""
+    prompt = load_prompt("intent")
+    req = request_text(text, turns)
+    system, user = prompt.render(reference=reference_caption or NO_REFERENCE, request=req)
+    res = chat.chat([Message("system", system), Message("user", user)], schema=prompt.schema, max_tokens=320,
+                    timeout=timeout)
+    rules = rules_intent(text, turns, reference_caption, granularities)
+    rules.model_calls, rules.tokens = 1, _tokens(res)
+    data = res.parsed if isinstance(res.parsed, dict) else None
+    if data is None:
+        rules.source = f"rules (fallback: {res.fallback or 'no JSON in the answer'})"
+        return rules
+    descs = _dedupe([str(data.get(g, "")) for g in GRANULARITIES])
+    ops = [Operation(str(o.get("kind", "add")), " ".join(str(o.get("text", "")).split()))
+           for o in data.get("operations", []) if isinstance(o, dict) and str(o.get("text", "")).strip()]
+    if not descs:
+        rules.source = "rules (fallback: the LLM gave no description)"
+        return rules
+    # The rules' dialogue constraints are appended when the LLM left a turn out, so no answer is ever lost.
+    for o in rules.operations[len(_clauses(text)):]:
+        if not any(o.text.lower() in x.text.lower() for x in ops):
+            ops.append(o)
+    return Intent(descriptions=descs[:granularities], operations=ops or rules.operations, source="llm",
+                  model_calls=1, tokens=_tokens(res))
+
+
+def llm_propositions(chat: ChatModel, intent: Intent, text: str, turns: list[str] | tuple[str, ...] = (),
+                     *, has_reference: bool = False, limit: int = 6, timeout: float | None = 120.0) -> Intent:
+    """Stage 2a: yes/no questions with expected answers; rules from the operations when the LLM fails."""
+    prompt = load_prompt("propositions")
+    ops = "\n".join(f"- {o.kind}: {o.text}" for o in intent.operations) or "- add: " + text
+    system, user = prompt.render(request=request_text(text, turns), operations=ops)
+    res = chat.chat([Message("system", system), Message("user", user)], schema=prompt.schema, max_tokens=260,
+                    timeout=timeout)
+    intent.model_calls += 1
+    intent.tokens += _tokens(res)
+    props: list[Proposition] = []
+    if isinstance(res.parsed, dict):
+        for p in res.parsed.get("propositions", []):
+            q = " ".join(str(p.get("question", "")).split()) if isinstance(p, dict) else ""
+            if not q or not isinstance(p, dict):
+                continue
+            exp = str(p.get("expected", "yes")).strip().lower()
+            props.append(Proposition(q if q.endswith("?") else q + "?", exp in ("yes", "true"),
+                                     bool(p.get("reference", False)) and has_reference))
+    rule_props = [Proposition(_question(o.text), o.kind != "remove") for o in intent.operations]
+    if not props:
+        intent.propositions = rule_props[:limit]
+        intent.propositions_source = f"rules (fallback: {res.fallback or 'no usable propositions'})"
+        return intent
+    # Every removal must be checked with an expected "no", even if the LLM forgot it.
+    for rp, op in zip(rule_props, intent.operations, strict=True):
+        if op.kind == "remove" and not any(not p.expected and _overlap(p.question, op.text) for p in props):
+            props.append(rp)
+    intent.propositions = _dedupe_props(props)[:limit]
+    intent.propositions_source = "llm"
+    return intent
+
+
+def _overlap(question: str, text: str) -> bool:
+    words = {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 2 and w not in {"the", "and", "with"}}
+    return bool(words & set(re.findall(r"[a-z]+", question.lower())))
+
+
+def _dedupe_props(props: list[Proposition]) -> list[Proposition]:
+    seen: set[str] = set()
+    out = []
+    for p in props:
+        key = p.question.lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def rules_propositions(intent: Intent, limit: int = 6) -> Intent:
+    if not intent.propositions:
+        intent.propositions = [Proposition(_question(o.text), o.kind != "remove") for o in intent.operations]
+        intent.propositions_source = "rules"
+    intent.propositions = intent.propositions[:limit]
+    return intent
