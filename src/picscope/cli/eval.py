@@ -21,8 +21,10 @@ def eval_cmd(
     dataset: Annotated[Path, typer.Argument(help="dataset folder: images/ + queries.jsonl")],
     out_dir: Annotated[Path, typer.Option("--out", help="report folder")],
     encoder: Annotated[str | None, typer.Option(help="encoder spec (default: the default encoder)")] = None,
-    pipeline: Annotated[str, typer.Option(help="encoder (plain dual-encoder search)")] = "encoder",
-    stages: Annotated[str | None, typer.Option(help="pipeline stages, e.g. 1,2,3")] = None,
+    pipeline: Annotated[str, typer.Option(help="encoder (plain dual-encoder search) or imagescope")] = "encoder",
+    stages: Annotated[str | None, typer.Option(help="imagescope stages, e.g. 1,2,3 or 1-2")] = None,
+    llm: Annotated[str | None, typer.Option(help="imagescope: chat model spec, or 'rules' (no LLM)")] = None,
+    vision: Annotated[str | None, typer.Option(help="imagescope: vision model spec")] = None,
     limit: Annotated[int | None, typer.Option(help="evaluate N queries (seeded sample)")] = None,
     seed: Annotated[int, typer.Option(help="seed for sampling and simulated users")] = 0,
     feedback: Annotated[str | None, typer.Option(help="none | rocchio (interactive rounds)")] = None,
@@ -32,13 +34,19 @@ def eval_cmd(
     max_seconds: Annotated[float | None, typer.Option(help="time budget for the whole run")] = None,
 ) -> None:
     """Evaluate retrieval on a dataset folder; writes metrics.json, per_query.json, report.md and plots."""
+    from picscope.config import PipelineConfig
     from picscope.eval.report import write_report
     from picscope.eval.runner import RunConfig, run
+    from picscope.pipeline import parse_stages
 
+    pcfg = PipelineConfig(reasoner="rules") if llm == "rules" else None
     cfg = RunConfig(
         encoder=encoder,
         pipeline=pipeline,
-        stages=tuple(int(s) for s in stages.split(",")) if stages else None,
+        stages=parse_stages(stages) if stages else None,
+        llm=None if llm == "rules" else llm,
+        vision=vision,
+        pipeline_config=pcfg,
         limit=limit,
         seed=seed,
         feedback=feedback,
@@ -59,6 +67,9 @@ def eval_cmd(
         f"R@10 {100 * m['recall@10']:.1f}  hits@10 {100 * m['hits@10']:.1f}  MRR {m['mrr']:.3f}  "
         f"median rank {m['median_rank']:.0f}"
     )
+    if pipeline == "imagescope":
+        out.print(f"cost per query: {m['model_calls_per_query']:.1f} model calls, {m['tokens_per_query']:.0f} tokens, "
+                  f"{m.get('seconds_p50', 0):.2f} s p50 / {m.get('seconds_p95', 0):.2f} s p95")
     if "rounds" in m:
         out.print("recall over shown images per round: " + "  ".join(f"{100 * r['recall']:.1f}" for r in m["rounds"]))
     out.print(f"report: {', '.join(str(f) for f in files)}")

@@ -27,6 +27,7 @@ from picscope.library import Library
 from picscope.paths import cache_dir
 
 KS = (1, 5, 10, 50)
+RANKED = 50  # results asked of a pipeline per query; the rest of the ranking is the encoder's
 
 
 @dataclass
@@ -41,6 +42,9 @@ class RunConfig:
     user: str = "oracle"
     page_size: int = 10
     max_seconds: float | None = None  # stop early (and say so) once this much time is spent
+    llm: str | None = None  # pipeline imagescope: chat model spec (default: the library's)
+    vision: str | None = None  # pipeline imagescope: vision model spec
+    pipeline_config: Any = None  # a picscope.config.PipelineConfig (default: the library's)
 
 
 @dataclass
@@ -125,11 +129,10 @@ def _metrics_for(ranking: list[str], relevant: set[str]) -> dict[str, float]:
 def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], None] | None = None) -> RunResult:
     ds = load_dataset(dataset_dir)
     encoder = cfg.encoder or default_encoder_spec()
-    if cfg.pipeline != "encoder":
-        raise ConfigError(
-            f"pipeline {cfg.pipeline!r} is not available in this build (the three-stage pipeline is not implemented "
-            "yet); use --pipeline encoder"
-        )
+    if cfg.pipeline not in ("encoder", "imagescope"):
+        raise ConfigError(f"unknown pipeline {cfg.pipeline!r}: use encoder or imagescope")
+    if cfg.pipeline == "imagescope" and cfg.feedback:
+        raise ConfigError("--feedback runs on the encoder pipeline (sessions); leave out --pipeline imagescope")
     lib = library_for(ds, encoder)
     try:
         idx = _Index(lib, ds)
@@ -139,6 +142,7 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
         tv = _TextVectors(lib, queries)
         embed_seconds = (time.perf_counter() - started) / max(len(queries), 1)
         stopped_early = False
+        pipe = _make_pipeline(lib, cfg) if cfg.pipeline == "imagescope" else None
         for n, q in enumerate(queries, start=1):
             if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds:
                 stopped_early = True
@@ -147,6 +151,10 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
             relevant = set(q.relevant)
             vec, exclude = _query_vector(lib, idx, tv, q)
             ranking = _ranking(lib, idx, vec, exclude)
+            calls, tokens = 0, 0
+            stage_info: dict[str, Any] = {}
+            if pipe is not None:
+                ranking, calls, tokens, stage_info = _pipeline_ranking(pipe, idx, q, ranking, len(q.turns or ()))
             row: dict[str, Any] = {
                 "id": q.id,
                 "text": q.text,
@@ -154,15 +162,21 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
                 **_metrics_for(ranking, relevant),
             }
             row["top10"] = ranking[:10]
+            row.update(stage_info)
             if q.turns:
-                rankings = [ranking] + [
-                    _ranking(lib, idx, *_query_vector(lib, idx, tv, q, r)) for r in range(1, len(q.turns) + 1)
-                ]
+                rankings = []
+                for r in range(len(q.turns) + 1):
+                    base = _ranking(lib, idx, *_query_vector(lib, idx, tv, q, r))
+                    if pipe is not None:
+                        base, c, t, _ = _pipeline_ranking(pipe, idx, q, base, r)
+                        calls, tokens = calls + c, tokens + t
+                    rankings.append(base)
                 row["dialog_hits@10"] = M.cumulative_hits(rankings, relevant, 10)
             if cfg.feedback:
                 row["rounds"] = _interactive(lib, idx, q, vec, exclude, cfg)
             row["seconds"] = time.perf_counter() - t0 + embed_seconds
-            row["model_calls"] = 0
+            row["model_calls"] = calls
+            row["tokens"] = tokens
             per_query.append(row)
             if progress:
                 progress(n, len(queries))
@@ -171,6 +185,27 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
         return RunResult(metrics, per_query)
     finally:
         lib.close()
+
+
+def _make_pipeline(lib: Library, cfg: RunConfig) -> Any:
+    from picscope.pipeline import make_pipeline
+
+    return make_pipeline(lib, "imagescope", stages=cfg.stages, llm=cfg.llm, vision=cfg.vision,
+                         config=cfg.pipeline_config)
+
+
+def _pipeline_ranking(pipe: Any, idx: _Index, q: Query, encoder_ranking: list[str], turns_upto: int
+                      ) -> tuple[list[str], int, int, dict[str, Any]]:
+    """The pipeline's top results, then the rest of the gallery in encoder order (for full-ranking metrics)."""
+    from picscope.pipeline import Request
+
+    ref = idx.id_of[q.reference] if q.reference else None
+    out = pipe.run(Request(q.text, reference=ref, turns=list((q.turns or ())[:turns_upto])), k=RANKED)
+    head = [idx.key_of[r.id] for r in out.results if r.id in idx.key_of]
+    seen = set(head)
+    info = {"stages_run": out.stages, "skipped": out.explanation.get("skipped", {}),
+            "intent_source": out.explanation.get("intent", {}).get("source")}
+    return head + [x for x in encoder_ranking if x not in seen], out.model_calls, out.tokens, info
 
 
 def _interactive(
@@ -218,6 +253,18 @@ def _aggregate(rows: list[dict[str, Any]], ds: Dataset, cfg: RunConfig, encoder:
     out["median_rank"] = M.median([r["first_rank"] for r in rows])
     out["seconds_per_query"] = mean("seconds")
     out["model_calls_per_query"] = mean("model_calls")
+    out["tokens_per_query"] = mean("tokens")
+    secs = [r["seconds"] for r in rows]
+    if secs:
+        out["seconds_p50"] = float(np.percentile(secs, 50))
+        out["seconds_p95"] = float(np.percentile(secs, 95))
+    if cfg.pipeline == "imagescope":
+        out["stages"] = list(cfg.stages) if cfg.stages is not None else None
+        skipped: dict[str, int] = {}
+        for row in rows:
+            for st in row.get("skipped", {}):
+                skipped[st] = skipped.get(st, 0) + 1
+        out["stage_skipped_queries"] = skipped
     dialog = [r["dialog_hits@10"] for r in rows if "dialog_hits@10" in r]
     if dialog:
         width = max(map(len, dialog))

@@ -2,7 +2,8 @@
 
 Chat specs: `bundled` (best installed bundled GGUF), `bundled:<name>` (`qwen2.5-coder-0.5b`, `smollm2-135m`),
 `gguf:<path>`, `openai:<base url>#<model>`. Vision specs: `socratic` (offline composition; uses the chat model
-and the dual encoder), `socratic:<chat spec>`, `openai:<base url>#<model>` (a VLM behind an OpenAI API).
+and the dual encoder), `socratic:<chat spec>`, `socratic-lite` (the LLM writes captions only),
+`openai:<base url>#<model>` (a VLM behind an OpenAI API).
 """
 
 from __future__ import annotations
@@ -68,12 +69,15 @@ def make_vision_model(spec: str | None = None, *, chat: ChatModel | None = None,
                       **kw: Any) -> VisionModel:
     spec = (spec or DEFAULT_VISION_SPEC).strip()
     kind, _, arg = spec.partition(":")
-    if kind == "socratic":
+    if kind in ("socratic", "socratic-lite"):
         from picscope.models.socratic import SocraticVision
 
+        if kind == "socratic-lite":  # the LLM only writes captions; verify and judge use the encoder signal
+            kw.setdefault("llm_weight", 0.0)
         return SocraticVision(chat or make_chat_model(arg or None), encoder, **kw)
     if kind == "openai":
         from picscope.models.chat_vision import ChatVision
 
         return ChatVision(make_chat_model(spec, **kw))
-    raise ConfigError(f"unknown vision spec {spec!r}: use socratic, socratic:<llm spec> or openai:<base url>#<model>")
+    raise ConfigError(f"unknown vision spec {spec!r}: use socratic, socratic-lite, socratic:<llm spec> or "
+                      "openai:<base url>#<model>")

@@ -280,6 +280,12 @@ class SocraticVision:
         sims = np.asarray(self.encoder.embed_images([c.convert("RGB") for c in candidates])) @ q
         span = float(sims.max() - sims.min())
         enc01 = (sims - sims.min()) / span if span > 1e-9 else np.full(len(candidates), 0.5)
+        if self.llm_weight <= 0:  # encoder-only judge (no LLM call)
+            verdicts = [Verdict(score=float(enc01[i]), reason=f"encoder similarity {float(sims[i]):.2f}")
+                        for i in range(len(candidates))]
+            for rank, i in enumerate(sorted(range(len(verdicts)), key=lambda j: -verdicts[j].score)):
+                verdicts[i].rank = rank + 1
+            return verdicts
         prompt = load_prompt("judge")
         cands = "\n".join(f"{i + 1}.\n{self.evidence(c).render()}" for i, c in enumerate(candidates))
         ref = f"Reference image:\n{self.evidence(reference).render()}\n" if reference is not None else ""
