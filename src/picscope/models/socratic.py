@@ -148,6 +148,8 @@ class SocraticVision:
         self.spec = f"socratic[{getattr(chat, 'spec', type(chat).__name__)}]"
         self.cache = cache if cache is not None else ResponseCache(namespace="socratic-evidence")
         self._mem: dict[str, Evidence] = {}
+        self._vec_mem: dict[str, np.ndarray] = {}
+        self._txt_mem: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self._ocr_engine: Any = None
 
@@ -194,7 +196,7 @@ class SocraticVision:
                           ocr=list(hit["ocr"]), colours=hit["colours"], size=tuple(hit["size"]))
         else:
             img = image.convert("RGB")
-            v = np.asarray(self.encoder.embed_images([img]))[0]
+            v = self._image_vec(img)
             tags: dict[str, list[tuple[str, float]]] = {}
             for sec, mat in self._vocab_vectors.items():
                 sims = mat @ v
@@ -208,13 +210,39 @@ class SocraticVision:
             self._mem[key] = ev
         return ev
 
+    def _image_vec(self, image: Image.Image) -> np.ndarray:
+        """Encoder embedding of an image, memoised by pixel hash (the pipeline shows one image to several roles)."""
+        h = image_hash(image)
+        with self._lock:
+            hit = self._vec_mem.get(h)
+        if hit is not None:
+            return hit
+        v = np.asarray(self.encoder.embed_images([image.convert("RGB")]))[0]
+        with self._lock:
+            if len(self._vec_mem) > 4096:
+                self._vec_mem.clear()
+            self._vec_mem[h] = v
+        return v
+
+    def _text_vecs(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._txt_mem]
+        if missing:
+            vecs = np.asarray(self.encoder.embed_texts(missing))
+            with self._lock:
+                if len(self._txt_mem) > 20_000:
+                    self._txt_mem.clear()
+                self._txt_mem.update(zip(missing, vecs, strict=True))
+        with self._lock:
+            return np.stack([self._txt_mem[t] for t in texts])
+
     def encoder_p(self, image: Image.Image, statements: Sequence[str]) -> list[float]:
         """P(yes) from the encoder alone: sigmoid of sim(statement) - sim(negation), temperature `tau`."""
         if not statements:
             return []
         statements = [statement_of(s) for s in statements]
-        v = np.asarray(self.encoder.embed_images([image.convert("RGB")]))[0]
-        t = np.asarray(self.encoder.embed_texts([*statements, *(negate(s) for s in statements)]))
+        v = self._image_vec(image)
+        t = self._text_vecs([*statements, *(negate(s) for s in statements)])
         sims = t @ v
         n = len(statements)
         return [1.0 / (1.0 + math.exp(-float(sims[i] - sims[n + i]) / self.tau)) for i in range(n)]
@@ -276,8 +304,8 @@ class SocraticVision:
               reference: Image.Image | None = None) -> list[Verdict]:
         if not candidates:
             return []
-        q = np.asarray(self.encoder.embed_texts([instruction]))[0]
-        sims = np.asarray(self.encoder.embed_images([c.convert("RGB") for c in candidates])) @ q
+        q = self._text_vecs([instruction])[0]
+        sims = np.stack([self._image_vec(c) for c in candidates]) @ q
         span = float(sims.max() - sims.min())
         enc01 = (sims - sims.min()) / span if span > 1e-9 else np.full(len(candidates), 0.5)
         if self.llm_weight <= 0:  # encoder-only judge (no LLM call)

@@ -72,6 +72,16 @@ class CaptionStore:
         self._con().execute("INSERT OR REPLACE INTO captions VALUES (?, ?, ?, ?, ?, ?)",
                             (int(file_id), model, style, hash_, caption, time.time()))
 
+    def all_for(self, ids: Iterable[int]) -> dict[int, str]:
+        """Any stored caption per id (newest first), whatever model made it."""
+        out: dict[int, str] = {}
+        for i in ids:
+            row = self._con().execute("SELECT caption FROM captions WHERE id=? ORDER BY created DESC LIMIT 1",
+                                      (int(i),)).fetchone()
+            if row:
+                out[int(i)] = str(row[0])
+        return out
+
     def count(self, model: str, style: str) -> int:
         row = self._con().execute("SELECT COUNT(*) FROM captions WHERE model=? AND style=?", (model, style)).fetchone()
         return int(row[0])

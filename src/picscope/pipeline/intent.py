@@ -64,15 +64,33 @@ def request_text(text: str, turns: list[str] | tuple[str, ...] = ()) -> str:
 # -- rules ------------------------------------------------------------------------------------------------
 _NEG = re.compile(r"^(?:but\s+)?(?:with\s+)?(?:no|without|not|never|remove|minus|drop|lose|get rid of|no more)\s+(.+)$",
                   re.I)
-_SPLIT = re.compile(r"\s*(?:,|;|\band\b|\bbut\b|\bwhile\b)\s*", re.I)
+# "and" splits only before a negation ("a dog and no people"): "a child and a woman" is one thing to look for.
+_SPLIT = re.compile(r"\s*(?:,|;|\bbut\b|\bwhile\b|\band\b(?=\s+(?:no|not|without|never)\b))\s*", re.I)
 _YES = re.compile(r"^(yes|yeah|yep|correct|true|it is|there (?:is|are))\b", re.I)
 _NO = re.compile(r"^(no|nope|not|none|false|there (?:is|are) no)\b", re.I)
 _Q_PREFIX = re.compile(r"^(?:is|are|does|do|can|was|were)\s+(?:there|it|this|the photo|the image|they|he|she)?\s*",
                        re.I)
 
 
+# Phrases that point at the reference photo ("like this one, but ..."): they say "keep the rest", not what to show.
+_DEICTIC = re.compile(
+    r"^(?:(?:something|a photo|a picture|an image)\s+)?(?:just\s+)?(?:like|similar to|same as|the same as|as in)\s+"
+    r"(?:this|that|the reference)(?:\s+(?:one|photo|picture|image|scene|shot))?"
+    r"|^the same(?:\s+(?:kind of\s+)?(?:scene|photo|picture|image|one|thing))?"
+    r"|^(?:changed|modified|edited)\s+so\s+that|^(?:except|only)\s+that|^except|^instead",
+    re.I)
+
+
+def _strip_deictic(clause: str) -> str:
+    prev = None
+    while prev != clause:
+        prev = clause
+        clause = _DEICTIC.sub("", clause).strip(" ,.:;")
+    return clause
+
+
 def _clauses(text: str) -> list[str]:
-    parts = [p.strip(" .!?") for p in _SPLIT.split(text) if p and p.strip(" .!?")]
+    parts = [_strip_deictic(p.strip(" .!?")) for p in _SPLIT.split(text) if p and p.strip(" .!?")]
     return [p for p in parts if len(p) > 1]
 
 
@@ -109,8 +127,12 @@ def rules_intent(text: str, turns: list[str] | tuple[str, ...] = (), reference_c
             ops.append(Operation("add" if fact[1] else "remove", fact[0]))
     wanted = [o.text for o in ops if o.kind != "remove"]
     core = ", ".join(wanted) or text.strip()
-    detailed = text.strip() if not turns else f"{text.strip()}, " + ", ".join(o.text for o in ops[len(_clauses(text)):]
-                                                                            if o.kind != "remove")
+    if reference_caption is not None:
+        detailed = core
+    elif turns:
+        detailed = f"{text.strip()}, " + ", ".join(o.text for o in ops[len(_clauses(text)):] if o.kind != "remove")
+    else:
+        detailed = text.strip()
     full = f"{reference_caption.rstrip('.')}, {core}" if reference_caption else detailed
     props = [Proposition(_question(o.text), o.kind != "remove") for o in ops]
     return Intent(descriptions=_dedupe([core, detailed.strip(", "), full])[:granularities] or [text],

@@ -1,0 +1,209 @@
+"""The three-stage pipeline against encoder-only retrieval, per stage, with its cost; and weight tuning on train.
+
+    python benchmarks/bench_pipeline.py                               # all parts, default sizes
+    python benchmarks/bench_pipeline.py --parts t2i --t2i-limit 1000 --llm-limit 40
+    python benchmarks/bench_pipeline.py --parts tune                  # fusion weights on Flickr8k *train*
+
+Parts (each through the evaluation harness, `picscope.eval.runner.run`, on datasets built from ../shared/data):
+- `t2i`: Flickr8k dev text→image (1,000 images, caption queries): encoder, stage 1, stages 1-2, stages 1-3 with
+  the `rules` reasoner and `socratic-lite` vision on `--t2i-limit` queries, and the offline default models
+  (bundled LLM reasoner, `socratic` vision) on a `--llm-limit` subsample.
+- `cir`: templated composed triplets from Flickr8k dev (reference + templated change → target).
+- `dialog`: caption-as-dialogue on Flickr8k dev: cumulative Hits@10 per round (round r adds the r-th caption).
+- `tune`: fusion weights (verify / judge) chosen on Flickr8k *train* queries by a grid over signals gathered once.
+Every row reports model calls, tokens and seconds per query (p50/p95). The baseline is the encoder row of the
+same run on the same queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, table
+
+from picscope.config import PipelineConfig
+from picscope.eval.builders import build_caption_dialog, build_flickr8k, build_templated_cir
+from picscope.eval.runner import RunConfig, run
+from picscope.paths import cache_dir, data_root
+
+FAST = {"reasoner": "rules"}
+FAST_VISION = "socratic-lite"
+
+
+def dataset(kind: str, split: str = "dev", limit: int | None = None) -> Path:
+    root = cache_dir() / "datasets" / f"bench-{kind}-{split}{'' if limit is None else f'-{limit}'}"
+    if not (root / "queries.jsonl").exists():
+        builder = {"t2i": build_flickr8k, "cir": build_templated_cir, "dialog": build_caption_dialog}[kind]
+        builder(root, split, limit)
+    return root
+
+
+def row(name: str, m: dict[str, Any], base: dict[str, Any] | None) -> list[Any]:
+    d = "" if base is None else f"{100 * (m['recall@1'] - base['recall@1']):+.1f}"
+    return [name, m["queries"], 100 * m["recall@1"], 100 * m["recall@5"], 100 * m["recall@10"], d,
+            m.get("model_calls_per_query", 0.0), m.get("tokens_per_query", 0.0), m.get("seconds_p50", 0.0),
+            m.get("seconds_p95", 0.0)]
+
+
+HEAD = ["configuration", "queries", "R@1", "R@5", "R@10", "ΔR@1", "calls/q", "tokens/q", "s p50", "s p95"]
+
+
+def evaluate(ds: Path, limit: int | None, stages: tuple[int, ...] | None, *, llm: str | None = None,
+             vision: str | None = None, cfg: PipelineConfig | None = None, seed: int = 0) -> dict[str, Any]:
+    rc = RunConfig(pipeline="encoder" if stages is None else "imagescope", stages=stages, limit=limit, seed=seed,
+                   llm=llm, vision=vision, pipeline_config=cfg)
+    t0 = time.perf_counter()
+    m = run(ds, rc).metrics
+    m["wall"] = time.perf_counter() - t0
+    return m
+
+
+def part_t2i(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, Any]) -> None:
+    ds = dataset("t2i")
+    rows, base = [], evaluate(ds, args.t2i_limit, None)
+    rows.append(row("encoder only", base, None))
+    for st in ((1,), (1, 2), (1, 2, 3)):
+        m = evaluate(ds, args.t2i_limit, st, vision=FAST_VISION, cfg=cfg)
+        rows.append(row(f"rules + socratic-lite, stages {'-'.join(map(str, st))}", m, base))
+        results[f"t2i-rules-{len(st)}"] = m
+    results["t2i-encoder"] = base
+    if args.llm_limit:
+        lbase = evaluate(ds, args.llm_limit, None, seed=1)
+        rows.append(row("encoder only (LLM subsample, seed 1)", lbase, None))
+        full = cfg.model_copy(update={"reasoner": "llm"})
+        for st in ((1,), (1, 2), (1, 2, 3)):
+            m = evaluate(ds, args.llm_limit, st, cfg=full, seed=1)
+            rows.append(row(f"bundled LLM + socratic, stages {'-'.join(map(str, st))}", m, lbase))
+            results[f"t2i-llm-{len(st)}"] = m
+    print("\nFlickr8k dev, text→image (1,000-image gallery)")
+    print(table(HEAD, rows))
+
+
+def part_cir(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, Any]) -> None:
+    ds = dataset("cir")
+    base = evaluate(ds, args.cir_limit, None)
+    text_only = cfg.model_copy(update={"granularities": 1})
+    rows = [row("encoder only (reference + text embeddings)", base, None)]
+    for name, st, c in (("rules, stage 1", (1,), cfg), ("rules, stage 1, core description only", (1,), text_only),
+                        ("rules + socratic-lite, stages 1-3", (1, 2, 3), cfg)):
+        m = evaluate(ds, args.cir_limit, st, vision=FAST_VISION, cfg=c)
+        rows.append(row(name, m, base))
+        results[f"cir-{name}"] = m
+    if args.llm_limit:
+        lbase = evaluate(ds, args.llm_limit, None, seed=1)
+        rows.append(row("encoder only (LLM subsample, seed 1)", lbase, None))
+        for st in ((1,), (1, 2, 3)):
+            m = evaluate(ds, args.llm_limit, st, cfg=cfg.model_copy(update={"reasoner": "llm"}), seed=1)
+            rows.append(row(f"bundled LLM + socratic, stages {'-'.join(map(str, st))}", m, lbase))
+            results[f"cir-llm-{len(st)}"] = m
+    results["cir-encoder"] = base
+    print("\nTemplated composed triplets (Flickr8k dev; reference + templated change → target)")
+    print(table(HEAD, rows))
+
+
+def part_dialog(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, Any]) -> None:
+    ds = dataset("dialog")
+    rows = []
+    base = evaluate(ds, args.dialog_limit, None)
+    rows.append(["encoder only (all turns joined)", base["queries"], *[100 * h for h in base["dialog_hits@10"]]])
+    for st in ((1,), (1, 2, 3)):
+        m = evaluate(ds, args.dialog_limit, st, vision=FAST_VISION, cfg=cfg)
+        rows.append([f"rules + socratic-lite, stages {'-'.join(map(str, st))}", m["queries"],
+                     *[100 * h for h in m["dialog_hits@10"]]])
+        results[f"dialog-rules-{len(st)}"] = m
+    results["dialog-encoder"] = base
+    width = max(len(r) for r in rows) - 2
+    print("\nCaption-as-dialogue (Flickr8k dev): cumulative Hits@10 per round (round 0 = first caption only)")
+    print(table(["configuration", "queries", *[f"round {r}" for r in range(width)]], rows))
+
+
+def part_tune(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, Any]) -> PipelineConfig:
+    """Grid over the verify weight on train queries from signals gathered once (stage 2 with weight 0)."""
+    from picscope.eval.dataset import load_dataset
+    from picscope.eval.runner import _Index, library_for
+    from picscope.models import make_vision_model
+    from picscope.pipeline import Request
+    from picscope.pipeline.imagescope import ImageScopePipeline
+
+    ds_path = dataset("t2i", "train", 1000)
+    ds = load_dataset(ds_path)
+    lib = library_for(ds, cfg_encoder())
+    idx = _Index(lib, ds)
+    rng = np.random.default_rng(0)
+    queries = [ds.queries[i] for i in rng.choice(len(ds.queries), min(args.tune_limit, len(ds.queries)),
+                                                  replace=False)]
+    vision = make_vision_model(FAST_VISION, encoder=lib.encoder)
+    pipe = ImageScopePipeline(lib, cfg.model_copy(update={"verify_weight": 0.0}), chat=None, vision=vision)
+    gathered = []
+    for q in queries:
+        out = pipe.run(Request(q.text), k=cfg.verify_k, stages=(1, 2))
+        cands = [c for c in out.explanation["candidates"] if "stage2" in c]
+        keys = [idx.key_of[c["id"]] for c in cands]
+        gathered.append((keys, np.array([c["stage1"]["score"] for c in cands]),
+                         np.array([c["stage2"]["log_odds"] for c in cands]), set(q.relevant)))
+    rows = []
+    best = (-1.0, 0.0)
+    for w in (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.5, 2.0):
+        r1 = []
+        for keys, s1, lo, rel in gathered:
+            z = (s1 - s1.mean()) / (s1.std() + 1e-9)
+            top = keys[int(np.argmax(z + w * lo))]
+            r1.append(float(top in rel))
+        r = float(np.mean(r1))
+        rows.append([w, 100 * r])
+        if r > best[0] + 1e-9:
+            best = (r, w)
+    print(f"\nTuning the stage-2 weight on {len(queries)} Flickr8k *train* queries (1,000-image train gallery)")
+    print(table(["verify_weight", "R@1"], rows))
+    print(f"best verify_weight: {best[1]}")
+    results["tune"] = {"grid": rows, "best_verify_weight": best[1]}
+    lib.close()
+    return cfg.model_copy(update={"verify_weight": best[1]})
+
+
+def cfg_encoder() -> str:
+    from picscope.encoders import default_encoder_spec
+
+    return default_encoder_spec()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", nargs="+", default=["t2i", "cir", "dialog"],
+                    choices=["tune", "t2i", "cir", "dialog"])
+    ap.add_argument("--t2i-limit", type=int, default=1000)
+    ap.add_argument("--cir-limit", type=int, default=500)
+    ap.add_argument("--dialog-limit", type=int, default=300)
+    ap.add_argument("--llm-limit", type=int, default=30, help="queries for the bundled-LLM rows (0: skip)")
+    ap.add_argument("--tune-limit", type=int, default=500)
+    ap.add_argument("--verify-weight", type=float, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="write every metric here")
+    args = ap.parse_args()
+    if not (data_root() / "flickr8k" / "captions.jsonl").exists():
+        print(f"skip: Flickr8k not found under {data_root()} (set PICSCOPE_DATA)")
+        return 0
+    print(machine())
+    cfg = PipelineConfig(**FAST)
+    if args.verify_weight is not None:
+        cfg = cfg.model_copy(update={"verify_weight": args.verify_weight})
+    results: dict[str, Any] = {}
+    if "tune" in args.parts:
+        cfg = part_tune(args, cfg, results)
+    for part in ("t2i", "cir", "dialog"):
+        if part in args.parts:
+            {"t2i": part_t2i, "cir": part_cir, "dialog": part_dialog}[part](args, cfg, results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

