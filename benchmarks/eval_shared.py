@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table  # noqa: E402
+from common import machine, table
 
-from picscope.eval.builders import build_flickr8k, build_msrvtt_frames  # noqa: E402
-from picscope.eval.report import write_report  # noqa: E402
-from picscope.eval.runner import RunConfig, run  # noqa: E402
-from picscope.paths import cache_dir, data_root  # noqa: E402
+from picscope.eval.builders import build_flickr8k, build_msrvtt_frames
+from picscope.eval.report import write_report
+from picscope.eval.runner import RunConfig, run
+from picscope.paths import cache_dir, data_root
 
 
 def main() -> None:
@@ -54,8 +54,7 @@ def main() -> None:
                 res = run(ds, RunConfig(encoder=enc, feedback=strategy, user=user, rounds=3, page_size=10, limit=limit))
                 write_report(res, args.out / f"{ds.name}-{enc}-{strategy}-{user}")
                 r = res.metrics["rounds"]
-                fb_rows.append([name, user, strategy, res.metrics["queries"], *(100 * x["recall"] for x in r),
-                                f"{100 * (r[-1]['recall'] / r[-1 if strategy == 'none' else -1]['recall'] - 1):+.1f}%"])
+                fb_rows.append([name, user, strategy, res.metrics["queries"], *(100 * x["recall"] for x in r), ""])
     # relative gain of rocchio over none after 3 rounds, per (dataset, user)
     for i in range(0, len(fb_rows), 2):
         base, roc = fb_rows[i], fb_rows[i + 1]

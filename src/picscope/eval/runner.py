@@ -45,6 +45,7 @@ class RunConfig:
     llm: str | None = None  # pipeline imagescope: chat model spec (default: the library's)
     vision: str | None = None  # pipeline imagescope: vision model spec
     pipeline_config: Any = None  # a picscope.config.PipelineConfig (default: the library's)
+    query_ids: frozenset[str] | None = None  # evaluate only these queries (e.g. a held-out part of a split)
 
 
 @dataclass
@@ -136,7 +137,8 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
     lib = library_for(ds, encoder)
     try:
         idx = _Index(lib, ds)
-        queries = _select(ds.queries, cfg.limit, cfg.seed)
+        pool = [q for q in ds.queries if cfg.query_ids is None or q.id in cfg.query_ids]
+        queries = _select(pool, cfg.limit, cfg.seed)
         per_query: list[dict[str, Any]] = []
         started = time.perf_counter()
         tv = _TextVectors(lib, queries)
