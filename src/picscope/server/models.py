@@ -1,0 +1,197 @@
+"""Typed request and response bodies of the REST API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_QUERY = 1000  # characters; the server's setting can only lower it
+MAX_K = 500
+
+Turn = Annotated[str, Field(min_length=1, max_length=MAX_QUERY, pattern=r"\S")]
+LibraryId = Annotated[int, Field(ge=1, le=2**62)]
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what went wrong and what to do about it")
+    code: str = Field(description="a stable machine-readable code, e.g. not_found, busy, too_large")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class LibraryStatusOut(BaseModel):
+    path: str
+    encoder: str | None
+    encoder_name: str | None
+    store: str
+    dim: int | None
+    files: int
+    errors: int
+    stale: int
+    vectors: int
+    roots: list[str]
+    sessions: int
+    uploads: int
+    thumbnail_cache: str | None = Field(None, description="the on-disk thumbnail cache (None: not writable)")
+
+
+class Reference(BaseModel):
+    """A reference photo: a library image (`id`) or an uploaded one (`upload`). Exactly one of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int | None = Field(None, ge=1, le=2**62, description="library id of an indexed image")
+    upload: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="id returned by POST /api/uploads")
+
+    @model_validator(mode="after")
+    def _one(self) -> Reference:
+        if (self.id is None) == (self.upload is None):
+            raise ValueError("give exactly one of id or upload")
+        return self
+
+
+class SearchRequest(BaseModel):
+    """Any kind of search: text; text + reference photo ("like this, but …"); text + dialogue turns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=MAX_QUERY, pattern=r"\S",
+                      description="the query, or the change to the reference")
+    k: int = Field(24, ge=1, le=MAX_K)
+    offset: int = Field(0, ge=0, le=MAX_K, description="skip this many results (pages)")
+    reference: Reference | None = None
+    turns: list[Turn] = Field(default_factory=list, max_length=20,
+                                        description="dialogue answers, e.g. 'is it outdoors? yes'")
+    pipeline: Literal["encoder", "imagescope"] | None = Field(None, description="default: the server's")
+    stages: list[Literal[1, 2, 3]] | None = Field(None, max_length=3, description="imagescope stages to run")
+    exclude_ids: list[LibraryId] = Field(default_factory=list, max_length=1000)
+
+
+class ResultItem(BaseModel):
+    id: int
+    score: float
+    rank: int
+    path: str
+    name: str
+    thumbnail_url: str
+    image_url: str
+
+
+class SearchResponse(BaseModel):
+    results: list[ResultItem]
+    query: str
+    pipeline: str
+    stages: list[int] = Field(default_factory=list, description="stages that ran")
+    model_calls: int = 0
+    seconds: float
+    explanation: dict[str, Any] = Field(default_factory=dict, description="the pipeline's explanation (JSON)")
+
+
+class ImageInfo(BaseModel):
+    id: int
+    path: str
+    name: str
+    width: int | None
+    height: int | None
+    size: int
+    caption: str | None = Field(None, description="a stored caption, when one was made")
+    image_url: str
+    thumbnail_url: str
+
+
+class UploadInfo(BaseModel):
+    id: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+    thumbnail_url: str
+    expires_in_s: float
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY, pattern=r"\S")
+    strategy: Literal["none", "rocchio", "caption", "rewrite", "combined"] = "rocchio"
+    page_size: int = Field(12, ge=1, le=100)
+    reference: Reference | None = None
+
+
+class MarkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[LibraryId] = Field(min_length=1, max_length=100)
+    relevant: bool = True
+    round: int | None = Field(None, ge=0, le=10_000, description="the round the page shows (stale pages get 409)")
+
+
+class RoundRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    round: int | None = Field(None, ge=0, le=10_000, description="the round the page shows (stale pages get 409)")
+    allow_repeats: bool = False
+
+
+class ShownItem(BaseModel):
+    number: int
+    id: int
+    path: str
+    name: str
+    score: float
+    round: int
+    mark: bool | None
+    thumbnail_url: str
+    image_url: str
+
+
+class RoundHistory(BaseModel):
+    round: int
+    query: str
+    why: str
+    fallback: str | None
+    relevant_so_far: int
+    not_relevant_so_far: int
+    model_calls_so_far: int
+    seconds: float
+
+
+class SessionState(BaseModel):
+    id: str
+    query: str
+    strategy: str
+    round: int
+    current_query: str
+    negative_propositions: list[str]
+    history: list[RoundHistory]
+    strategy_error: str | None
+    page_size: int
+    version: int
+    shown: int
+    page: list[ShownItem]
+
+
+class RemovedMark(BaseModel):
+    id: int
+    relevant: bool
+    round: int
+
+
+class UndoResponse(SessionState):
+    removed: list[RemovedMark]
+
+
+class SessionSummary(BaseModel):
+    id: str
+    query: str
+    strategy: str
+    updated: float
+    round: int | None
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionSummary]

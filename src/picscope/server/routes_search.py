@@ -1,0 +1,148 @@
+"""Search (every request type) and "more like this"."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from PIL import Image
+
+from picscope.server.models import MAX_K, MAX_QUERY, ErrorBody, Reference, SearchRequest, SearchResponse
+from picscope.server.state import AppState, get_state
+
+router = APIRouter(prefix="/api", tags=["search"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 503)
+}
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def jsonable(x: Any) -> Any:
+    """A plain-JSON copy: numpy scalars become numbers, NaN/inf become null, unknown objects strings."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | set):
+        return [jsonable(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, int):
+        return x
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if hasattr(x, "dtype") and x.dtype.kind in "iu":
+        return int(x)
+    return f if math.isfinite(f) else None
+
+
+def check_window(state: AppState, k: int, offset: int) -> None:
+    limit = min(MAX_K, state.settings.max_k)
+    if k + offset > limit:
+        raise HTTPException(400, f"k + offset = {k + offset} exceeds the limit of {limit} results per request")
+
+
+def check_text(state: AppState, text: str) -> str:
+    if len(text) > state.settings.max_query_chars:
+        raise HTTPException(400, f"query too long ({len(text)} characters; the limit is "
+                            f"{state.settings.max_query_chars})")
+    if not text.strip():
+        raise HTTPException(400, "empty query: type what you are looking for")
+    return text.strip()
+
+
+def reference_value(state: AppState, ref: Reference | None) -> int | Image.Image | None:
+    if ref is None:
+        return None
+    if ref.id is not None:
+        state.images.record(ref.id)  # 404 for an unknown id
+        return ref.id
+    assert ref.upload is not None
+    return state.uploads.image(ref.upload)
+
+
+def run_search(state: AppState, req: SearchRequest) -> SearchResponse:
+    from picscope.pipeline import Request as PipelineRequest
+
+    spec = req.pipeline or state.settings.default_pipeline
+    if spec not in state.settings.pipelines:
+        raise HTTPException(400, f"this server does not run the {spec} pipeline (it runs: "
+                            f"{', '.join(state.settings.pipelines)})")
+    stages = tuple(sorted(set(req.stages))) if req.stages is not None else None
+    if spec == "encoder" and stages:
+        raise HTTPException(400, "stages apply to the imagescope pipeline; leave them out for encoder search")
+    t0 = time.perf_counter()
+    ref = reference_value(state, req.reference)
+    pipe = state.pipeline(spec, stages)
+    out = pipe.run(PipelineRequest(req.text, reference=ref, turns=list(req.turns)), req.k + req.offset,
+                   exclude_ids=tuple(req.exclude_ids), stages=stages)
+    results = out.results[req.offset : req.offset + req.k]
+    return SearchResponse(results=state.items(results), query=req.text, pipeline=getattr(pipe, "name", spec),
+                          stages=list(out.stages), model_calls=int(out.model_calls),
+                          seconds=round(time.perf_counter() - t0, 4), explanation=jsonable(out.explanation))
+
+
+@router.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Text search")
+async def search_get(
+    state: StateDep,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, pattern=r"\S", description="what you are looking for")],
+    k: Annotated[int, Query(ge=1, le=MAX_K)] = 24,
+    offset: Annotated[int, Query(ge=0, le=MAX_K)] = 0,
+    ref: Annotated[int | None, Query(ge=1, le=2**62, description="library id of a reference photo")] = None,
+    upload: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$", description="uploaded reference photo")] = None,
+) -> SearchResponse:
+    """`GET /api/search?q=TEXT&k=N` (encoder pipeline). With `ref` or `upload` it is a composed search."""
+    text = check_text(state, q)
+    check_window(state, k, offset)
+    if ref is not None and upload is not None:
+        raise HTTPException(400, "give ref or upload, not both")
+    reference = Reference(id=ref) if ref is not None else Reference(upload=upload) if upload is not None else None
+    req = SearchRequest(text=text, k=k, offset=offset, reference=reference)
+    return await state.work.run(run_search, state, req)
+
+
+@router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="Any search")
+async def search_post(state: StateDep, body: SearchRequest) -> SearchResponse:
+    """Text, composed (`reference` + the change as `text`) or dialogue (`turns`) search through a pipeline;
+    `pipeline: imagescope` with `stages` runs the language-guided stages (slow; needs the model backends)."""
+    body.text = check_text(state, body.text)
+    check_window(state, body.k, body.offset)
+    for t in body.turns:
+        check_text(state, t)
+    return await state.work.run(run_search, state, body)
+
+
+def run_similar(state: AppState, file_id: int | None, upload: str | None, k: int, offset: int) -> SearchResponse:
+    t0 = time.perf_counter()
+    lib = state.library
+    if file_id is not None:
+        state.images.record(file_id)
+        hits = lib.similar(file_id, k + offset)
+        source: dict[str, Any] = {"id": file_id}
+    else:
+        assert upload is not None
+        hits = lib.similar(state.uploads.image(upload), k + offset)
+        source = {"upload": upload}
+    results = hits[offset : offset + k]
+    return SearchResponse(results=state.items(results), query="", pipeline="similar", stages=[], model_calls=0,
+                          seconds=round(time.perf_counter() - t0, 4),
+                          explanation={"pipeline": "similar", "reference": source,
+                                       "query_text": "images that look like the reference (image embedding)"})
+
+
+@router.get("/similar", response_model=SearchResponse, responses=ERRORS, summary="More like this")
+async def similar(
+    state: StateDep,
+    id: Annotated[int | None, Query(ge=1, le=2**62, description="library id")] = None,
+    upload: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$", description="upload id")] = None,
+    k: Annotated[int, Query(ge=1, le=MAX_K)] = 24,
+    offset: Annotated[int, Query(ge=0, le=MAX_K)] = 0,
+) -> SearchResponse:
+    """Images that look like a library image (`id`) or an uploaded photo (`upload`); the image itself is left out."""
+    if (id is None) == (upload is None):
+        raise HTTPException(400, "give exactly one of id or upload")
+    check_window(state, k, offset)
+    return await state.work.run(run_similar, state, id, upload, k, offset)
