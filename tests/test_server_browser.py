@@ -14,21 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+
+from picscope import Library
+from tests.feedback_test_doubles import ColourCaptionerTestDouble
+from tests.server_helpers import free_port, live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
                 allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests need `pip install playwright`")
-pytest.importorskip("fastapi")
-
-import httpx
-
-from picscope import Library
-from picscope.server import ServerSettings, create_app
-from tests.feedback_test_doubles import ColourCaptionerTestDouble
-from tests.server_helpers import free_port, live_server
+pytest.importorskip("fastapi", reason="the web app needs the server extra")
+from picscope.server import ServerSettings, create_app  # noqa: E402
 
 SHOTS = Path(os.environ.get("PICSCOPE_TEST_OUTPUT", Path(__file__).resolve().parents[1] / "test-output")) / "browser"
 
