@@ -197,6 +197,7 @@ def main() -> int:
     ap.add_argument("--tune-limit", type=int, default=500)
     ap.add_argument("--verify-weight", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write every metric here")
+    ap.add_argument("--plot", type=Path, default=None, help="write a PNG of R@1/5/10 per configuration here")
     args = ap.parse_args()
     if not (data_root() / "flickr8k" / "captions.jsonl").exists():
         print(f"skip: Flickr8k not found under {data_root()} (set PICSCOPE_DATA)")
@@ -213,7 +214,32 @@ def main() -> int:
             {"t2i": part_t2i, "cir": part_cir, "dialog": part_dialog}[part](args, cfg, results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
+    if args.plot:
+        plot(results, args.plot)
     return 0
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: R@1/5/10 for every configuration that was run, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {"t2i": "Flickr8k dev text→image", "cir": "templated composed"}
+    fig, axes = plt.subplots(1, len(groups), figsize=(13, 4.5), squeeze=False)
+    for ax, (prefix, title) in zip(axes[0], groups.items(), strict=True):
+        names = [k for k, m in results.items() if k.startswith(prefix) and isinstance(m, dict) and "recall@1" in m]
+        x = np.arange(len(names))
+        for j, k in enumerate((1, 5, 10)):
+            ax.bar(x + (j - 1) * 0.27, [100 * results[n][f"recall@{k}"] for n in names], 0.27, label=f"R@{k}")
+        ax.set_xticks(x, [n.removeprefix(prefix + "-") for n in names], rotation=30, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.set_ylabel("%")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -109,4 +109,18 @@ def test_cli_writes_report(dataset: Path, tmp_path: Path) -> None:
         assert key in metrics
     assert (out / "report.md").read_text().startswith("# Evaluation")
     assert (out / "recall_at_k.png").stat().st_size > 1000 and (out / "recall_per_round.png").exists()
-    assert main(["eval", str(dataset), "--out", str(out), "--pipeline", "imagescope"]) == 2
+    assert main(["eval", str(dataset), "--out", str(out), "--pipeline", "bogus"]) == 2
+    assert main(["eval", str(dataset), "--out", str(out), "--pipeline", "imagescope", "--feedback", "rocchio"]) == 2
+
+
+def test_imagescope_pipeline_through_the_harness(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pipe"
+    assert main(["eval", str(dataset), "--out", str(out), "--encoder", "labels", "--pipeline", "imagescope",
+                 "--stages", "1-2", "--llm", "rules", "--vision", "socratic-lite"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    rows = {r["id"]: r for r in json.loads((out / "per_query.json").read_text())}
+    assert m["pipeline"] == "imagescope" and m["stages"] == [1, 2] and m["stage_skipped_queries"] == {}
+    assert all(r["stages_run"] == [1, 2] and r["intent_source"] == "rules" for r in rows.values())
+    assert "images/cat.png" not in rows["composed"]["top10"]  # the reference is never a result
+    assert len(rows["dialog"]["dialog_hits@10"]) == 3  # one ranking per dialogue round
+    assert 0 < m["recall@10"] <= 1 and m["seconds_p95"] >= m["seconds_p50"] > 0

@@ -175,7 +175,8 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
                     rankings.append(base)
                 row["dialog_hits@10"] = M.cumulative_hits(rankings, relevant, 10)
             if cfg.feedback:
-                row["rounds"] = _interactive(lib, idx, q, vec, exclude, cfg)
+                row["rounds"], fb_calls = _interactive(lib, idx, q, vec, exclude, cfg)
+                calls += fb_calls
             row["seconds"] = time.perf_counter() - t0 + embed_seconds
             row["model_calls"] = calls
             row["tokens"] = tokens
@@ -212,7 +213,8 @@ def _pipeline_ranking(pipe: Any, idx: _Index, q: Query, encoder_ranking: list[st
 
 def _interactive(
     lib: Library, idx: _Index, q: Query, vec: np.ndarray, exclude: list[int], cfg: RunConfig
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], int]:
+    """Rounds of a simulated session; returns per-round recall and the model calls the strategy made."""
     from picscope.feedback import make_strategy
 
     strategy = make_strategy(cfg.feedback or "none", lib)
@@ -233,7 +235,7 @@ def _interactive(
         state = strategy.update(
             state, [idx.id_of[s] for s in marks.relevant], [idx.id_of[s] for s in marks.not_relevant]
         )
-    return rounds
+    return rounds, int(getattr(state, "model_calls", 0))
 
 
 def _aggregate(rows: list[dict[str, Any]], ds: Dataset, cfg: RunConfig, encoder: str, lib: Library) -> dict[str, Any]:
