@@ -134,6 +134,46 @@ def test_composed_dialogue_and_similar(client: TestClient, lib: Library) -> None
     assert client.post("/api/search", json={"text": "red", "stages": [1]}).status_code == 400
 
 
+class JudgeVision:
+    """A vision double: says yes to every proposition and judges red images best, with a reason."""
+
+    spec = "test-double:judge"
+
+    def caption(self, image: Image.Image, style: str = "short") -> str:
+        return "a coloured square"
+
+    def verify(self, image: Image.Image, questions: Any, reference: Image.Image | None = None) -> list[float]:
+        return [0.9 for _ in questions]
+
+    def judge(self, instruction: str, candidates: Any, reference: Image.Image | None = None) -> list[Any]:
+        from picscope.models.base import Verdict
+
+        out = []
+        for c in candidates:
+            r, g, b = c.convert("RGB").resize((1, 1)).getpixel((0, 0))
+            out.append(Verdict(1.0 if r > g and r > b else 0.1, "red enough" if r > g and r > b else "not red"))
+        return out
+
+
+def test_imagescope_pipeline_explanation_reaches_the_client(lib: Library) -> None:
+    second = Library.open(lib.path, create=False)
+    second.config.pipeline.reasoner = "rules"  # no LLM: the rules reasoner writes descriptions and propositions
+    app = create_app(second, vision=JudgeVision())
+    with TestClient(app, base_url=BASE) as c:
+        r = c.post("/api/search", json={"text": "red", "pipeline": "imagescope", "stages": [1, 2, 3], "k": 4})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["pipeline"] == "imagescope" and body["stages"] == [1, 2, 3]
+        ex = body["explanation"]
+        assert ex["intent"]["descriptions"] and ex["propositions"]["items"]
+        judged = [cand for cand in ex["candidates"] if cand.get("stage3")]
+        assert judged and all(cand["stage3"]["reason"] in ("red enough", "not red") for cand in judged)
+        assert all("stage1" in cand["ranks"] for cand in ex["candidates"])
+        only1 = c.post("/api/search", json={"text": "red", "pipeline": "imagescope", "stages": [1], "k": 4}).json()
+        assert only1["stages"] == [1]
+    second.close()
+
+
 def test_openapi_document_is_typed(client: TestClient) -> None:
     doc = client.get("/openapi.json").json()
     paths = doc["paths"]

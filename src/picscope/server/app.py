@@ -99,6 +99,8 @@ def create_app(library: Library | str | Path, settings: ServerSettings | None = 
     settings = settings or ServerSettings()
     own = not isinstance(library, Library)
     lib = Library.open(library, create=False) if not isinstance(library, Library) else library
+    if lib.dim is not None:
+        _ = lib.store  # opened once here, not lazily by concurrent requests
     state = AppState(
         library=lib, settings=settings, images=LibraryImages(lib),
         uploads=UploadStore(settings.upload_dir, lib.path, max_bytes=settings.max_upload_bytes,
