@@ -172,11 +172,12 @@ def test_stage2_promotes_images_with_the_expected_answers(library: Library) -> N
     stage1 = names(_pipe(library, PathVision(library), stages=[1]).run(Request("a photo"), k=8).results)
     target = stage1[5]
     vision = PathVision(library, yes_for=target)
-    out = _pipe(library, vision, stages=[1, 2]).run(Request("a photo of a thing"), k=8)
+    out = _pipe(library, vision, stages=[1, 2], verify_weight=1.0).run(Request("a photo of a thing"), k=8)
     assert out.stages == [1, 2] and names(out.results)[0] == target
     assert vision.verify_calls and all(n == 1 for n, _ in vision.verify_calls)  # one call per image, all questions
     # a removal expects "no": the same "yes" now pushes the image down
-    out_neg = _pipe(library, PathVision(library, yes_for=target), stages=[1, 2]).run(Request("a photo, no thing"), k=8)
+    out_neg = _pipe(library, PathVision(library, yes_for=target), stages=[1, 2], verify_weight=1.0).run(
+        Request("a photo, no thing"), k=8)
     assert names(out_neg.results).index(target) > 0
     cand = next(c for c in out.explanation["candidates"] if c["path"].endswith(target))
     assert cand["ranks"]["stage2"] == 1 and cand["stage2"]["p_yes"][0] == pytest.approx(0.95)

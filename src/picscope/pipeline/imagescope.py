@@ -15,10 +15,12 @@ K) instead of failing; the output says which stages ran and why any did not.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from picscope.config import PipelineConfig
 from picscope.library import Library, SearchResult
@@ -36,6 +38,8 @@ from picscope.pipeline.intent import (
 )
 from picscope.pipeline.meter import MeteredChat
 from picscope.pipeline.reference import Reference, resolve_reference
+
+VIEW_CACHE = 64
 
 
 @dataclass
@@ -83,6 +87,21 @@ class ImageScopePipeline:
         self.vision = vision
         self.captions = CaptionStore.for_library(library)
         self._cap_vec: dict[str, np.ndarray] = {}
+        # decoded candidates, shared by stages 2 and 3
+        self._views: OrderedDict[tuple[int, int, int], Image.Image] = OrderedDict()
+
+    def _view(self, file_id: int) -> Image.Image:
+        rec = self.library.get(file_id)
+        key = (file_id, getattr(rec, "mtime_ns", 0), getattr(rec, "size", 0))  # a re-indexed file is re-read
+        img = self._views.get(key)
+        if img is None:
+            img = load_view(self.library, file_id)
+            self._views[key] = img
+            while len(self._views) > VIEW_CACHE:
+                self._views.popitem(last=False)
+        else:
+            self._views.move_to_end(key)
+        return img
 
     # -- public --------------------------------------------------------------------------------------------
     def run(self, request: Request, k: int = 10, *, exclude_ids: tuple[int, ...] = (),
@@ -252,7 +271,7 @@ class ImageScopePipeline:
                 break
             budget.calls += 1
             try:
-                p = self.vision.verify(load_view(self.library, c.id), questions,
+                p = self.vision.verify(self._view(c.id), questions,
                                        reference=ref.image if needs_ref and ref is not None else None)
             except Exception as exc:
                 notes.append(f"verification of image {c.id} failed ({type(exc).__name__}: {exc})")
@@ -290,7 +309,7 @@ class ImageScopePipeline:
             return "fewer than two candidates"
         budget.calls += 1
         try:
-            images = [load_view(self.library, c.id) for c in top]
+            images = [self._view(c.id) for c in top]
             verdicts = self.vision.judge(request_text(request.text, request.turns), images,
                                          reference=ref.image if ref is not None else None)
         except Exception as exc:
