@@ -105,3 +105,28 @@ def test_llm_failure_falls_back_to_encoder(tmp_path: Path) -> None:
     assert [x.rank for x in v.judge("coffee", [img])] == [1]
     c = events.counts()
     assert c["fallback.verify"] == 1 and c["fallback.caption"] == 1 and c["backend_error"] >= 2
+
+
+def test_verification_is_encoder_only_by_default_and_has_a_vector_shortcut(tmp_path: Path) -> None:
+    from picscope.encoders import make_encoder
+    from picscope.models.socratic import statement_of
+
+    class NoCalls:
+        spec = "no-calls"
+
+        def chat(self, *a: object, **kw: object) -> None:
+            raise AssertionError("verification must not call the LLM by default")
+
+    enc = make_encoder("labels")
+    v = SocraticVision(NoCalls(), enc, ocr=False, cache=ResponseCache(tmp_path, enabled=False))  # type: ignore[arg-type]
+    img = sample_images()["coffee.jpg"][0]
+    qs = ["Is there a cup of coffee?", "Is there a rocket?"]
+    p = v.verify(img, qs)
+    assert len(p) == 2 and all(0.0 <= x <= 1.0 for x in p)
+    fast = v.verify_from_vector(enc.embed_images([img])[0], qs)
+    assert fast is not None and np.allclose(fast, p, atol=1e-4)
+    assert v.encoder_name == enc.name
+    assert statement_of("Are there two dogs?") == "two dogs" and statement_of("Is it raining?") == "it is raining"
+    assert statement_of("a dog on grass") == "a dog on grass"
+    v.verify_llm_weight = 0.3
+    assert v.verify_from_vector(enc.embed_images([img])[0], qs) is None  # the LLM is wanted: use verify()

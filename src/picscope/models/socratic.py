@@ -240,12 +240,25 @@ class SocraticVision:
         """P(yes) from the encoder alone: sigmoid of sim(statement) - sim(negation), temperature `tau`."""
         if not statements:
             return []
+        return self.encoder_p_vector(self._image_vec(image), statements)
+
+    def encoder_p_vector(self, v: np.ndarray, statements: Sequence[str]) -> list[float]:
         statements = [statement_of(s) for s in statements]
-        v = self._image_vec(image)
         t = self._text_vecs([*statements, *(negate(s) for s in statements)])
-        sims = t @ v
+        sims = t @ np.asarray(v, np.float32)
         n = len(statements)
         return [1.0 / (1.0 + math.exp(-float(sims[i] - sims[n + i]) / self.tau)) for i in range(n)]
+
+    @property
+    def encoder_name(self) -> str:
+        return str(getattr(self.encoder, "name", ""))
+
+    def verify_from_vector(self, vector: np.ndarray, questions: Sequence[str]) -> list[float] | None:
+        """`verify` for an image already embedded by the same encoder (a library image): no decode, no
+        image forward pass. None when verification would also ask the LLM (then call `verify`)."""
+        if self.verify_llm_weight > 0:
+            return None
+        return self.encoder_p_vector(vector, [str(q) for q in questions])
 
     # -- VisionModel ---------------------------------------------------------------------------------
     def caption(self, image: Image.Image, style: str = "short") -> str:

@@ -265,14 +265,17 @@ class ImageScopePipeline:
         expected = [p.expected for p in props]
         needs_ref = ref is not None and any(p.reference for p in props)
         done = 0
-        for c in cands[:k]:
+        fast = self._vector_verifier() if not needs_ref else None
+        vectors = self.library.vectors([c.id for c in cands[:k]]) if fast is not None else None
+        for n, c in enumerate(cands[:k]):
             if budget.out_of_time():
                 notes.append(f"stage 2 stopped after {done} of {k} candidates (time budget)")
                 break
             budget.calls += 1
             try:
-                p = self.vision.verify(self._view(c.id), questions,
-                                       reference=ref.image if needs_ref and ref is not None else None)
+                got = fast(vectors[n], questions) if fast is not None and vectors is not None else None
+                p = got if got is not None else self.vision.verify(
+                    self._view(c.id), questions, reference=ref.image if needs_ref and ref is not None else None)
             except Exception as exc:
                 notes.append(f"verification of image {c.id} failed ({type(exc).__name__}: {exc})")
                 break
@@ -293,6 +296,12 @@ class ImageScopePipeline:
         for r, c in enumerate(head):
             c.ranks["stage2"] = r + 1
         return None
+
+    def _vector_verifier(self) -> Any:
+        """The vision model's shortcut for library images, when it verifies with this library's own encoder."""
+        fn = getattr(self.vision, "verify_from_vector", None)
+        same = getattr(self.vision, "encoder_name", None) == getattr(self.library.encoder, "name", object())
+        return fn if callable(fn) and same else None
 
     # -- stage 3 -------------------------------------------------------------------------------------------
     def _stage3(self, request: Request, ref: Reference | None, cands: list[_Cand], budget: _Budget,
