@@ -556,3 +556,12 @@ def test_openapi_fuzz(lib: Library, tmp_path: Path) -> None:
                     failures.append(f"{mode} {operation.method.upper()} {operation.path}: {str(exc)[:3000]}")
     assert not failures, "\n\n".join(failures)
     assert fingerprint(lib) == before
+
+
+def test_serve_command_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from picscope.cli import main
+
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "no library at" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--pipeline", "magic"]) != 0
+    assert main(["serve", "--port", "70000"]) != 0
