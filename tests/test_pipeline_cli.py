@@ -62,7 +62,8 @@ def test_three_stage_search_with_explanation(library: Path, capsys: pytest.Captu
 def test_chat_keeps_every_turn(library: Path, monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("an animal\nis it a cat? yes\n:undo\nis it outdoors? no\n:quit\n"))
-    assert main(["chat", "--stages", "1", "--json", "-k", "3", "--library", str(library)]) == 0
+    assert main(["chat", "--stages", "1", "--json", "-k", "3", "--vision", "socratic-lite", "--library",
+                 str(library)]) == 0
     turns = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [t["turns"] for t in turns] == [[], ["is it a cat? yes"], [], ["is it outdoors? no"]]
     assert all(len(t["results"]) == 3 and t["stages"] == [1] for t in turns)

@@ -23,6 +23,8 @@ def chat(
     ref: Annotated[str | None, typer.Option("--ref", help="start from this reference photo")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="explain every turn")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON line per turn (for scripts)")] = False,
+    llm: Annotated[str | None, typer.Option("--llm", help="chat model [default: the library's]")] = None,
+    vision: Annotated[str | None, typer.Option("--vision", help="vision model [default: the library's]")] = None,
 ) -> None:
     """Search by dialogue: an opening description, then one detail or answer per line."""
     from picscope.pipeline import Request, make_pipeline, parse_stages
@@ -30,7 +32,7 @@ def chat(
 
     chosen = parse_stages(stages)
     with Library.open(library, create=False) as lib:
-        pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen)
+        pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen, llm=llm, vision=vision)
         if not as_json:
             err.print(HELP)
         opening: str | None = None

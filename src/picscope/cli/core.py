@@ -145,6 +145,9 @@ def search(
     stages: Annotated[str | None, typer.Option("--stages", help="pipeline stages: 1, 1-2, 1-3 or encoder "
                                                "[default: encoder only]")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="show descriptions, propositions, answers, ranks")] = False,
+    llm: Annotated[str | None, typer.Option("--llm", help="chat model for --stages [default: the library's]")] = None,
+    vision: Annotated[str | None, typer.Option("--vision", help="vision model for --stages [default: the library's]")
+                      ] = None,
     min_score: Annotated[float | None, typer.Option(help="hide results scoring below this")] = None,
     path: Annotated[str | None, typer.Option("--path", help="only results under this folder")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON array: path, score, id, rank")] = False,
@@ -169,7 +172,7 @@ def search(
         chosen = parse_stages(stages) if stages is not None else ()
         if path or min_score is not None:
             raise typer.BadParameter("--path and --min-score apply to plain searches only")
-        pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen)
+        pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen, llm=llm, vision=vision)
         result = pipe.run(Request(query, reference=ref, turns=list(turn or [])), k)
     if as_json:
         data = {"results": [r.to_dict() for r in result.results], "stages": result.stages,
