@@ -74,6 +74,8 @@ def evaluate(ds: Path, limit: int | None, stages: tuple[int, ...] | None, *, llm
     t0 = time.perf_counter()
     m = run(ds, rc).metrics
     m["wall"] = time.perf_counter() - t0
+    print(f"  {ds.name} {rc.pipeline} stages={stages} llm={'rules' if cfg and cfg.reasoner == 'rules' else 'llm'}: "
+          f"{m['queries']} queries, R@1 {100 * m['recall@1']:.1f}, {m['wall']:.0f} s", file=sys.stderr, flush=True)
     return m
 
 
