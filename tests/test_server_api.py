@@ -529,6 +529,9 @@ def test_openapi_fuzz(lib: Library, tmp_path: Path) -> None:
     from schemathesis.generation.modes import GenerationMode
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+    # deterministic by default (the same cases on every run); PICSCOPE_FUZZ_EXAMPLES=200 explores at random
+    explore = "PICSCOPE_FUZZ_EXAMPLES" in os.environ
+    examples = int(os.environ.get("PICSCOPE_FUZZ_EXAMPLES", "20"))
     before = fingerprint(lib)
     settings = ServerSettings(upload_dir=tmp_path / "uploads", allowed_hosts=["127.0.0.1", "testserver"],
                               pipelines=("encoder",))  # imagescope would load the real LLM: tested elsewhere
@@ -540,7 +543,7 @@ def test_openapi_fuzz(lib: Library, tmp_path: Path) -> None:
             operation = result.ok()
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-                @hypothesis_settings(max_examples=20, deadline=None, database=None,
+                @hypothesis_settings(max_examples=examples, deadline=None, database=None, derandomize=not explore,
                                      suppress_health_check=list(HealthCheck))
                 @given(case=operation.as_strategy(mode))
                 def check(case: Any) -> None:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 MAX_QUERY = 1000  # characters; the server's setting can only lower it
 MAX_K = 500
 
+
+
+def digits_only(value: Any) -> Any:
+    """Query and path numbers are plain digits: '9', not '9\t', ' 9', '+9' or '9.0' (lax parsing would take them)."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number written with digits only")
+    return value
+
+
+Digits = BeforeValidator(digits_only)
 Turn = Annotated[str, Field(min_length=1, max_length=MAX_QUERY, pattern=r"\S")]
 LibraryId = Annotated[int, Field(ge=1, le=2**62)]
 
@@ -42,7 +52,7 @@ class LibraryStatusOut(BaseModel):
 class Reference(BaseModel):
     """A reference photo: a library image (`id`) or an uploaded one (`upload`). Exactly one of them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: int | None = Field(None, ge=1, le=2**62, description="library id of an indexed image")
     upload: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="id returned by POST /api/uploads")
@@ -57,7 +67,7 @@ class Reference(BaseModel):
 class SearchRequest(BaseModel):
     """Any kind of search: text; text + reference photo ("like this, but …"); text + dialogue turns."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     text: str = Field(min_length=1, max_length=MAX_QUERY, pattern=r"\S",
                       description="the query, or the change to the reference")
@@ -114,7 +124,7 @@ class UploadInfo(BaseModel):
 
 
 class CreateSession(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     query: str = Field(min_length=1, max_length=MAX_QUERY, pattern=r"\S")
     strategy: Literal["none", "rocchio", "caption", "rewrite", "combined"] = "rocchio"
@@ -123,7 +133,7 @@ class CreateSession(BaseModel):
 
 
 class MarkRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     ids: list[LibraryId] = Field(min_length=1, max_length=100)
     relevant: bool = True
@@ -131,7 +141,7 @@ class MarkRequest(BaseModel):
 
 
 class RoundRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     round: int | None = Field(None, ge=0, le=10_000, description="the round the page shows (stale pages get 409)")
     allow_repeats: bool = False

@@ -10,12 +10,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Header, Path, Query, Request, Response, UploadFile
 
 from picscope.server.images import Blob, version_tag
-from picscope.server.models import ErrorBody, ImageInfo, UploadInfo
+from picscope.server.models import Digits, ErrorBody, ImageInfo, UploadInfo
 from picscope.server.state import AppState, get_state
 
 router = APIRouter(prefix="/api", tags=["images"])
 StateDep = Annotated[AppState, Depends(get_state)]
-ImageId = Annotated[int, Path(ge=1, le=2**62, description="library id")]
+ImageId = Annotated[int, Digits, Path(ge=1, le=2**62, description="library id")]
 UploadId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="upload id")]
 IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 410, 413, 415, 503)
@@ -36,6 +36,7 @@ class ThumbSize(enum.IntEnum):
     huge = 1024
 
 
+SizeQuery = Annotated[ThumbSize | None, Digits, Query(description="long side in pixels (default 256)")]
 IMMUTABLE = "private, max-age=31536000, immutable"
 REVALIDATE = "private, no-cache"
 
@@ -67,7 +68,7 @@ async def image(state: StateDep, image_id: ImageId, v: Annotated[str | None, Que
 
 @router.get("/images/{image_id}/thumbnail", responses={**IMAGE_OK, **IMAGE_ERRORS}, response_class=Response,
             summary="A thumbnail")
-async def thumbnail(state: StateDep, image_id: ImageId, size: Annotated[ThumbSize | None, Query()] = None,
+async def thumbnail(state: StateDep, image_id: ImageId, size: SizeQuery = None,
                     v: Annotated[str | None, Query(max_length=64)] = None,
                     if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """A JPEG thumbnail (long side `size`, default 256), cached on disk in the library's `thumbs/` folder."""
@@ -123,7 +124,7 @@ async def upload_info(state: StateDep, upload_id: UploadId) -> UploadInfo:
 
 @router.get("/uploads/{upload_id}/thumbnail", responses={**IMAGE_OK, **IMAGE_ERRORS}, response_class=Response,
             tags=["uploads"], summary="An upload's thumbnail")
-async def upload_thumbnail(state: StateDep, upload_id: UploadId, size: Annotated[ThumbSize | None, Query()] = None
+async def upload_thumbnail(state: StateDep, upload_id: UploadId, size: SizeQuery = None
                            ) -> Response:
     data = await state.thumbs.run(state.uploads.thumbnail, upload_id, int(size or state.settings.thumb_size))
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from PIL import Image
 
-from picscope.server.models import MAX_K, MAX_QUERY, ErrorBody, Reference, SearchRequest, SearchResponse
+from picscope.server.models import MAX_K, MAX_QUERY, Digits, ErrorBody, Reference, SearchRequest, SearchResponse
 from picscope.server.state import AppState, get_state
 
 router = APIRouter(prefix="/api", tags=["search"])
@@ -89,9 +89,9 @@ def run_search(state: AppState, req: SearchRequest) -> SearchResponse:
 async def search_get(
     state: StateDep,
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, pattern=r"\S", description="what you are looking for")],
-    k: Annotated[int, Query(ge=1, le=MAX_K)] = 24,
-    offset: Annotated[int, Query(ge=0, le=MAX_K)] = 0,
-    ref: Annotated[int | None, Query(ge=1, le=2**62, description="library id of a reference photo")] = None,
+    k: Annotated[int, Digits, Query(ge=1, le=MAX_K)] = 24,
+    offset: Annotated[int, Digits, Query(ge=0, le=MAX_K)] = 0,
+    ref: Annotated[int | None, Digits, Query(ge=1, le=2**62, description="library id of a reference photo")] = None,
     upload: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$", description="uploaded reference photo")] = None,
 ) -> SearchResponse:
     """`GET /api/search?q=TEXT&k=N` (encoder pipeline). With `ref` or `upload` it is a composed search."""
@@ -136,10 +136,10 @@ def run_similar(state: AppState, file_id: int | None, upload: str | None, k: int
 @router.get("/similar", response_model=SearchResponse, responses=ERRORS, summary="More like this")
 async def similar(
     state: StateDep,
-    id: Annotated[int | None, Query(ge=1, le=2**62, description="library id")] = None,
+    id: Annotated[int | None, Digits, Query(ge=1, le=2**62, description="library id")] = None,
     upload: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$", description="upload id")] = None,
-    k: Annotated[int, Query(ge=1, le=MAX_K)] = 24,
-    offset: Annotated[int, Query(ge=0, le=MAX_K)] = 0,
+    k: Annotated[int, Digits, Query(ge=1, le=MAX_K)] = 24,
+    offset: Annotated[int, Digits, Query(ge=0, le=MAX_K)] = 0,
 ) -> SearchResponse:
     """Images that look like a library image (`id`) or an uploaded photo (`upload`); the image itself is left out."""
     if (id is None) == (upload is None):
