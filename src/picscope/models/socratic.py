@@ -10,6 +10,7 @@ from the top tags, `judge` the encoder similarity; each fallback is logged and c
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from collections.abc import Sequence
@@ -42,6 +43,16 @@ PALETTE = {
     "light blue": (140, 190, 235), "purple": (130, 60, 160), "pink": (240, 150, 190), "brown": (120, 80, 40),
     "beige": (215, 195, 160),
 }
+
+
+def exactly(schema: dict[str, Any] | None, key: str, n: int) -> dict[str, Any] | None:
+    """The schema with array `key` fixed to n items, so constrained decoding cannot answer with an empty list
+    (the 0.5B model did: `{"scores": []}`)."""
+    if schema is None:
+        return None
+    out = copy.deepcopy(schema)
+    out["properties"][key].update(minItems=n, maxItems=n)
+    return out
 
 
 def load_vocabulary(path: Path = VOCAB_FILE) -> dict[str, list[str]]:
@@ -291,8 +302,8 @@ class SocraticVision:
         prompt = load_prompt("verify")
         system, user = prompt.render(evidence=ev_text,
                                      statements="\n".join(f"{i + 1}. {q}" for i, q in enumerate(qs)))
-        res = self.chat.chat([Message("system", system), Message("user", user)], schema=prompt.schema,
-                             max_tokens=24 + 16 * len(qs))
+        res = self.chat.chat([Message("system", system), Message("user", user)],
+                             schema=exactly(prompt.schema, "answers", len(qs)), max_tokens=24 + 16 * len(qs))
         llm: list[float | None] = [None] * len(qs)
         if res.parsed is not None:
             answers = res.parsed.get("answers", []) if isinstance(res.parsed, dict) else []
@@ -331,7 +342,8 @@ class SocraticVision:
         cands = "\n".join(f"{i + 1}.\n{self.evidence(c).render()}" for i, c in enumerate(candidates))
         ref = f"Reference image:\n{self.evidence(reference).render()}\n" if reference is not None else ""
         system, user = prompt.render(instruction=instruction, reference=ref, candidates=cands)
-        res = self.chat.chat([Message("system", system), Message("user", user)], schema=prompt.schema,
+        res = self.chat.chat([Message("system", system), Message("user", user)],
+                             schema=exactly(prompt.schema, "scores", len(candidates)),
                              max_tokens=40 + 40 * len(candidates))
         llm: dict[int, tuple[float, str]] = {}
         if isinstance(res.parsed, dict):
