@@ -124,3 +124,16 @@ def test_imagescope_pipeline_through_the_harness(dataset: Path, tmp_path: Path) 
     assert "images/cat.png" not in rows["composed"]["top10"]  # the reference is never a result
     assert len(rows["dialog"]["dialog_hits@10"]) == 3  # one ranking per dialogue round
     assert 0 < m["recall@10"] <= 1 and m["seconds_p95"] >= m["seconds_p50"] > 0
+    # per-stage metrics come from the same run; the last stage's numbers are the run's own
+    assert set(m["per_stage"]) == {"1", "2"}
+    assert m["per_stage"]["2"]["recall@10"] == pytest.approx(m["recall@10"])
+    assert (out / "per_stage.png").stat().st_size > 1000 and "Per stage" in (out / "report.md").read_text()
+    # a pipeline configuration file, and a call budget
+    conf = tmp_path / "pipe.toml"
+    conf.write_text('[pipeline]\nreasoner = "rules"\nstages = [1]\nverify_k = 5\n')
+    assert main(["eval", str(dataset), "--out", str(tmp_path / "conf"), "--encoder", "labels", "--pipeline",
+                 str(conf), "--vision", "socratic-lite", "--limit", "3"]) == 0
+    m2 = json.loads((tmp_path / "conf" / "metrics.json").read_text())
+    assert m2["pipeline"] == "imagescope" and m2["queries"] == 3 and set(m2["per_stage"]) == {"1"}
+    conf.write_text("[pipeline]\nverify_k = 0\n")
+    assert main(["eval", str(dataset), "--out", str(tmp_path / "bad"), "--pipeline", str(conf)]) == 2

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from picscope.cli.app import app, err, out
+from picscope.config import PipelineConfig
 
 dataset_app = typer.Typer(
     help="Build evaluation datasets (folder format: images/ + queries.jsonl).", no_args_is_help=True
@@ -21,7 +22,9 @@ def eval_cmd(
     dataset: Annotated[Path, typer.Argument(help="dataset folder: images/ + queries.jsonl")],
     out_dir: Annotated[Path, typer.Option("--out", help="report folder")],
     encoder: Annotated[str | None, typer.Option(help="encoder spec (default: the default encoder)")] = None,
-    pipeline: Annotated[str, typer.Option(help="encoder (plain dual-encoder search) or imagescope")] = "encoder",
+    pipeline: Annotated[str, typer.Option(help="encoder (plain dual-encoder search), imagescope, or a TOML file "
+                                          "with a [pipeline] table (imagescope with that configuration)")] = "encoder",
+    max_calls: Annotated[int | None, typer.Option(help="imagescope: model-call budget per query")] = None,
     stages: Annotated[str | None, typer.Option(help="imagescope stages, e.g. 1,2,3 or 1-2")] = None,
     llm: Annotated[str | None, typer.Option(help="imagescope: chat model spec, or 'rules' (no LLM)")] = None,
     vision: Annotated[str | None, typer.Option(help="imagescope: vision model spec")] = None,
@@ -39,7 +42,14 @@ def eval_cmd(
     from picscope.eval.runner import RunConfig, run
     from picscope.pipeline import parse_stages
 
-    pcfg = PipelineConfig(reasoner="rules") if llm == "rules" else None
+    pcfg: PipelineConfig | None = None
+    if pipeline not in ("encoder", "imagescope"):
+        pcfg = load_pipeline_config(Path(pipeline))
+        pipeline = "imagescope"
+    if llm == "rules":
+        pcfg = (pcfg or PipelineConfig()).model_copy(update={"reasoner": "rules"})
+    if max_calls is not None:
+        pcfg = (pcfg or PipelineConfig()).model_copy(update={"max_model_calls": max_calls})
     cfg = RunConfig(
         encoder=encoder,
         pipeline=pipeline,
@@ -73,6 +83,21 @@ def eval_cmd(
     if "rounds" in m:
         out.print("recall over shown images per round: " + "  ".join(f"{100 * r['recall']:.1f}" for r in m["rounds"]))
     out.print(f"report: {', '.join(str(f) for f in files)}")
+
+
+def load_pipeline_config(path: Path) -> PipelineConfig:
+    """A pipeline configuration file: a TOML file with a [pipeline] table (or the table's keys at top level)."""
+    import tomllib
+
+    from picscope.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"--pipeline {path}: use encoder, imagescope, or a TOML file with a [pipeline] table")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return PipelineConfig.model_validate(data.get("pipeline", data))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a valid pipeline configuration: {exc}") from exc
 
 
 @dataset_app.command("flickr8k")

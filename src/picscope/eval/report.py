@@ -52,6 +52,11 @@ def write_report(result: RunResult, out: Path) -> list[Path]:
         lines += [
             f"| {r['round']} | {r['shown']} | {100 * r['recall']:.2f} | {100 * r['hits']:.2f} |" for r in m["rounds"]
         ]
+    if "per_stage" in m:
+        lines += ["", "## Per stage (the same run's candidates, ordered after each stage)", "",
+                  "| after stage | recall@1 | recall@5 | recall@10 |", "|---|---|---|---|"]
+        lines += [f"| {s} | {100 * v['recall@1']:.2f} | {100 * v['recall@5']:.2f} | {100 * v['recall@10']:.2f} |"
+                  for s, v in m["per_stage"].items()]
     if m.get("stopped_early"):
         lines += ["", "**Stopped early: the time budget ran out; the numbers cover the queries run.**"]
     lines += ["", "## Definitions", "", *_definitions()]
@@ -102,6 +107,20 @@ def _plots(result: RunResult, out: Path) -> list[Path]:
         fig.savefig(out / "recall_per_round.png", dpi=110)
         plt.close(fig)
         written.append(out / "recall_per_round.png")
+    if "per_stage" in m:
+        stages = list(m["per_stage"])
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for j, k in enumerate((1, 5, 10)):
+            ax.bar([i + (j - 1) * 0.27 for i in range(len(stages))],
+                   [100 * m["per_stage"][s][f"recall@{k}"] for s in stages], 0.27, label=f"recall@{k}")
+        ax.set_xticks(range(len(stages)), [f"after stage {s}" for s in stages])
+        ax.set_ylabel("%")
+        ax.set_title("per-stage recall")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "per_stage.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "per_stage.png")
     if "dialog_hits@10" in m:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(range(len(m["dialog_hits@10"])), [100 * v for v in m["dialog_hits@10"]], marker="o")

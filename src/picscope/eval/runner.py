@@ -164,6 +164,10 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
                 **_metrics_for(ranking, relevant),
             }
             row["top10"] = ranking[:10]
+            per_stage = stage_info.pop("stage_rankings", None)
+            if per_stage:
+                row["per_stage"] = {s: {f"recall@{k}": M.recall_at_k(r, relevant, k) for k in (1, 5, 10)}
+                                    for s, r in per_stage.items()}
             row.update(stage_info)
             if q.turns:
                 rankings = []
@@ -206,9 +210,31 @@ def _pipeline_ranking(pipe: Any, idx: _Index, q: Query, encoder_ranking: list[st
     out = pipe.run(Request(q.text, reference=ref, turns=list((q.turns or ())[:turns_upto])), k=RANKED)
     head = [idx.key_of[r.id] for r in out.results if r.id in idx.key_of]
     seen = set(head)
-    info = {"stages_run": out.stages, "skipped": out.explanation.get("skipped", {}),
-            "intent_source": out.explanation.get("intent", {}).get("source")}
-    return head + [x for x in encoder_ranking if x not in seen], out.model_calls, out.tokens, info
+    rest = [x for x in encoder_ranking if x not in seen]
+    info: dict[str, Any] = {"stages_run": out.stages, "skipped": out.explanation.get("skipped", {}),
+                            "intent_source": out.explanation.get("intent", {}).get("source")}
+    if turns_upto == len(q.turns or ()):
+        info["stage_rankings"] = {str(s): r + rest for s, r in _stage_orders(out.explanation, idx).items()}
+    return head + rest, out.model_calls, out.tokens, info
+
+
+def _stage_orders(explanation: dict[str, Any], idx: _Index) -> dict[int, list[str]]:
+    """The order of the pipeline's candidates after each stage that ran, from the per-candidate ranks."""
+    cands = explanation.get("candidates", [])
+    orders: dict[int, list[str]] = {}
+    for stage in explanation.get("stages", []):
+        key = f"stage{stage}"
+
+        def pos(c: dict[str, Any], key: str = key) -> tuple[int, int]:
+            r = c.get("ranks", {})
+            if key in r:
+                return (0, int(r[key]))
+            # not re-ranked by this stage: after its window, in the previous stage's order
+            prev = [int(r[k]) for k in ("stage2", "stage1") if k in r and k < key]
+            return (1, prev[0] if prev else int(r.get("final", 10**6)))
+
+        orders[stage] = [idx.key_of[c["id"]] for c in sorted(cands, key=pos) if c["id"] in idx.key_of]
+    return orders
 
 
 def _interactive(
@@ -269,6 +295,12 @@ def _aggregate(rows: list[dict[str, Any]], ds: Dataset, cfg: RunConfig, encoder:
             for st in row.get("skipped", {}):
                 skipped[st] = skipped.get(st, 0) + 1
         out["stage_skipped_queries"] = skipped
+        staged = [r["per_stage"] for r in rows if "per_stage" in r]
+        if staged:
+            names = sorted({s for d in staged for s in d})
+            out["per_stage"] = {s: {f"recall@{k}": float(np.mean([d[s][f"recall@{k}"] if s in d else
+                                                                   d[max(d)][f"recall@{k}"] for d in staged]))
+                                    for k in (1, 5, 10)} for s in names}
     dialog = [r["dialog_hits@10"] for r in rows if "dialog_hits@10" in r]
     if dialog:
         width = max(map(len, dialog))
