@@ -215,6 +215,21 @@ def test_reference_is_excluded_and_shown_to_comparisons(library: Library) -> Non
     assert out.explanation["request"]["reference"]["id"] == ref_id
 
 
+def test_the_request_itself_anchors_stage1_when_an_llm_rewrote_it(library: Library) -> None:
+    wrong = json.dumps({"operations": [{"kind": "add", "text": "a rocket"}], "core": "a rocket launch",
+                        "detailed": "a rocket on a launch pad", "full": "a rocket launching into the sky"})
+    enc = [r.id for r in EncoderPipeline(library).run(Request("a cup of coffee"), k=5).results]
+    full_anchor = _pipe(library, PathVision(library), ScriptedChat(wrong), stages=[1], anchor_weight=1.0)
+    out = full_anchor.run(Request("a cup of coffee"), k=5)
+    assert [r.id for r in out.results] == enc  # weight 1: exactly the encoder's ranking
+    assert out.explanation["intent"]["anchor"] == "a cup of coffee"
+    none = _pipe(library, PathVision(library), ScriptedChat(wrong), stages=[1], anchor_weight=0.0)
+    assert [r.id for r in none.run(Request("a cup of coffee"), k=5).results] != enc  # the LLM's words alone
+    composed = _pipe(library, PathVision(library), ScriptedChat(wrong), stages=[1]).run(
+        Request("but at night", reference=enc[0]), k=3)
+    assert composed.explanation["intent"]["anchor"] is None  # a change is not a description of the target
+
+
 def test_budget_degrades_to_fewer_stages(library: Library) -> None:
     vision = PathVision(library)
     out = _pipe(library, vision, max_model_calls=1).run(Request("a cat"), k=5)

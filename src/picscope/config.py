@@ -46,6 +46,8 @@ class PipelineConfig(BaseModel):
     stages: list[int] = Field(default_factory=lambda: [1, 2, 3], description="stages to run (1 is always run)")
     reasoner: str = Field("llm", description="stage-1/2 reasoner: llm (the library's llm) or rules (no model)")
     granularities: int = Field(3, ge=1, le=3, description="target descriptions per request (core/detailed/full)")
+    anchor_weight: float = Field(0.5, ge=0, le=1, description="weight of the request's own words beside the "
+                                 "LLM's descriptions in stage 1 (text and dialogue requests)")
     caption_weight: float = Field(0.15, ge=0, le=1, description="weight of description→caption similarity")
     caption_style: str = Field("short", description="caption style asked of the vision model")
     pool: int = Field(100, ge=1, description="stage-1 candidates whose captions are fused")

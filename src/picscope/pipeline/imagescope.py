@@ -124,7 +124,8 @@ class ImageScopePipeline:
             exclude.add(ref.id)  # the reference photo is never its own answer
 
         intent = self._intent(request, ref_caption, budget)
-        cands = self._stage1(intent, max(k, cfg.verify_k, cfg.alpha), exclude, budget, notes)
+        anchor = self._anchor(request, intent)
+        cands = self._stage1(intent, anchor, max(k, cfg.verify_k, cfg.alpha), exclude, budget, notes)
         ran = [1]
         order = list(range(len(cands)))
 
@@ -150,7 +151,8 @@ class ImageScopePipeline:
                         "reference": ref.describe() if ref is not None else None,
                         "reference_caption": ref_caption},
             "intent": {"source": intent.source, "descriptions": intent.descriptions,
-                       "operations": [vars(o) for o in intent.operations]},
+                       "operations": [vars(o) for o in intent.operations],
+                       "anchor": anchor, "anchor_weight": cfg.anchor_weight if anchor else 0.0},
             "propositions": {"source": intent.propositions_source,
                              "items": [vars(p) for p in intent.propositions]} if 2 in ran else None,
             "candidates": [self._explain(cands[i]) for i in order[: max(k, cfg.alpha)]],
@@ -205,10 +207,24 @@ class ImageScopePipeline:
             self._cap_vec.clear()
         return np.stack([self._cap_vec[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
 
-    def _stage1(self, intent: Intent, n: int, exclude: set[int], budget: _Budget, notes: list[str]) -> list[_Cand]:
+    def _anchor(self, request: Request, intent: Intent) -> str | None:
+        """The person's own words, kept in the stage-1 query when an LLM rewrote them (a weak LLM's paraphrases
+        must not replace what was asked). Composed requests have no anchor: their text is a change, not a
+        description of the target."""
+        if intent.source != "llm" or request.reference is not None or self.config.anchor_weight <= 0:
+            return None
+        return " ".join([request.text, *request.turns])
+
+    def _stage1(self, intent: Intent, anchor: str | None, n: int, exclude: set[int], budget: _Budget,
+                notes: list[str]) -> list[_Cand]:
         cfg = self.config
-        t = self._text_vectors(intent.descriptions)
-        mean_t = t.mean(0).astype(np.float32)  # mean over descriptions of t·v == (mean t)·v
+        texts = list(intent.descriptions)
+        weights = np.full(len(texts), 1.0 / len(texts))
+        if anchor:
+            texts.append(anchor)
+            weights = np.append(weights * (1 - cfg.anchor_weight), cfg.anchor_weight)
+        t = self._text_vectors(texts)
+        mean_t = (weights @ t).astype(np.float32)  # weighted mean over descriptions of t·v == (mean t)·v
         pool = max(n, cfg.pool if cfg.caption_weight > 0 else n)
         hits = self.library.search_vector(mean_t, pool, exclude_ids=sorted(exclude))
         cands = [_Cand(h.id, h.path, float(h.score)) for h in hits]
@@ -222,7 +238,7 @@ class ImageScopePipeline:
             have = [c for c in cands if c.id in caps]
             if have:
                 e = self._text_vectors([caps[c.id] for c in have])
-                sims = (e @ t.T).mean(1)
+                sims = (e @ t.T) @ weights
                 for c, s in zip(have, sims, strict=True):
                     c.caption, c.caption_sim = caps[c.id], float(s)
             if len(have) < len(cands):
