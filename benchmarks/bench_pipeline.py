@@ -81,9 +81,9 @@ def evaluate(ds: Path, limit: int | None, stages: tuple[int, ...] | None, *, llm
 
 def part_t2i(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, Any]) -> None:
     ds = dataset("t2i")
-    rows, base = [], evaluate(ds, args.t2i_limit, None)
+    rows, base = [], evaluate(ds, 1 if args.no_rules else args.t2i_limit, None)
     rows.append(row("encoder only", base, None))
-    for st in ((1,), (1, 2), (1, 2, 3)):
+    for st in () if args.no_rules else ((1,), (1, 2), (1, 2, 3)):
         m = evaluate(ds, args.t2i_limit, st, vision=FAST_VISION, cfg=cfg)
         rows.append(row(f"rules + socratic-lite, stages {'-'.join(map(str, st))}", m, base))
         results[f"t2i-rules-{len(st)}"] = m
@@ -102,11 +102,12 @@ def part_t2i(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, A
 
 def part_cir(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, Any]) -> None:
     ds = dataset("cir")
-    base = evaluate(ds, args.cir_limit, None)
+    base = evaluate(ds, 1 if args.no_rules else args.cir_limit, None)
     text_only = cfg.model_copy(update={"granularities": 1})
     rows = [row("encoder only (reference + text embeddings)", base, None)]
-    for name, st, c in (("rules, stage 1", (1,), cfg), ("rules, stage 1, core description only", (1,), text_only),
-                        ("rules + socratic-lite, stages 1-3", (1, 2, 3), cfg)):
+    for name, st, c in () if args.no_rules else (
+            ("rules, stage 1", (1,), cfg), ("rules, stage 1, core description only", (1,), text_only),
+            ("rules + socratic-lite, stages 1-3", (1, 2, 3), cfg)):
         m = evaluate(ds, args.cir_limit, st, vision=FAST_VISION, cfg=c)
         rows.append(row(name, m, base))
         results[f"cir-{name}"] = m
@@ -197,6 +198,7 @@ def main() -> int:
     ap.add_argument("--dialog-limit", type=int, default=300)
     ap.add_argument("--llm-limit", type=int, default=30, help="queries for the bundled-LLM rows (0: skip)")
     ap.add_argument("--tune-limit", type=int, default=500)
+    ap.add_argument("--no-rules", action="store_true", help="skip the rules/socratic-lite rows (LLM rows only)")
     ap.add_argument("--verify-weight", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write every metric here")
     ap.add_argument("--plot", type=Path, default=None, help="write a PNG of R@1/5/10 per configuration here")
