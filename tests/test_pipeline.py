@@ -270,7 +270,7 @@ needs_llm = pytest.mark.skipif(not installed("smollm2-135m"), reason="llm-smollm
 
 @needs_llm
 def test_end_to_end_every_request_type_with_real_models(library: Library) -> None:
-    cfg = PipelineConfig(verify_k=4, alpha=3, caption_weight=0.15, lazy_captions=3, pool=6)
+    cfg = PipelineConfig(reasoner="llm", verify_k=4, alpha=3, caption_weight=0.15, lazy_captions=3, pool=6)
     pipe = make_pipeline(library, "imagescope", llm="bundled:smollm2-135m", vision="socratic", config=cfg)
     ref_id = library.search("a cat", 1)[0].id
     for req in (Request("a cat"), Request("the same animal but outdoors", reference=ref_id),
@@ -291,3 +291,22 @@ def test_end_to_end_every_request_type_with_real_models(library: Library) -> Non
             checked = json.dumps(exp["intent"]["operations"]) + json.dumps(exp.get("propositions"))
             assert "outdoors" in checked.lower()
     assert any(c.get("stage1", {}).get("caption") for c in exp["candidates"])  # lazily captioned and fused
+
+
+def test_auto_reasoner_uses_the_llm_only_when_it_is_not_a_bundled_tiny_model(library: Library) -> None:
+    from picscope.pipeline import resolve_reasoner
+
+    assert resolve_reasoner("auto", "bundled") == "rules" and resolve_reasoner("auto", "bundled:smollm2") == "rules"
+    assert resolve_reasoner("auto", "openai:http://127.0.0.1:8080/v1#m") == "llm"
+    assert resolve_reasoner("auto", "gguf:/models/x.gguf") == "llm" and resolve_reasoner("llm", "bundled") == "llm"
+    answer = json.dumps({"operations": [], "core": "a cat", "detailed": "a cat", "full": "a cat"})
+    chat = ScriptedChat(answer)
+    chat.spec = "openai:http://127.0.0.1:1/v1#m"
+    pipe = ImageScopePipeline(library, PipelineConfig(reasoner="auto", stages=[1], caption_weight=0.0), chat=chat,
+                              vision=PathVision(library))
+    assert pipe.run(Request("a cat"), k=2).explanation["intent"]["source"] == "llm"
+    chat.spec = "bundled:qwen2.5-coder-0.5b"
+    pipe = ImageScopePipeline(library, PipelineConfig(reasoner="auto", stages=[1], caption_weight=0.0), chat=chat,
+                              vision=PathVision(library))
+    out = pipe.run(Request("a cat"), k=2)
+    assert out.explanation["intent"]["source"] == "rules" and any("auto" in n for n in out.explanation["notes"])

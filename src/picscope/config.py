@@ -44,7 +44,8 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stages: list[int] = Field(default_factory=lambda: [1, 2, 3], description="stages to run (1 is always run)")
-    reasoner: str = Field("llm", description="stage-1/2 reasoner: llm (the library's llm) or rules (no model)")
+    reasoner: str = Field("auto", description="stage-1/2 reasoner: llm (the library's llm), rules (no model), or "
+                          "auto (llm unless it is a bundled tiny model: measured to cost recall)")
     granularities: int = Field(3, ge=1, le=3, description="target descriptions per request (core/detailed/full)")
     anchor_weight: float = Field(0.5, ge=0, le=1, description="weight of the request's own words beside the "
                                  "LLM's descriptions in stage 1 (text and dialogue requests)")

@@ -20,8 +20,17 @@ from picscope.pipeline.base import Pipeline, PipelineOutput, Request
 from picscope.pipeline.encoder import EncoderPipeline
 from picscope.pipeline.imagescope import ImageScopePipeline
 
-__all__ = ["EncoderPipeline", "ImageScopePipeline", "Pipeline", "PipelineOutput", "Request", "make_pipeline",
-           "parse_stages"]
+__all__ = [
+    "AUTO_RULES_NOTE",
+    "EncoderPipeline",
+    "ImageScopePipeline",
+    "Pipeline",
+    "PipelineOutput",
+    "Request",
+    "make_pipeline",
+    "parse_stages",
+    "resolve_reasoner",
+]
 
 
 def parse_stages(text: str | None) -> tuple[int, ...] | None:
@@ -42,6 +51,18 @@ def parse_stages(text: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(set(nums)))
 
 
+AUTO_RULES_NOTE = ("reasoner auto: the rules reasoner, because the bundled LLM's descriptions measured below the "
+                   "rules on Flickr8k dev (set [pipeline] reasoner = \"llm\" to use it anyway)")
+
+
+def resolve_reasoner(reasoner: str, chat_spec: str | None) -> str:
+    """`auto` (default): the LLM when it is one the user configured (an `openai:` endpoint or a `gguf:` file),
+    the rules when it is a bundled tiny model, whose descriptions cost recall (see docs/pipeline.md)."""
+    if reasoner != "auto":
+        return reasoner
+    return "rules" if not chat_spec or chat_spec.startswith("bundled") else "llm"
+
+
 def make_pipeline(library: Library, spec: str = "imagescope", *, stages: tuple[int, ...] | None = None,
                   llm: Any = None, vision: Any = None, config: PipelineConfig | None = None) -> Pipeline:
     """Build a pipeline. `llm` / `vision` are model objects or spec strings (default: the library's config);
@@ -57,11 +78,17 @@ def make_pipeline(library: Library, spec: str = "imagescope", *, stages: tuple[i
     from picscope.models import make_chat_model, make_vision_model
     from picscope.pipeline.meter import MeteredChat
 
+    llm_spec = llm if isinstance(llm, str) else getattr(llm, "spec", None) if llm is not None else library.config.llm
+    auto_rules = cfg.reasoner == "auto" and resolve_reasoner("auto", llm_spec) == "rules"
+    cfg.reasoner = resolve_reasoner(cfg.reasoner, llm_spec)
     chat = None
-    if cfg.reasoner == "llm" or vision is None:
+    if cfg.reasoner == "llm" or vision is None or isinstance(vision, str):
         chat_obj = llm if llm is not None and not isinstance(llm, str) else make_chat_model(
             llm or library.config.llm)
         chat = chat_obj if isinstance(chat_obj, MeteredChat) else MeteredChat(chat_obj)
     if vision is None or isinstance(vision, str):
         vision = make_vision_model(vision or library.config.vision, chat=chat, encoder=library.encoder)
-    return ImageScopePipeline(library, cfg, chat=chat if cfg.reasoner == "llm" else None, vision=vision)
+    pipe = ImageScopePipeline(library, cfg, chat=chat if cfg.reasoner == "llm" else None, vision=vision)
+    if auto_rules:
+        pipe.standing_notes.append(AUTO_RULES_NOTE)
+    return pipe

@@ -84,6 +84,14 @@ class ImageScopePipeline:
         self.library = library
         self.config = config or library.config.pipeline
         self.chat = MeteredChat(chat) if chat is not None and not isinstance(chat, MeteredChat) else chat
+        self.standing_notes: list[str] = []  # said with every result (e.g. how `auto` chose the reasoner)
+        if self.config.reasoner == "auto":
+            from picscope.pipeline import AUTO_RULES_NOTE, resolve_reasoner
+
+            chosen = resolve_reasoner("auto", getattr(self.chat, "spec", None))
+            self.config = self.config.model_copy(update={"reasoner": chosen})
+            if chosen == "rules" and self.chat is not None:
+                self.standing_notes.append(AUTO_RULES_NOTE)
         self.vision = vision
         self.captions = CaptionStore.for_library(library)
         self._cap_vec: dict[str, np.ndarray] = {}
@@ -114,7 +122,7 @@ class ImageScopePipeline:
         wanted = sorted(set(stages if stages is not None else cfg.stages) | {1})
         budget = _Budget(cfg)
         tokens0 = self.chat.snapshot()[1] if isinstance(self.chat, MeteredChat) else 0
-        notes: list[str] = []
+        notes: list[str] = list(self.standing_notes)
         skipped: dict[str, str] = {}
 
         ref = resolve_reference(self.library, request.reference) if request.reference is not None else None
