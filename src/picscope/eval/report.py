@@ -75,6 +75,15 @@ def _definitions() -> list[str]:
     return items
 
 
+def _save(fig: Any, path: Path, written: list[Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+
 def _plots(result: RunResult, out: Path) -> list[Path]:
     try:
         import matplotlib
@@ -84,7 +93,7 @@ def _plots(result: RunResult, out: Path) -> list[Path]:
     except ImportError:  # plots are optional: the numbers are in the JSON and Markdown
         return []
     m: dict[str, Any] = result.metrics
-    written = []
+    written: list[Path] = []
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(list(KS), [100 * m[f"recall@{k}"] for k in KS], marker="o")
     ax.set_xscale("log")
@@ -92,10 +101,7 @@ def _plots(result: RunResult, out: Path) -> list[Path]:
     ax.set_ylabel("recall@K (%)")
     ax.set_title(f"{Path(m['dataset']).name}: recall@K")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "recall_at_k.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "recall_at_k.png")
+    _save(fig, out / "recall_at_k.png", written)
     if "rounds" in m:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot([r["round"] for r in m["rounds"]], [100 * r["recall"] for r in m["rounds"]], marker="o")
@@ -103,10 +109,7 @@ def _plots(result: RunResult, out: Path) -> list[Path]:
         ax.set_ylabel("recall over shown images (%)")
         ax.set_title(f"feedback {m['feedback']}, {m['user']} user")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "recall_per_round.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "recall_per_round.png")
+        _save(fig, out / "recall_per_round.png", written)
     if "per_stage" in m:
         stages = list(m["per_stage"])
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -117,18 +120,12 @@ def _plots(result: RunResult, out: Path) -> list[Path]:
         ax.set_ylabel("%")
         ax.set_title("per-stage recall")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "per_stage.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "per_stage.png")
+        _save(fig, out / "per_stage.png", written)
     if "dialog_hits@10" in m:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(range(len(m["dialog_hits@10"])), [100 * v for v in m["dialog_hits@10"]], marker="o")
         ax.set_xlabel("dialogue round")
         ax.set_ylabel("cumulative hits@10 (%)")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "dialog_hits.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "dialog_hits.png")
+        _save(fig, out / "dialog_hits.png", written)
     return written
