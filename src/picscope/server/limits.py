@@ -1,4 +1,4 @@
-"""Bounded concurrency for blocking work: a few requests run, a bounded queue waits, the rest get 503 at once."""
+"""Bounded concurrency for blocking work: a few requests run, a bounded queue waits, the rest get 429 at once."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ T = TypeVar("T")
 
 class Busy(HTTPException):
     def __init__(self, detail: str) -> None:
-        super().__init__(503, detail, headers={"Retry-After": "1"})
+        super().__init__(429, detail, headers={"Retry-After": "1"})
 
 
 class WorkLimiter:
     """`await limiter.run(fn, *args)`: run `fn` in a worker thread once one of `slots` is free.
 
-    At most `queue` requests wait; the next one is answered 503 (Retry-After: 1) without doing any work, and so
-    is one that waited `timeout` seconds. Work that started always finishes (a thread cannot be cancelled), so
-    a client that gives up never leaves the library or a session half-written.
+    At most `queue` requests wait; the next one is answered 429 Too Many Requests (Retry-After: 1) without
+    doing any work, and so is one that waited `timeout` seconds. Work that started always finishes (a thread
+    cannot be cancelled), so a client that gives up never leaves the library or a session half-written.
     """
 
     def __init__(self, name: str, slots: int, queue: int, timeout: float) -> None:

@@ -18,7 +18,7 @@ StateDep = Annotated[AppState, Depends(get_state)]
 ImageId = Annotated[int, Digits, Path(ge=1, le=2**62, description="library id")]
 UploadId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="upload id")]
 IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 410, 413, 415, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 410, 413, 415, 429, 503)
 }
 IMAGE_OK: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/jpeg": {}, "image/png": {}, "image/gif": {}, "image/webp": {}, "image/bmp": {}},

@@ -34,7 +34,8 @@ def load_static() -> dict[str, tuple[bytes, str]]:
 
 
 STATIC = load_static()
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 429: {"model": ErrorBody},
+                                          503: {"model": ErrorBody}}
 
 
 @api.get("/health", response_model=Health, responses=ERRORS, summary="Liveness")

@@ -14,7 +14,7 @@ from picscope.server.state import AppState, get_state
 
 router = APIRouter(prefix="/api", tags=["search"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 429, 503)
 }
 
 StateDep = Annotated[AppState, Depends(get_state)]

@@ -29,7 +29,7 @@ router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 StateDep = Annotated[AppState, Depends(get_state)]
 SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{6,32}$", description="session id")]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 429, 503)
 }
 
 

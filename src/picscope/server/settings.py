@@ -35,8 +35,8 @@ class ServerSettings:
     max_k: int = 500  # results per request (offset + k)
     max_turns: int = 20
     work_slots: int = 4  # requests running model work at once (search, similar, session rounds)
-    work_queue: int = 64  # requests waiting for a slot; beyond this: 503
-    queue_timeout_s: float = 30.0  # a request that waited this long for a slot: 503
+    work_queue: int = 64  # requests waiting for a slot; beyond this: 429
+    queue_timeout_s: float = 30.0  # a request that waited this long for a slot: 429
     thumb_slots: int = 4  # thumbnails decoded at once
     thumb_queue: int = 512
     thumb_size: int = 256  # long side of grid thumbnails
