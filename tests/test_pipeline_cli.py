@@ -51,6 +51,8 @@ def test_three_stage_search_with_explanation(library: Path, capsys: pytest.Captu
                  "-k", "3", "--json", "--library", str(library)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["stages"][0] == 1 and len(data["results"]) == 3 and data["model_calls"] >= 1
+    if 3 in data["stages"]:  # the socratic judge asked the LLM: its tokens are counted with the rules reasoner too
+        assert data["tokens"] > 0
     exp = data["explanation"]
     assert exp["request"]["turns"] == ["is it indoors? yes"] and exp["intent"]["descriptions"]
     assert main(["search", "a cat", "--stages", "1-2", "--explain", "-k", "3", "--library", str(library)]) == 0

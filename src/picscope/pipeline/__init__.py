@@ -88,7 +88,8 @@ def make_pipeline(library: Library, spec: str = "imagescope", *, stages: tuple[i
         chat = chat_obj if isinstance(chat_obj, MeteredChat) else MeteredChat(chat_obj)
     if vision is None or isinstance(vision, str):
         vision = make_vision_model(vision or library.config.vision, chat=chat, encoder=library.encoder)
-    pipe = ImageScopePipeline(library, cfg, chat=chat if cfg.reasoner == "llm" else None, vision=vision)
+    pipe = ImageScopePipeline(library, cfg, chat=chat if cfg.reasoner == "llm" else None, vision=vision,
+                              meter=chat)
     if auto_rules:
         pipe.standing_notes.append(AUTO_RULES_NOTE)
     return pipe

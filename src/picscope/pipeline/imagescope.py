@@ -80,7 +80,9 @@ class ImageScopePipeline:
     name = "imagescope"
 
     def __init__(self, library: Library, config: PipelineConfig | None = None, *, chat: ChatModel | None = None,
-                 vision: VisionModel | None = None) -> None:
+                 vision: VisionModel | None = None, meter: MeteredChat | None = None) -> None:
+        """`meter`: the metered chat model the vision model talks through (its tokens count too)."""
+        self.meter = meter
         self.library = library
         self.config = config or library.config.pipeline
         self.chat = MeteredChat(chat) if chat is not None and not isinstance(chat, MeteredChat) else chat
@@ -121,7 +123,8 @@ class ImageScopePipeline:
         cfg = self.config
         wanted = sorted(set(stages if stages is not None else cfg.stages) | {1})
         budget = _Budget(cfg)
-        tokens0 = self.chat.snapshot()[1] if isinstance(self.chat, MeteredChat) else 0
+        meter = self.meter if self.meter is not None else self.chat
+        tokens0 = meter.snapshot()[1] if isinstance(meter, MeteredChat) else 0
         notes: list[str] = list(self.standing_notes)
         skipped: dict[str, str] = {}
 
@@ -153,7 +156,7 @@ class ImageScopePipeline:
         results = [SearchResult(cands[i].id, cands[i].path, cands[i].s1, r + 1) for r, i in enumerate(order[:k])]
         for r, i in enumerate(order):
             cands[i].ranks["final"] = r + 1
-        tokens = (self.chat.snapshot()[1] - tokens0) if isinstance(self.chat, MeteredChat) else 0
+        tokens = (meter.snapshot()[1] - tokens0) if isinstance(meter, MeteredChat) else 0
         explanation = {
             "request": {"text": request.text, "turns": list(request.turns),
                         "reference": ref.describe() if ref is not None else None,
