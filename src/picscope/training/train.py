@@ -1,7 +1,8 @@
 """Contrastive training of small projection heads on frozen tower features (LiT-style, towers frozen).
 
-Symmetric InfoNCE with a learned temperature; one random caption (of five) and a random horizontal flip per
-image per step; early stopping on Flickr8k dev text→image recall. Deterministic for a given seed.
+Symmetric InfoNCE with a learned temperature; all five captions of each image (multi-positive) or one random
+caption, and a random horizontal flip per image per step; early stopping on Flickr8k dev text→image recall.
+Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from picscope.encoders.bundled_model import apply_head, image_input
 from picscope.training.metrics import image_to_text, text_to_image
 
 
@@ -39,6 +41,7 @@ class Features:
     pooled_flip: np.ndarray
     logits_flip: np.ndarray
     text: np.ndarray  # (n * 5, 384), captions of image i at rows 5i..5i+4
+    words: np.ndarray | None = None  # (n * 5,) word count of each caption
 
 
 @dataclass
@@ -49,15 +52,6 @@ class TrainResult:
     dev: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def image_input(pooled: np.ndarray, logits: np.ndarray, use_logits: bool) -> np.ndarray:
-    """The image head's raw input: pooled features, plus log-probabilities of the 1000 classes."""
-    if not use_logits:
-        return pooled.astype(np.float32)
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return np.concatenate([pooled, logp], axis=1).astype(np.float32)
 
 
 def _head(torch: Any, d_in: int, cfg: TrainConfig) -> Any:
@@ -184,23 +178,7 @@ def train(
     return TrainResult(weights, cfg, int(best["epoch"]), dev, history, time.perf_counter() - started)
 
 
-# -- inference in numpy (what the shipped encoder runs) ---------------------------------------------------
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    from math import sqrt
-
-    from scipy.special import erf
-
-    return (0.5 * x * (1.0 + erf(x / sqrt(2.0)))).astype(np.float32)
-
-
-def apply_head(w: dict[str, np.ndarray], prefix: str, x: np.ndarray) -> np.ndarray:
-    mu, sd = w[f"{prefix}_mu"], w[f"{prefix}_sd"]
-    x = ((x - mu) / sd).astype(np.float32)
-    h = _gelu(x @ w[f"{prefix}.fc1.weight"].T + w[f"{prefix}.fc1.bias"])
-    out = h @ w[f"{prefix}.fc2.weight"].T + w[f"{prefix}.fc2.bias"] + x @ w[f"{prefix}.skip.weight"].T
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+# -- evaluation of one member's heads in numpy (the shipped encoder: picscope.encoders.bundled_model) ------
 
 
 def embed_images_from_features(w: dict[str, np.ndarray], pooled: np.ndarray, logits: np.ndarray) -> np.ndarray:
