@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,17 @@ def test_imagescope_pipeline_through_the_harness(dataset: Path, tmp_path: Path) 
     assert m2["pipeline"] == "imagescope" and m2["queries"] == 3 and set(m2["per_stage"]) == {"1"}
     conf.write_text("[pipeline]\nverify_k = 0\n")
     assert main(["eval", str(dataset), "--out", str(tmp_path / "bad"), "--pipeline", str(conf)]) == 2
+
+
+def test_simulated_user_seeds_are_stable_across_processes() -> None:
+    import subprocess
+    import sys
+
+    code = "from picscope.eval.runner import user_seed; print([user_seed(0, q) for q in ('a+b', 'dog+snow', 'q17')])"
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout
+        for h in (1, 2, 3)
+    }
+    assert len(outs) == 1  # the same seeds whatever the process's string-hash seed
+    assert len(set(json.loads(next(iter(outs))))) == 3  # and different queries get different users

@@ -10,6 +10,7 @@ import hashlib
 import os
 import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,12 @@ def _stage_orders(explanation: dict[str, Any], idx: _Index) -> dict[int, list[st
     return orders
 
 
+def user_seed(seed: int, query_id: str) -> int:
+    """The simulated user's seed for one query: stable across processes (zlib.crc32; `hash()` of a str is not,
+    which made noisy-user runs differ from one run to the next)."""
+    return seed + zlib.crc32(query_id.encode()) % 10_000
+
+
 def _interactive(
     lib: Library, idx: _Index, q: Query, vec: np.ndarray, exclude: list[int], cfg: RunConfig
 ) -> tuple[list[dict[str, float]], int]:
@@ -248,7 +255,7 @@ def _interactive(
     from picscope.feedback import make_strategy
 
     strategy = make_strategy(cfg.feedback or "none", lib)
-    user = make_user(cfg.user, seed=cfg.seed + hash(q.id) % 10_000)
+    user = make_user(cfg.user, seed=user_seed(cfg.seed, q.id))
     relevant = set(q.relevant)
     state = FeedbackState(q.text, q.text, vec, anchor_vector=vec)
     shown: list[str] = []
