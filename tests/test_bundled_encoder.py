@@ -174,13 +174,22 @@ def test_hubness_coordinate_subtracts_each_images_bank_similarity() -> None:
 
 def test_heads_pack_roundtrip_and_v1_layout_loads() -> None:
     rng = np.random.default_rng(1)
-    members = _tiny_members(rng, 2)
-    back = unpack_heads(pack_heads(members))
-    assert len(back) == 2
-    for a, b in zip(members, back, strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_allclose(a[k], b[k], atol=np.abs(a[k]).max() / 100 + 1e-7)
+    members = _tiny_members(rng, 2, d_img=13)
+    for bits, tol in ((8, 1 / 254), (4, 1 / 14)):  # at most half a quantisation step of each row's max
+        packed = pack_heads(members, bits)
+        back = unpack_heads(packed)
+        assert len(back) == 2
+        for a, b in zip(members, back, strict=True):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert a[k].shape == b[k].shape  # odd column counts (13) survive 4-bit packing too
+                row_max = np.abs(a[k]).max(axis=-1, keepdims=True) if a[k].ndim == 2 else 0.0
+                assert np.all(np.abs(a[k] - b[k]) <= row_max * tol + 1e-6)
+        if bits == 4:
+            assert packed["h0.img.fc1.weight.q4"].nbytes * 2 >= members[0]["img.fc1.weight"].size
+            assert packed["h0.img.fc1.weight.q4"].nbytes < members[0]["img.fc1.weight"].size
+    with pytest.raises(ValueError, match="8 or 4 bits"):
+        pack_heads(members, 2)
     v1 = {k: v.astype(np.float16) if v.ndim == 2 else v for k, v in members[0].items()}
     (only,) = unpack_heads(v1)
     np.testing.assert_allclose(only["img.fc1.weight"], members[0]["img.fc1.weight"], atol=1e-2)

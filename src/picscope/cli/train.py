@@ -18,7 +18,7 @@ def train_encoder(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the weights")] = Path("bundled-encoder"),
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     epochs: Annotated[int, typer.Option(help="maximum epochs per head (early stopping on dev)")] = 60,
-    members: Annotated[int, typer.Option(help="heads in the ensemble (seeds SEED, SEED+1, ...)")] = 5,
+    members: Annotated[int, typer.Option(help="heads in the ensemble (seeds SEED, SEED+1, ...)")] = 4,
 ) -> None:
     """Train the `bundled` encoder from Flickr8k train (early stopping on dev); prints the dev evaluation."""
     from dataclasses import replace

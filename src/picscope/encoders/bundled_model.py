@@ -29,8 +29,6 @@ from math import sqrt
 
 import numpy as np
 
-HEAD_PARTS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "skip.weight")
-
 
 @dataclass(frozen=True)
 class MemoryConfig:
@@ -109,16 +107,37 @@ def dequantize_rows(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * scale
 
 
-def pack_heads(members: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Ensemble members → one npz dict: matrices int8 per row (+ scale), vectors float32, prefix `h<j>.`."""
+def quantize4_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4-bit per-row quantisation (levels −7..7), two values per byte (even columns in the low nibble)."""
+    scale = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-12) / 7.0
+    q = (np.clip(np.round(x / scale), -7, 7).astype(np.int16) + 8).astype(np.uint8)  # 1..15
+    if q.shape[1] % 2:
+        q = np.concatenate([q, np.full((len(q), 1), 8, np.uint8)], axis=1)
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8), scale.astype(np.float32)
+
+
+def dequantize4_rows(packed: np.ndarray, scale: np.ndarray, cols: int) -> np.ndarray:
+    q = np.empty((len(packed), packed.shape[1] * 2), np.int16)
+    q[:, 0::2] = packed & 0x0F
+    q[:, 1::2] = packed >> 4
+    return ((q[:, :cols] - 8).astype(np.float32) * scale).astype(np.float32)
+
+
+def pack_heads(members: list[dict[str, np.ndarray]], bits: int = 8) -> dict[str, np.ndarray]:
+    """Ensemble members → one npz dict with prefix `h<j>.`: matrices quantised per row to `bits` (8 or 4) with
+    float32 scales, vectors float32."""
+    if bits not in (4, 8):
+        raise ValueError(f"heads are stored with 8 or 4 bits, not {bits}")
     out: dict[str, np.ndarray] = {"members": np.array([len(members)], np.int32)}
     for j, w in enumerate(members):
         for k, v in w.items():
-            if v.ndim == 2:
-                q, s = quantize_rows(v.astype(np.float32))
-                out[f"h{j}.{k}.q"], out[f"h{j}.{k}.scale"] = q, s
-            else:
+            if v.ndim != 2:
                 out[f"h{j}.{k}"] = v
+            elif bits == 8:
+                out[f"h{j}.{k}.q"], out[f"h{j}.{k}.scale"] = quantize_rows(v.astype(np.float32))
+            else:
+                out[f"h{j}.{k}.q4"], out[f"h{j}.{k}.scale"] = quantize4_rows(v.astype(np.float32))
+                out[f"h{j}.{k}.cols"] = np.array([v.shape[1]], np.int32)
     return out
 
 
@@ -131,21 +150,30 @@ def unpack_heads(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         prefix = f"h{j}."
         w: dict[str, np.ndarray] = {}
         for k, v in arrays.items():
-            if not k.startswith(prefix) or k.endswith(".scale"):
+            if not k.startswith(prefix) or k.endswith((".scale", ".cols")):
                 continue
             name = k[len(prefix):]
             if name.endswith(".q"):
                 w[name[:-2]] = dequantize_rows(v, arrays[k[:-2] + ".scale"])
+            elif name.endswith(".q4"):
+                base = k[:-3]
+                w[name[:-3]] = dequantize4_rows(v, arrays[base + ".scale"], int(arrays[base + ".cols"][0]))
             else:
                 w[name] = v
         members.append(w)
     return members
 
 
-def pack_memory(keys: list[np.ndarray], values: np.ndarray, cfg: MemoryConfig) -> dict[str, np.ndarray]:
+def pack_memory(keys: list[np.ndarray], values: np.ndarray, cfg: MemoryConfig, key_bits: int = 8
+                ) -> dict[str, np.ndarray]:
+    """Keys per member (8- or 4-bit per row), values int8 per row, the inference config as JSON."""
     out: dict[str, np.ndarray] = {"members": np.array([len(keys)], np.int32)}
     for j, kj in enumerate(keys):
-        out[f"keys{j}_q"], out[f"keys{j}_scale"] = quantize_rows(kj)
+        if key_bits == 4:
+            out[f"keys{j}_q4"], out[f"keys{j}_scale"] = quantize4_rows(kj)
+            out[f"keys{j}_cols"] = np.array([kj.shape[1]], np.int32)
+        else:
+            out[f"keys{j}_q"], out[f"keys{j}_scale"] = quantize_rows(kj)
     out["values_q"], out["values_scale"] = quantize_rows(values)
     out["config"] = np.frombuffer(json.dumps(cfg.__dict__).encode(), dtype=np.uint8)
     return out
@@ -156,8 +184,14 @@ def unpack_memory(arrays: dict[str, np.ndarray]) -> tuple[list[np.ndarray], np.n
     values = dequantize_rows(arrays["values_q"], arrays["values_scale"])
     if "members" not in arrays:  # bundled-v1
         return [dequantize_rows(arrays["keys_q"], arrays["keys_scale"])], values, cfg
-    n = int(arrays["members"][0])
-    return [dequantize_rows(arrays[f"keys{j}_q"], arrays[f"keys{j}_scale"]) for j in range(n)], values, cfg
+    keys = []
+    for j in range(int(arrays["members"][0])):
+        if f"keys{j}_q4" in arrays:
+            keys.append(dequantize4_rows(arrays[f"keys{j}_q4"], arrays[f"keys{j}_scale"],
+                                         int(arrays[f"keys{j}_cols"][0])))
+        else:
+            keys.append(dequantize_rows(arrays[f"keys{j}_q"], arrays[f"keys{j}_scale"]))
+    return keys, values, cfg
 
 
 # -- the model -----------------------------------------------------------------------------------------------
@@ -174,8 +208,8 @@ class BundledModel:
         cfg: MemoryConfig,
         label_embeddings: np.ndarray | None = None,
     ) -> None:
-        if not members or len(members) != len(keys):
-            raise ValueError(f"{len(members)} heads but {len(keys)} memory key sets")
+        if not members or not 1 <= len(keys) <= len(members):
+            raise ValueError(f"{len(members)} heads need 1 to {len(members)} memory key sets, not {len(keys)}")
         self.members = members
         self.keys = keys
         self.values = values
@@ -193,7 +227,8 @@ class BundledModel:
     def variant(self, cfg: MemoryConfig | None = None, members: int | None = None) -> BundledModel:
         """The same weights with another inference config, or only the first `members` heads (ablations)."""
         n = members or len(self.members)
-        return BundledModel(self.members[:n], self.keys[:n], self.values, cfg or self.mem, self._label_emb)
+        return BundledModel(self.members[:n], self.keys[: min(n, len(self.keys))], self.values, cfg or self.mem,
+                            self._label_emb)
 
     @classmethod
     def from_arrays(
@@ -244,7 +279,8 @@ class BundledModel:
         zs = self.head_embeddings(pooled, logits, pooled_flip, logits_flip)
         if self.mem.flip_tta and pooled_flip is not None and logits_flip is not None:
             logits = (logits + logits_flip) / 2
-        pseudo = _unit(np.mean([self._pseudo_caption(z, k) for z, k in zip(zs, self.keys, strict=True)], axis=0))
+        # the memory may hold keys for only the first members: their pseudo-captions are averaged
+        pseudo = _unit(np.mean([self._pseudo_caption(z, k) for z, k in zip(zs, self.keys, strict=False)], axis=0))
         parts = [np.concatenate(zs, axis=1) / sqrt(len(zs)), sqrt(self.mem.lam) * pseudo]
         if self.mem.labels > 0:
             parts.append(sqrt(self.mem.labels) * np.sqrt(_softmax(logits)))

