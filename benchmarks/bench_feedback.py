@@ -109,9 +109,11 @@ STOP = set(
 )
 
 
-def build_flickr8k_concepts(out: Path, max_queries: int = 300, seed: int = 0) -> Path:
+def build_flickr8k_concepts(out: Path, max_queries: int = 300, seed: int = 0, offset: int = 0) -> Path:
     """Multi-positive Flickr8k dev: a query is a pair of concepts ("dog snow"); the relevant images are those
-    where at least 2 of the 5 human captions mention both words. The labels come from the human captions only."""
+    where at least 2 of the 5 human captions mention both words. The labels come from the human captions only.
+    `offset`: skip the first pairs of the seeded shuffle (offset=300 gives the pairs the default set leaves out,
+    a held-out check for weights chosen on the default set)."""
     import random
     from collections import Counter
     from itertools import combinations
@@ -143,7 +145,7 @@ def build_flickr8k_concepts(out: Path, max_queries: int = 300, seed: int = 0) ->
 
     queries = [
         Query(f"{a}+{b}", natural(a, b), tuple(keys[data.paths[i]] for i in pairs[(a, b)]))
-        for a, b in good[:max_queries]
+        for a, b in good[offset : offset + max_queries]
     ]
     return write_dataset(out, queries)
 
@@ -323,7 +325,8 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["recall", "cost", "scale"])
     ap.add_argument("--strategies", nargs="+", default=list(NAMES))
     ap.add_argument("--users", nargs="+", default=["oracle", "noisy", "budgeted"])
-    ap.add_argument("--datasets", nargs="+", default=["msrvtt", "flickr8k", "flickr8k-concepts"])
+    ap.add_argument("--datasets", nargs="+", default=["msrvtt", "flickr8k", "flickr8k-concepts"],
+                    help="msrvtt, flickr8k, flickr8k-concepts, flickr8k-concepts-heldout")
     ap.add_argument("--flickr-limit", type=int, default=1000, help="Flickr8k dev queries (of 5,000), seeded sample")
     ap.add_argument("--cost-queries", type=int, default=20)
     ap.add_argument("--size", type=int, default=10_000)
@@ -340,6 +343,8 @@ def main() -> None:
         "msrvtt": ("MSR-VTT frames", build_msrvtt_frames(ds_root / "msrvtt-frames")),
         "flickr8k": ("Flickr8k dev", build_flickr8k(ds_root / "flickr8k-dev", "dev")),
         "flickr8k-concepts": ("Flickr8k dev concepts", build_flickr8k_concepts(ds_root / "flickr8k-dev-concepts")),
+        "flickr8k-concepts-heldout": ("Flickr8k dev concepts, held-out pairs",
+                                      build_flickr8k_concepts(ds_root / "flickr8k-dev-concepts-heldout", offset=300)),
     }
     chosen = {all_ds[d][0]: all_ds[d][1] for d in args.datasets}
     probe = library_for(load_dataset(next(iter(chosen.values()))), _encoder())

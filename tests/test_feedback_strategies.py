@@ -3,6 +3,7 @@ negative propositions. Model roles are test doubles (tests/feedback_test_doubles
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -146,3 +147,90 @@ def test_make_strategy_errors(lib: Library, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(fb, "default_models", unavailable)
     with pytest.raises(ConfigError, match="no chat model"):
         make_strategy("rewrite", lib)
+
+
+class _VectorLibrary:
+    """A library reduced to what Rocchio reads: stored vectors by id and an encoder with named parts."""
+
+    def __init__(self, vectors: np.ndarray, parts: dict[str, tuple[int, int]] | None) -> None:
+        self.rows = vectors.astype(np.float32)
+        self.encoder = type("Enc", (), {"vector_parts": parts})()
+
+    def vectors(self, ids: list[int]) -> np.ndarray:
+        return self.rows[ids]
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        raise AssertionError("the anchor vector is given")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x)).astype(np.float32)
+
+
+def test_rocchio_blend_follows_the_positives_mutual_similarity() -> None:
+    from picscope.feedback.rocchio import blend, coherence
+
+    same = np.array([[1.0, 0.0], [0.99, 0.05], [0.98, 0.1]])
+    apart = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.1]])
+    assert coherence(same) > 0.95 and coherence(apart) < 0.0 and coherence(same[:1]) is None
+    assert blend(coherence(same), 3) == 1.0 and blend(coherence(apart), 3) == 0.0
+    assert blend(None, 1) == 0.0  # one positive: cautious, diverse weights
+    assert blend(None, 0) == 0.5
+    assert 0.0 < blend(0.65, 2) < 1.0
+
+
+def test_rocchio_classic_is_the_textbook_formula_and_adaptive_uses_it_for_near_duplicates() -> None:
+    rng = np.random.default_rng(0)
+    base = _unit(rng.normal(size=8))
+    near = np.stack([_unit(base + 0.01 * rng.normal(size=8)) for _ in range(3)])
+    neg = _unit(rng.normal(size=8))
+    lib = _VectorLibrary(np.vstack([near, neg[None]]), None)
+    q0 = _unit(rng.normal(size=8))
+    st = FeedbackState("q", "q", q0, anchor_vector=q0)
+    expected = _unit(1.0 * q0 + 0.75 * near.mean(axis=0) - 0.15 * neg)
+    classic = make_strategy("rocchio-classic", lib).update(st, [0, 1, 2], [3])
+    assert np.allclose(classic.query_vector, expected, atol=1e-6) and classic.notes[-1].startswith("rocchio-classic")
+    adaptive = make_strategy("rocchio", lib).update(st, [0, 1, 2], [3])
+    assert np.allclose(adaptive.query_vector, expected, atol=1e-5)  # coherent positives: the classic weights
+    assert "coherent weights" in adaptive.notes[-1]
+
+
+def test_rocchio_diverse_positives_get_per_part_weights() -> None:
+    from picscope.feedback.rocchio import DIVERSE
+
+    rng = np.random.default_rng(1)
+    parts = {"heads": (0, 4), "memory": (4, 6), "labels": (6, 9), "hub": (9, 10)}
+    pos = np.eye(10, dtype=np.float32)[[0, 1, 7]]  # mutually orthogonal: coherence 0
+    neg = _unit(rng.normal(size=10))
+    lib = _VectorLibrary(np.vstack([pos, neg[None]]), parts)
+    q0 = _unit(rng.normal(size=10))
+    st = FeedbackState("q", "q", q0, anchor_vector=q0)
+    out = make_strategy("rocchio", lib).update(st, [0, 1, 2], [3])
+    raw = np.empty(10, np.float32)
+    for name, (a, b) in parts.items():
+        w = DIVERSE[name]
+        raw[a:b] = w.alpha * q0[a:b] + w.beta * pos.mean(axis=0)[a:b] - w.gamma * neg[a:b]
+    assert np.allclose(out.query_vector, _unit(raw), atol=1e-6)
+    assert "diverse weights" in out.notes[-1]
+    # the label part: positives add nothing (β = 0), so the positive on column 7 does not lift it
+    assert DIVERSE["labels"].beta == 0.0
+    # a layout the parts do not fit (vectors of another encoder) is weighted as one space, without error
+    short = _VectorLibrary(np.vstack([pos, neg[None]])[:, :8], parts)
+    q8 = _unit(q0[:8])
+    flat = make_strategy("rocchio", short).update(FeedbackState("q", "q", q8, anchor_vector=q8), [0, 1, 2], [3])
+    w = DIVERSE["*"]
+    exp = _unit(w.alpha * q8 + w.beta * pos[:, :8].mean(axis=0) - w.gamma * neg[:8])
+    assert np.allclose(flat.query_vector, exp, atol=1e-6)
+
+
+def test_bundled_encoder_names_its_vector_parts() -> None:
+    from picscope.encoders import bundled_available, make_encoder
+
+    if not bundled_available():
+        pytest.skip("the bundled encoder's weights are not in this build")
+    enc = make_encoder("bundled")
+    parts = enc.vector_parts
+    assert parts is not None and list(parts) == ["heads", "memory", "labels", "hub"]
+    spans = sorted(parts.values())
+    assert spans[0][0] == 0 and spans[-1][1] == enc.dim
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous, no gaps

@@ -129,7 +129,9 @@ def run_command(s: Any, line: str) -> bool:
 def session(
     query: Annotated[str | None, typer.Argument(help="what you are looking for")] = None,
     resume: Annotated[str | None, typer.Option("--resume", "-r", help="continue the session with this id")] = None,
-    strategy: Annotated[str, typer.Option(help="feedback: none | rocchio | caption | rewrite | combined")] = "rocchio",
+    strategy: Annotated[
+        str, typer.Option(help="feedback: none | rocchio | rocchio-classic | caption | rewrite | combined")
+    ] = "rocchio",
     page_size: Annotated[int, typer.Option("--page-size", "-k", help="images per round")] = 10,
     chat: Annotated[str | None, typer.Option(help="chat model spec for rewrite/combined")] = None,
     vision: Annotated[

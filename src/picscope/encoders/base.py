@@ -37,6 +37,9 @@ class BaseEncoder:
     name: str = "base"
     dim: int = 0
     image_size: int = 224
+    # optional: named column ranges of a vector whose parts mean different things (relevance feedback may weight
+    # them apart); None when the vector is one undivided space, as with CLIP
+    vector_parts: dict[str, tuple[int, int]] | None = None
 
     def prepare_image(self, image: Image.Image) -> Any:
         return image

@@ -82,6 +82,7 @@ class BundledEncoder(BaseEncoder):
         except (OSError, ValueError, KeyError) as exc:
             raise EncoderError(f"bundled encoder: cannot read weights in {root}: {exc}") from exc
         self.dim = self.model.dim
+        self.vector_parts = self.model.parts()
         self.version = version
         # the name pins every shipped file (the memory file holds the inference config too); v1 named its heads
         pin = sums[heads_file] if version == "bundled-v1" else hashlib.sha256(

@@ -224,6 +224,17 @@ class BundledModel:
     def dim(self) -> int:
         return self.head_dim + self.text_dim + (1000 if self.mem.labels > 0 else 0) + (2 if self.mem.hub else 0)
 
+    def parts(self) -> dict[str, tuple[int, int]]:
+        """Column ranges of the stored vector: projection heads, pseudo-caption memory, labels, hubness coordinates."""
+        out: dict[str, tuple[int, int]] = {}
+        at = 0
+        for name, width in (("heads", self.head_dim), ("memory", self.text_dim),
+                            ("labels", 1000 if self.mem.labels > 0 else 0), ("hub", 2 if self.mem.hub else 0)):
+            if width:
+                out[name] = (at, at + width)
+                at += width
+        return out
+
     def variant(self, cfg: MemoryConfig | None = None, members: int | None = None) -> BundledModel:
         """The same weights with another inference config, or only the first `members` heads (ablations)."""
         n = members or len(self.members)

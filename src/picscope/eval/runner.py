@@ -38,7 +38,7 @@ class RunConfig:
     stages: tuple[int, ...] | None = None
     limit: int | None = None
     seed: int = 0
-    feedback: str | None = None  # none | rocchio | caption | rewrite | combined
+    feedback: str | None = None  # none | rocchio | rocchio-classic | caption | rewrite | combined
     rounds: int = 3
     user: str = "oracle"
     page_size: int = 10

@@ -1,7 +1,9 @@
 """Relevance-feedback strategies behind one interface (`FeedbackStrategy`), built by name.
 
 - `none`: keep the original query; the next round shows the next unseen page of the original ranking.
-- `rocchio`: embedding feedback with positive and negative terms on the query vector.
+- `rocchio`: embedding feedback with positive and negative terms on the query vector; its weights adapt to how
+  alike the relevant images are (and, with the bundled encoder, differ per vector part).
+- `rocchio-classic`: the same with fixed weights (α=1, β=0.75, γ=0.15) on the whole vector.
 - `caption`: captions of the images marked relevant appended to the query (no denoiser).
 - `rewrite`: captions + an LLM denoiser that rewrites the query around the user's words (falls back to rocchio
   when the LLM fails, and says so).
@@ -22,7 +24,7 @@ from picscope.feedback.text import CaptionExpansion, Combined, LLMRewrite
 
 __all__ = ["NAMES", "FeedbackState", "FeedbackStrategy", "default_models", "make_strategy"]
 
-NAMES = ("none", "rocchio", "caption", "rewrite", "combined")
+NAMES = ("none", "rocchio", "rocchio-classic", "caption", "rewrite", "combined")
 
 
 def default_models(library: Any, *, need_llm: bool = True) -> tuple[Any, Any]:
@@ -45,6 +47,8 @@ def make_strategy(name: str, library: Any, *, llm: Any = None, vision: Any = Non
         return NoFeedback()
     if name == "rocchio":
         return Rocchio(library, **kw)
+    if name == "rocchio-classic":
+        return Rocchio(library, adaptive=False, **kw)
     if name in ("caption", "rewrite", "combined"):
         if vision is None or (llm is None and name != "caption"):
             d_llm, d_vision = default_models(library)
