@@ -170,7 +170,7 @@ def part_recall(
             base: float | None = None
             for strategy in strategies:
                 t0 = time.perf_counter()
-                cfg = RunConfig(feedback=strategy, user=user, rounds=3, page_size=10, limit=limits[name])
+                cfg = RunConfig(feedback=strategy, user=user, rounds=3, page_size=10, limit=limits.get(name))
                 res = run(ds, cfg)
                 r = [x["recall"] for x in res.metrics["rounds"]]
                 if strategy == "none":
@@ -184,6 +184,8 @@ def part_recall(
                         res.metrics["queries"],
                         *(f"{100 * x:.1f}" for x in r),
                         gain,
+                        f"{res.metrics.get('model_calls_per_query', 0.0):.1f}",
+                        f"{res.metrics.get('fallback_rounds_per_query', 0.0):.2f}",
                         f"{time.perf_counter() - t0:.0f}",
                     ]
                 )
@@ -201,6 +203,8 @@ def part_recall(
                 "round 2",
                 "round 3",
                 "gain vs none",
+                "model calls/query",
+                "fallback rounds/query",
                 "run s",
             ],
             rows,
@@ -328,6 +332,8 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["msrvtt", "flickr8k", "flickr8k-concepts"],
                     help="msrvtt, flickr8k, flickr8k-concepts, flickr8k-concepts-heldout")
     ap.add_argument("--flickr-limit", type=int, default=1000, help="Flickr8k dev queries (of 5,000), seeded sample")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="a seeded sample of this many queries per dataset (for the LLM strategies)")
     ap.add_argument("--cost-queries", type=int, default=20)
     ap.add_argument("--size", type=int, default=10_000)
     ap.add_argument("--sessions", type=int, default=20)
@@ -353,7 +359,9 @@ def main() -> None:
     for s, why in skipped.items():
         print(f"not run: {s}: {why}")
     if "recall" in args.parts:
-        limits = {"MSR-VTT frames": None, "Flickr8k dev": args.flickr_limit, "Flickr8k dev concepts": None}
+        limits = {name: args.limit for name in chosen}
+        if args.limit is None:
+            limits["Flickr8k dev"] = args.flickr_limit
         part_recall(chosen, strategies, args.users, limits)
     if "cost" in args.parts:
         print()

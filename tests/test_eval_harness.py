@@ -79,6 +79,22 @@ def test_feedback_rounds_with_users(dataset: Path) -> None:
     assert "recall@9" in none[2]
 
 
+def test_feedback_runs_count_rounds_that_fell_back(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import picscope.feedback as fb
+    from tests.feedback_test_doubles import ColourCaptionerTestDouble, ScriptedChatTestDouble
+
+    def failing_models(library: object, need_llm: bool = True) -> tuple[object, object]:
+        return ScriptedChatTestDouble([TimeoutError("llm timed out")] * 100), ColourCaptionerTestDouble()
+
+    monkeypatch.setattr(fb, "default_models", failing_models)
+    cfg = RunConfig(encoder="labels", feedback="rewrite", rounds=2, page_size=3, limit=3)
+    m = run(dataset, cfg).metrics
+    rocchio = run(dataset, RunConfig(encoder="labels", feedback="rocchio", rounds=2, page_size=3, limit=3)).metrics
+    assert rocchio["fallback_rounds_per_query"] == 0.0
+    # every round with a relevant mark asks the LLM, which always fails: those rounds fall back to rocchio
+    assert 0.0 < m["fallback_rounds_per_query"] <= 2.0
+
+
 def test_simulated_users() -> None:
     shown, truth = ["a", "b", "c", "d"], {"b", "d", "z"}
     assert OracleUser().mark(shown, truth).relevant == ["b", "d"]

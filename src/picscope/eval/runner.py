@@ -184,7 +184,7 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
                     rankings.append(base)
                 row["dialog_hits@10"] = M.cumulative_hits(rankings, relevant, 10)
             if cfg.feedback:
-                row["rounds"], fb_calls = _interactive(lib, idx, q, vec, exclude, cfg)
+                row["rounds"], fb_calls, row["fallback_rounds"] = _interactive(lib, idx, q, vec, exclude, cfg)
                 calls += fb_calls
             row["seconds"] = time.perf_counter() - t0 + embed_seconds
             row["model_calls"] = calls
@@ -250,8 +250,9 @@ def user_seed(seed: int, query_id: str) -> int:
 
 def _interactive(
     lib: Library, idx: _Index, q: Query, vec: np.ndarray, exclude: list[int], cfg: RunConfig
-) -> tuple[list[dict[str, float]], int]:
-    """Rounds of a simulated session; returns per-round recall and the model calls the strategy made."""
+) -> tuple[list[dict[str, float]], int, int]:
+    """Rounds of a simulated session: per-round recall, the model calls the strategy made, and how many rounds
+    fell back (e.g. an LLM rewrite that failed and became embedding feedback)."""
     from picscope.feedback import make_strategy
 
     strategy = make_strategy(cfg.feedback or "none", lib)
@@ -260,6 +261,7 @@ def _interactive(
     state = FeedbackState(q.text, q.text, vec, anchor_vector=vec)
     shown: list[str] = []
     rounds = []
+    fallbacks = 0
     for r in range(cfg.rounds + 1):
         excl = exclude + [idx.id_of[s] for s in shown]
         page = [h for h in _ranking(lib, idx, state.query_vector, excl)[: cfg.page_size]]
@@ -272,7 +274,8 @@ def _interactive(
         state = strategy.update(
             state, [idx.id_of[s] for s in marks.relevant], [idx.id_of[s] for s in marks.not_relevant]
         )
-    return rounds, int(getattr(state, "model_calls", 0))
+        fallbacks += state.fallback is not None
+    return rounds, int(getattr(state, "model_calls", 0)), fallbacks
 
 
 def _aggregate(rows: list[dict[str, Any]], ds: Dataset, cfg: RunConfig, encoder: str, lib: Library) -> dict[str, Any]:
@@ -320,6 +323,7 @@ def _aggregate(rows: list[dict[str, Any]], ds: Dataset, cfg: RunConfig, encoder:
         out["feedback"] = cfg.feedback
         out["user"] = cfg.user
         out["page_size"] = cfg.page_size
+        out["fallback_rounds_per_query"] = mean("fallback_rounds")
         out["rounds"] = []
         for r in range(cfg.rounds + 1):
             recall = float(np.mean([row["rounds"][r]["recall"] for row in rows]))
