@@ -183,6 +183,17 @@ def test_stage2_promotes_images_with_the_expected_answers(library: Library) -> N
     assert cand["ranks"]["stage2"] == 1 and cand["stage2"]["p_yes"][0] == pytest.approx(0.95)
 
 
+def test_unset_verify_weight_is_zero_for_socratic_vision_and_positive_otherwise(library: Library) -> None:
+    vision = PathVision(library)
+    pipe = _pipe(library, vision)
+    assert pipe.config.verify_weight is None and pipe.verify_weight(pipe.config) == 0.3
+    vision.spec = "socratic[bundled]"  # the offline vision: its answers are the retrieval encoder's similarities
+    assert pipe.verify_weight(pipe.config) == 0.0
+    assert _pipe(library, vision, verify_weight=0.7).verify_weight(PipelineConfig(verify_weight=0.7)) == 0.7
+    out = pipe.run(Request("a photo of a thing"), k=8)
+    assert out.explanation["config"]["verify_weight"] == 0.0
+
+
 def test_stage3_reorders_the_whole_top_alpha(library: Library) -> None:
     stage2 = names(_pipe(library, PathVision(library), stages=[1]).run(Request("a photo"), k=6).results)
     best = stage2[3]

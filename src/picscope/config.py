@@ -54,8 +54,10 @@ class PipelineConfig(BaseModel):
     pool: int = Field(100, ge=1, description="stage-1 candidates whose captions are fused")
     lazy_captions: int = Field(0, ge=0, description="captions made on demand per query (0: stored ones only)")
     verify_k: int = Field(20, ge=1, description="K: stage-1 candidates checked by stage 2")
-    # 0.3: the largest weight that does not hurt `socratic` on held-out dev captions; raise it for a real VLM.
-    verify_weight: float = Field(0.3, ge=0, description="weight of mean log-odds of the expected answers")
+    # None (auto): 0 with the offline `socratic` vision, whose answers come from the retrieval encoder itself (with
+    # bundled-v2 every weight above 0 lowered R@1 on held-out dev captions); 0.3 with any other vision backend.
+    verify_weight: float | None = Field(None, ge=0, description="weight of mean log-odds of the expected answers "
+                                        "(unset: 0 for socratic vision, 0.3 otherwise)")
     alpha: int = Field(5, ge=2, description="candidates judged by stage 3")
     judge_weight: float = Field(0.5, ge=0, description="weight of the judge's standardised score")
     max_propositions: int = Field(6, ge=1, le=12)
