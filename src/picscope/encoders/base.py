@@ -16,6 +16,8 @@ class DualEncoder(Protocol):
     `name` identifies the weights exactly (a library refuses to mix vectors of different names).
     `image_size` is the side the image tower wants; decoders may downscale JPEGs to it early.
     `prepare_image` runs in decode worker threads (resize, normalise); `embed_prepared` batches them.
+    Optional `vector_parts` ({name: (start, stop)}, see `BaseEncoder`) lets relevance feedback weight the parts of a
+    concatenated vector apart; encoders without it are treated as one space.
     """
 
     name: str
