@@ -121,18 +121,6 @@ class Rocchio:
         if not self.adaptive:
             self.name = "rocchio-classic" if not fixed else "rocchio"
 
-    @property
-    def alpha(self) -> float:
-        return self.classic.alpha
-
-    @property
-    def beta(self) -> float:
-        return self.classic.beta
-
-    @property
-    def gamma(self) -> float:
-        return self.classic.gamma
-
     def _weights(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(classic, diverse) weight columns for vectors of `dim` columns (cached)."""
         if self._columns is None or self._columns[0] != dim:
