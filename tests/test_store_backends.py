@@ -1,4 +1,5 @@
-"""One behavioural suite for every vector store: exact, ann (FAISS HNSW), milvus-lite (native Milvus 2.5).
+"""One behavioural suite for every vector store: exact, ann (FAISS HNSW), milvus-lite (native Milvus 2.5), and
+the compact format over exact and ann (codes: float32 coarse part + int8 fine part, `picscope.store.compact`).
 
 Every test runs against each backend through the `VectorStore` protocol; expected results come from a
 brute-force numpy computation over the same vectors, never from another store.
@@ -16,11 +17,23 @@ import pytest
 
 from picscope.errors import ConfigError, StoreError
 from picscope.store import VectorStore, make_store
+from picscope.store.compact import VectorCodec, compact
 from picscope.store.meta import FileMeta, MetaFilter, SupportsMeta
 
 DIM = 32
-BACKENDS = ["exact", "ann", "milvus-lite"]
+BACKENDS = ["exact", "ann", "milvus-lite", "compact-exact", "compact-ann"]
 Factory = Callable[[Path], VectorStore]
+TOLERANCE = {"compact-exact": 2e-2, "compact-ann": 2e-2}  # int8 fine codes: vectors read back approximately
+
+
+def _codec(dim: int = DIM, scan_dim: int = 24) -> VectorCodec:
+    """A full-rank random rotation: 24 float32 numbers + 8 int8 ones per vector."""
+    rng = np.random.default_rng(42)
+    rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    arrays = {"mean": np.full(dim, 0.01, np.float32), "encode": rotation.astype(np.float32),
+              "query": rotation.astype(np.float32), "scan_dim": np.array([scan_dim], np.int32),
+              "fine_scale": np.full(dim - scan_dim, 0.6 / 127, np.float32), "rescore": np.array([64], np.int32)}
+    return VectorCodec.from_arrays(arrays, "test-codec")
 
 
 def _has(module: str) -> bool:
@@ -30,10 +43,21 @@ def _has(module: str) -> bool:
 
 
 def _factory(name: str) -> Factory:
+    if name.startswith("compact-"):
+        from picscope.store.exact import ExactStore
+
+        codec = _codec()
+        inner_dim = codec.scan_dim
+        base = _inner_factory(name.removeprefix("compact-"), inner_dim)
+        return lambda folder: compact(base(folder), ExactStore(folder / "fine", codec.fine_dim, np.int8), codec)
+    return _inner_factory(name, DIM)
+
+
+def _inner_factory(name: str, dim: int) -> Factory:
     if name == "exact":
         from picscope.store.exact import ExactStore
 
-        return lambda folder: ExactStore(folder, DIM)
+        return lambda folder: ExactStore(folder, dim)
     if name == "ann":
         if not _has("faiss"):
             pytest.skip("faiss not installed (pip install 'picscope[ann]')")
@@ -41,12 +65,12 @@ def _factory(name: str) -> Factory:
 
         # exact_below=0 forces the HNSW graph even for these small sets; checkpoint often to exercise reload.
         opts = AnnOptions(exact_below=0, ef_search=128, checkpoint_rows=150)
-        return lambda folder: AnnStore(folder, DIM, opts)
+        return lambda folder: AnnStore(folder, dim, opts)
     if not _has("pymilvus"):
         pytest.skip("pymilvus/milvus-lite not installed (pip install 'picscope[milvus]')")
     from picscope.store.milvus import MilvusOptions, MilvusStore
 
-    return lambda folder: MilvusStore("vectors.db", folder, DIM, MilvusOptions(index_type="FLAT"))
+    return lambda folder: MilvusStore("vectors.db", folder, dim, MilvusOptions(index_type="FLAT"))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -57,6 +81,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture()
 def opener(backend: str) -> Factory:
     return _factory(backend)
+
+
+@pytest.fixture()
+def atol(backend: str) -> float:
+    return TOLERANCE.get(backend, 1e-6)
 
 
 @pytest.fixture()
@@ -76,14 +105,14 @@ def brute(ids: np.ndarray, vecs: np.ndarray, q: np.ndarray, k: int) -> list[list
     return [ids[np.argsort(-row, kind="stable")[:k]].tolist() for row in scores]
 
 
-def test_insert_search_get(store: VectorStore) -> None:
+def test_insert_search_get(store: VectorStore, atol: float) -> None:
     rng = np.random.default_rng(1)
     ids = np.arange(1, 301, dtype=np.int64) * 7  # sparse, not 0..n
     vecs = unit(rng, 300)
     store.upsert(ids, vecs)
     assert len(store) == 300
     assert sorted(store.ids().tolist()) == sorted(ids.tolist())
-    np.testing.assert_allclose(store.get(ids[[5, 0, 99]]), vecs[[5, 0, 99]], atol=1e-6)
+    np.testing.assert_allclose(store.get(ids[[5, 0, 99]]), vecs[[5, 0, 99]], atol=atol)
     q = vecs[:20] + 0.05 * unit(rng, 20)
     hits = store.search(q, 5)
     want = brute(ids, vecs, q, 5)
@@ -96,7 +125,7 @@ def test_insert_search_get(store: VectorStore) -> None:
         store.get(np.array([3], np.int64))
 
 
-def test_upsert_replaces_and_delete_removes(store: VectorStore) -> None:
+def test_upsert_replaces_and_delete_removes(store: VectorStore, atol: float) -> None:
     rng = np.random.default_rng(2)
     ids = np.arange(1, 101, dtype=np.int64)
     vecs = unit(rng, 100)
@@ -104,7 +133,7 @@ def test_upsert_replaces_and_delete_removes(store: VectorStore) -> None:
     new = unit(rng, 3)
     store.upsert(np.array([10, 20, 1000], np.int64), new)  # two replacements, one insert
     assert len(store) == 101
-    np.testing.assert_allclose(store.get(np.array([10, 20, 1000])), new, atol=1e-6)
+    np.testing.assert_allclose(store.get(np.array([10, 20, 1000])), new, atol=atol)
     assert store.search(new[:1], 1).ids[0, 0] == 10
     # the old vector of id 10 must not be found any more as id 10
     old_hit = store.search(vecs[9:10], 3).row(0)
@@ -149,7 +178,7 @@ def test_bad_input_is_rejected_and_changes_nothing(store: VectorStore) -> None:
     assert sorted(store.ids().tolist()) == [1, 2]
 
 
-def test_reopen_keeps_everything(opener: Factory, tmp_path: Path) -> None:
+def test_reopen_keeps_everything(opener: Factory, tmp_path: Path, atol: float) -> None:
     rng = np.random.default_rng(5)
     folder = tmp_path / "store"
     ids = np.arange(1, 251, dtype=np.int64)
@@ -164,7 +193,7 @@ def test_reopen_keeps_everything(opener: Factory, tmp_path: Path) -> None:
     try:
         assert len(s) == 249
         assert 7 not in s.ids().tolist()
-        np.testing.assert_allclose(s.get(np.array([8, 250])), vecs[[0, 249]], atol=1e-6)
+        np.testing.assert_allclose(s.get(np.array([8, 250])), vecs[[0, 249]], atol=atol)
         hit = s.search(vecs[100:101], 1).row(0)
         assert hit[0][0] == 101
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -70,6 +70,9 @@ class PicscopeConfig(BaseModel):
 
     encoder: str = "bundled"
     store: str = "exact"
+    vectors: Literal["compact", "full"] = Field(
+        "compact", description="compact: store the encoder's compact codes when it ships a codec (bundled: 1,280 "
+        "bytes per photo instead of 9,640); full: float32 vectors")
     llm: str = "bundled"
     vision: str = "socratic"
     index: IndexConfig = Field(default_factory=lambda: IndexConfig())

@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from picscope.indexer import RETRY_MTIME, Indexer, IndexReport, Progress
 from picscope.paths import default_library_path
 from picscope.store import VectorStore, make_store
 from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord
+from picscope.store.compact import CODEC_FILE, FULL, VectorCodec, compact
 from picscope.store.meta import MetaFilter
 
 CATALOG = "catalog.sqlite"
@@ -61,6 +62,8 @@ class LibraryStatus:
     stale: int
     vectors: int
     roots: list[str] = field(default_factory=list)
+    vector_format: str = FULL
+    bytes_per_photo: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,13 +177,103 @@ class Library:
     @property
     def store(self) -> VectorStore:
         if self._store is None:
-            dim = self.dim
-            if dim is None:
-                dim = self.encoder.dim
-                self.catalog.set_meta("dim", str(dim))
-                self.catalog.set_meta("encoder_name", self.encoder.name)
-            self._store = make_store(self.config.store, self.path / STORE_DIR, dim)
+            if self.dim is None:
+                enc = self.encoder
+                codec = self._new_codec()
+                if codec is not None:
+                    self.catalog.set_meta("vector_format", codec.name)
+                self.catalog.set_meta("dim", str(enc.dim))
+                self.catalog.set_meta("encoder_name", enc.name)
+            self._store = self.build_store(self.config.store)
         return self._store
+
+    # -- vector formats ------------------------------------------------------------------------
+    @property
+    def vector_format(self) -> str:
+        """`f32` (full vectors, every library written before compact formats) or the name of a codec."""
+        return self.catalog.get_meta("vector_format") or FULL
+
+    def _store_folder(self, fmt: str) -> Path:
+        return self.path / STORE_DIR if fmt == FULL else self.path / STORE_DIR / f"c-{fmt.rsplit('@', 1)[-1]}"
+
+    def _new_codec(self) -> VectorCodec | None:
+        """The encoder's codec, copied into the library (which stays readable whatever is installed later)."""
+        path = self.encoder.codec_path if self.config.vectors == "compact" else None
+        if path is None:
+            return None
+        codec = VectorCodec.load(path)
+        folder = self._store_folder(codec.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / CODEC_FILE
+        for src in VectorCodec.files(path):  # the codec file, and its query-matrix file when it has one
+            dst = target.with_name(src.name.replace(path.stem, target.stem, 1))
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        return codec
+
+    def codec(self, fmt: str | None = None) -> VectorCodec | None:
+        fmt = fmt or self.vector_format
+        if fmt == FULL:
+            return None
+        path = self._store_folder(fmt) / CODEC_FILE
+        if not path.exists():
+            raise LibraryError(f"library {self.path} stores vectors as {fmt!r} but its codec {path} is missing; "
+                               f"rebuild it: picscope index FOLDER --library {self.path} --rebuild")
+        codec = VectorCodec.load(path)
+        if codec.name != fmt:
+            raise LibraryError(f"the codec {path} is {codec.name!r}, not the library's {fmt!r} (corrupt); rebuild it:"
+                               f" picscope index FOLDER --library {self.path} --rebuild")
+        return codec
+
+    def build_store(self, spec: str, fmt: str | None = None) -> VectorStore:
+        """The store `spec` over this library's vectors, in format `fmt` (default: the library's)."""
+        dim = self.dim
+        if dim is None:
+            raise LibraryError(f"library {self.path} has no vectors yet")
+        fmt = fmt or self.vector_format
+        codec = self.codec(fmt)
+        if codec is None:
+            return make_store(spec, self.path / STORE_DIR, dim)
+        from picscope.store.exact import ExactStore
+
+        folder = self._store_folder(fmt)
+        inner = make_store(spec, folder, codec.scan_dim)
+        fine_folder = folder / f"fine-{spec.partition(':')[0]}"
+        fine = ExactStore(fine_folder, codec.fine_dim, np.int8) if codec.fine_dim else None
+        return compact(inner, fine, codec)
+
+    def migrate_vectors(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Rewrite a full-vector library in its encoder's compact format (write lock held). Returns the number of
+        vectors converted (0 when there is nothing to do). An interruption leaves the library on its old format."""
+        if self.vector_format != FULL or self.config.vectors != "compact" or self.dim is None:
+            return 0
+        if self.config.store.partition(":")[0] not in ("exact", "ann") or self.encoder.codec_path is None:
+            return 0
+        old = self.store
+        ids = np.sort(old.ids())
+        codec = VectorCodec.load(self.encoder.codec_path)
+        shutil.rmtree(self._store_folder(codec.name), ignore_errors=True)  # a leftover of an interrupted run
+        self._new_codec()
+        new = self.build_store(self.config.store, codec.name)
+        try:
+            for start in range(0, len(ids), 8192):
+                chunk = ids[start : start + 8192]
+                new.upsert(chunk, old.get(chunk))
+                if progress is not None:
+                    progress(min(start + 8192, len(ids)), len(ids))
+            if len(new) != len(ids):
+                raise LibraryError(f"the compact store holds {len(new)} vectors after copying {len(ids)}")
+        except BaseException:
+            new.close()
+            raise
+        self.catalog.set_meta("vector_format", codec.name)  # the switch
+        self._store = new
+        drop = getattr(old, "drop", None)
+        if callable(drop):
+            drop()
+        old.close()
+        return len(ids)
 
     # -- writing -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -218,6 +311,7 @@ class Library:
                 self.catalog.set_meta("encoder_name", self.encoder.name)
             _ = self.store  # creates it with the encoder's dim
             self.reconcile()
+            self.migrate_vectors()  # a library of full vectors moves to its encoder's compact format, once
             indexer = Indexer(self.catalog, self.store, self.encoder, self.config.index, progress)
             return indexer.run(folder)
 
@@ -232,7 +326,7 @@ class Library:
         shutil.rmtree(self.path / STORE_DIR, ignore_errors=True)
         with self.catalog.transaction() as db:
             db.execute("DELETE FROM files")
-            db.execute("DELETE FROM meta WHERE key IN ('dim', 'encoder_name')")
+            db.execute("DELETE FROM meta WHERE key IN ('dim', 'encoder_name', 'vector_format')")
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('encoder', ?)", (encoder_spec,))
         self.config.encoder = encoder_spec
         self.config.save(self.path / CONFIG)
@@ -383,4 +477,12 @@ class Library:
             stale=counts["stale"],
             vectors=vectors,
             roots=[p for p, _ in self.catalog.roots()],
+            vector_format=self.vector_format,
+            bytes_per_photo=self._bytes_per_photo(),
         )
+
+    def _bytes_per_photo(self) -> int | None:
+        if self.dim is None:
+            return None
+        codec = self.codec()
+        return codec.bytes_per_vector if codec is not None else self.dim * 4

@@ -71,3 +71,28 @@ def _print_metrics(results: dict[str, dict[str, float]]) -> None:
     for name, m in results.items():
         table.add_row(name, *(f"{float(m[c]):.1f}" for c in cols))
     out.print(table)
+
+
+@app.command("train-codec")
+def train_codec(
+    out_file: Annotated[Path, typer.Option("--out", help="codec file to write")] = Path("bundled-codec.npz"),
+    encoder: Annotated[str, typer.Option(help="encoder spec (its vectors are what the codec compresses)")] = "bundled",
+    scan_dim: Annotated[int, typer.Option(help="float32 numbers per photo that every search scans")] = 128,
+    fine_dim: Annotated[int, typer.Option(help="int8 numbers per photo read to re-score the best candidates")] = 768,
+    rescore: Annotated[int, typer.Option(help="candidates re-scored per query")] = 256,
+) -> None:
+    """Fit the compact vector codec on Flickr8k train (photos + captions); print dev recall and agreement."""
+    from picscope.training.codec import CodecRecipe, train_codec_for
+
+    recipe = CodecRecipe(scan_dim=scan_dim, fine_dim=fine_dim, rescore=rescore)
+    with err.status("embedding Flickr8k train and dev (cached after the first run) and fitting the codec…"):
+        codec, report = train_codec_for(encoder, recipe)
+    codec.save(out_file)
+    table = Table(title=f"{codec.name}: {codec.bytes_per_vector:,} bytes per photo (full vectors: {codec.dim * 4:,})")
+    for col in ("vectors", "T→I R@1", "R@5", "R@10", "top-10 agreement with full vectors"):
+        table.add_column(col, justify="right" if col != "vectors" else "left")
+    for name, row in report.items():
+        table.add_row(name, *(f"{row[c]:.3f}" if c == "agreement" else f"{row[c]:.1f}"
+                              for c in ("r1", "r5", "r10", "agreement")))
+    out.print(table)
+    out.print(f"wrote {out_file}")

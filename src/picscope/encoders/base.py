@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -18,11 +19,13 @@ class DualEncoder(Protocol):
     `prepare_image` runs in decode worker threads (resize, normalise); `embed_prepared` batches them.
     Optional `vector_parts` ({name: (start, stop)}, see `BaseEncoder`) lets relevance feedback weight the parts of a
     concatenated vector apart; encoders without it are treated as one space.
+    `codec_path` (None for most) names a compact vector codec that libraries store this encoder's vectors with.
     """
 
     name: str
     dim: int
     image_size: int
+    codec_path: Path | None
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
@@ -42,6 +45,8 @@ class BaseEncoder:
     # optional: named column ranges of a vector whose parts mean different things (relevance feedback may weight
     # them apart); None when the vector is one undivided space, as with CLIP
     vector_parts: dict[str, tuple[int, int]] | None = None
+    # optional: a `picscope.store.compact.VectorCodec` file that new libraries store this encoder's vectors with
+    codec_path: Path | None = None
 
     def prepare_image(self, image: Image.Image) -> Any:
         return image

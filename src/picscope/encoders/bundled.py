@@ -84,6 +84,8 @@ class BundledEncoder(BaseEncoder):
         self.dim = self.model.dim
         self.vector_parts = self.model.parts()
         self.version = version
+        codec = root / f"{version}-codec.npz"  # compact stored vectors (picscope.training.codec); pinned by hash
+        self.codec_path = codec if codec.exists() else None
         # the name pins every shipped file (the memory file holds the inference config too); v1 named its heads
         pin = sums[heads_file] if version == "bundled-v1" else hashlib.sha256(
             (sums[heads_file] + sums[memory_file]).encode()).hexdigest()

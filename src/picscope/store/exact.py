@@ -1,15 +1,18 @@
 """`exact`: brute-force inner-product search over a memory-mapped float32 matrix.
 
 Files in the library folder: `vectors.f32` (rows × dim float32) and `vectors.ids` (rows int64,
-0 = free row). A write goes vectors first, fsync, then ids, fsync: a row is live only once its id
-is durable, so a kill at any moment leaves either the old or the new state of each row. Search is one
+0 = free row). The same class keeps other row types (`dtype=np.int8`: `vectors.i8`) for the compact format's
+fine codes (`picscope.store.compact`). A write goes vectors first, fsync, then ids, fsync: a row is live only
+once its id is durable, so a kill at any moment leaves either the old or the new state of each row. Search is one
 matrix-vector product plus `argpartition`; excluded rows are masked with −inf.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -17,6 +20,7 @@ from picscope.errors import StoreError
 from picscope.store.base import Hits, as_queries, topk_from_scores
 
 _GROW_ROWS = 4096
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.int8): "i8"}
 
 
 def _flush(arr: np.ndarray) -> None:
@@ -28,12 +32,16 @@ def _flush(arr: np.ndarray) -> None:
 class ExactStore:
     spec = "exact"
 
-    def __init__(self, folder: Path, dim: int) -> None:
+    def __init__(self, folder: Path, dim: int, dtype: type[np.generic] = np.float32) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.dim = int(dim)
-        self._vec_path = self.folder / "vectors.f32"
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _SUFFIX:
+            raise StoreError(f"the exact store keeps {', '.join(map(str, _SUFFIX))} rows, not {self.dtype}")
+        self._vec_path = self.folder / f"vectors.{_SUFFIX[self.dtype]}"
         self._ids_path = self.folder / "vectors.ids"
+        self._writable = os.access(self.folder, os.W_OK)
         self._lock = threading.RLock()
         self._row_of: dict[int, int] | None = None
         self._open()
@@ -41,11 +49,15 @@ class ExactStore:
     # -- file management -------------------------------------------------------------------
     def _open(self) -> None:
         for p in (self._vec_path, self._ids_path):
-            if not p.exists():
+            if not p.exists() and self._writable:
                 p.touch()
-        vbytes = self._vec_path.stat().st_size
-        ibytes = self._ids_path.stat().st_size
-        row_bytes = self.dim * 4
+        vbytes = self._vec_path.stat().st_size if self._vec_path.exists() else 0
+        ibytes = self._ids_path.stat().st_size if self._ids_path.exists() else 0
+        row_bytes = self.dim * self.dtype.itemsize
+        if not self._writable:  # a read-only library: read what is there, repair nothing
+            self.capacity = min(vbytes // row_bytes, ibytes // 8)
+            self._map()
+            return
         if vbytes % row_bytes:
             # A torn append: drop the partial row (its id was never written).
             with open(self._vec_path, "r+b") as fh:
@@ -67,10 +79,11 @@ class ExactStore:
 
     def _map(self) -> None:
         if self.capacity:
-            self._vecs = np.memmap(self._vec_path, dtype=np.float32, mode="r+", shape=(self.capacity, self.dim))
-            self._ids = np.memmap(self._ids_path, dtype=np.int64, mode="r+", shape=(self.capacity,))
+            mode: Literal["r+", "r"] = "r+" if self._writable else "r"
+            self._vecs = np.memmap(self._vec_path, dtype=self.dtype, mode=mode, shape=(self.capacity, self.dim))
+            self._ids = np.memmap(self._ids_path, dtype=np.int64, mode=mode, shape=(self.capacity,))
         else:
-            self._vecs = np.zeros((0, self.dim), np.float32)
+            self._vecs = np.zeros((0, self.dim), self.dtype)
             self._ids = np.zeros((0,), np.int64)
         self._row_of = None
 
@@ -78,7 +91,7 @@ class ExactStore:
         new_cap = max(need_rows, self.capacity + max(_GROW_ROWS, self.capacity // 2))
         self._flush_maps()
         with open(self._vec_path, "r+b") as fh:
-            fh.truncate(new_cap * self.dim * 4)
+            fh.truncate(new_cap * self.dim * self.dtype.itemsize)
         with open(self._ids_path, "r+b") as fh:
             fh.truncate(new_cap * 8)  # new rows read as id 0 = free
         self.capacity = new_cap
@@ -97,7 +110,7 @@ class ExactStore:
     # -- VectorStore -----------------------------------------------------------------------
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        vecs = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1) if len(ids) else vectors
+        vecs = np.asarray(vectors, dtype=self.dtype).reshape(len(ids), -1) if len(ids) else vectors
         if len(ids) == 0:
             return
         if vecs.shape[1] != self.dim:
@@ -149,7 +162,7 @@ class ExactStore:
                 rows = [row_of[i] for i in ids.tolist()]
             except KeyError as exc:
                 raise KeyError(f"id {exc.args[0]} is not in the store") from None
-            return np.array(self._vecs[rows], dtype=np.float32)
+            return np.array(self._vecs[rows], dtype=self.dtype)
 
     def ids(self) -> np.ndarray:
         live = self._ids[self._ids > 0]
@@ -175,7 +188,7 @@ class ExactStore:
     def drop(self) -> None:
         """Delete this store's files (after the library moved to another store)."""
         with self._lock:
-            self._vecs = np.zeros((0, self.dim), np.float32)
+            self._vecs = np.zeros((0, self.dim), self.dtype)
             self._ids = np.zeros((0,), np.int64)
             self.capacity = 0
             self._row_of = None
@@ -185,6 +198,6 @@ class ExactStore:
     def close(self) -> None:
         with self._lock:
             self._flush_maps()
-            self._vecs = np.zeros((0, self.dim), np.float32)
+            self._vecs = np.zeros((0, self.dim), self.dtype)
             self._ids = np.zeros((0,), np.int64)
             self.capacity = 0

@@ -100,7 +100,7 @@ def move_store(
                 f"cannot read the current store {old_spec!r}: {exc}\nNothing was changed. To re-encode every "
                 f"image from its file instead, run: picscope sync-index --library {lib.path} --store {spec} --reencode"
             ) from exc
-    new = make_store(spec, lib.path / STORE_DIR, dim)  # raises before anything changes if unreachable
+    new = lib.build_store(spec)  # raises before anything changes if unreachable
     try:
         records = _ok_records(lib)
         ok_ids = np.array(sorted(records), np.int64)

@@ -1,0 +1,285 @@
+"""Compact stored vectors: a two-tier linear codec and a store wrapper that keeps codes, not full vectors.
+
+An encoder may ship a `VectorCodec` (the `bundled` encoder does: 9,640 bytes per photo become 1,280). A library
+records the codec's name as its vector format and keeps a copy of the codec file, and every store backend
+(`exact`, `ann`, `milvus:`) then holds codes instead of vectors:
+
+    code          z = A (v − μ)        the first `scan_dim` numbers float32 ("coarse", what a search scans),
+                                       the rest int8 with fixed per-dimension scales ("fine", read for re-scoring)
+    search        coarse score (B q)[:scan_dim] · z_coarse over every photo in the backend, then the best
+                  `rescore` candidates get the fine part added: (B q) · z + q · μ
+    read back     v̂ = D z + μ          (feedback, "more like this" and stage 2 read full-size vectors)
+
+A and B come from `picscope.training.codec`: a query-aware reduction (B ≠ A) that keeps what queries can tell
+apart (inner products with the query distribution) rather than the images' own variance. The `+ q · μ` term is
+the same for every photo, so it never changes a ranking; it keeps scores on the encoder's cosine scale, so
+`--min-score` means what it meant with full vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from picscope.errors import StoreError
+from picscope.store.base import Hits, VectorStore, as_queries, topk_from_scores
+
+FULL = "f32"  # the format of libraries that keep full vectors (every library written before codecs existed)
+CODEC_FILE = "codec.npz"
+
+
+@dataclass(frozen=True)
+class VectorCodec:
+    name: str
+    mean: np.ndarray  # μ: (dim,)
+    encode_matrix: np.ndarray  # A: (code_dim, dim)
+    query_matrix: np.ndarray  # B: (code_dim, dim)
+    scan_dim: int  # coarse (float32) part of a code; the rest is the fine (int8) part
+    fine_scale: np.ndarray  # (code_dim − scan_dim,) value of one int8 step per fine dimension
+    rescore: int = 256  # candidates whose fine part is read per query
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @cached_property
+    def decode_matrix(self) -> np.ndarray:
+        """D: (dim, code_dim), the least-norm read-back (A D = I); computed on first use (only reads need it)."""
+        return np.linalg.pinv(self.encode_matrix.astype(np.float64)).astype(np.float32)
+
+    @property
+    def code_dim(self) -> int:
+        return int(self.encode_matrix.shape[0])
+
+    @property
+    def fine_dim(self) -> int:
+        return self.code_dim - self.scan_dim
+
+    @property
+    def bytes_per_vector(self) -> int:
+        return self.scan_dim * 4 + self.fine_dim
+
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Full vectors (n, dim) → (coarse float32 (n, scan_dim), fine int8 (n, fine_dim))."""
+        z = (np.asarray(vectors, np.float32) - self.mean) @ self.encode_matrix.T
+        coarse = np.ascontiguousarray(z[:, : self.scan_dim], dtype=np.float32)
+        fine = np.clip(np.rint(z[:, self.scan_dim :] / self.fine_scale), -127, 127).astype(np.int8)
+        return coarse, fine
+
+    def decode(self, coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
+        z = np.concatenate([np.asarray(coarse, np.float32), self.dequantize(fine)], axis=1)
+        return np.ascontiguousarray(z @ self.decode_matrix.T + self.mean, dtype=np.float32)
+
+    def dequantize(self, fine: np.ndarray) -> np.ndarray:
+        return np.asarray(fine, np.float32) * self.fine_scale
+
+    def queries(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(coarse query parts (n, scan_dim), fine query parts (n, fine_dim), per-query score offsets (n,))."""
+        bq = np.asarray(queries, np.float32) @ self.query_matrix.T
+        offset = (np.asarray(queries, np.float32) @ self.mean).astype(np.float32)
+        return (np.ascontiguousarray(bq[:, : self.scan_dim], dtype=np.float32),
+                np.ascontiguousarray(bq[:, self.scan_dim :], dtype=np.float32), offset)
+
+    # -- files -----------------------------------------------------------------------------------------------
+    def arrays(self, matrix_bits: int = 32) -> dict[str, np.ndarray]:
+        """The codec as named arrays; A and B as float32, float16 (`matrix_bits=16`) or int8 rows with float32 row
+        scales (`matrix_bits=8`)."""
+        out = {"mean": self.mean, "scan_dim": np.array([self.scan_dim], np.int32), "fine_scale": self.fine_scale,
+               "rescore": np.array([self.rescore], np.int32), "name": np.frombuffer(self.name.encode(), np.uint8)}
+        for key, m in (("encode", self.encode_matrix), ("query", self.query_matrix)):
+            if matrix_bits == 8:
+                scale = np.maximum(np.abs(m).max(axis=1, keepdims=True), 1e-30) / 127.0
+                out[f"{key}_q"] = np.rint(m / scale).astype(np.int8)
+                out[f"{key}_scale"] = scale.astype(np.float32)
+            else:
+                out[key] = m.astype(np.float16 if matrix_bits == 16 else np.float32)
+        return out
+
+    @staticmethod
+    def _matrix(arrays: dict[str, np.ndarray], key: str) -> np.ndarray | None:
+        if key in arrays:
+            return np.asarray(arrays[key], np.float32)
+        if f"{key}_q" in arrays:
+            return (arrays[f"{key}_q"].astype(np.float32) * arrays[f"{key}_scale"]).astype(np.float32)
+        return None
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], name: str | None = None) -> VectorCodec:
+        a = cls._matrix(arrays, "encode")
+        if a is None:
+            raise StoreError("codec arrays hold no encode matrix")
+        b = cls._matrix(arrays, "query")
+        b = a if b is None else b
+        mean = np.asarray(arrays["mean"], np.float32)
+        scan = int(arrays["scan_dim"][0]) if "scan_dim" in arrays else a.shape[0]
+        scale = np.asarray(arrays.get("fine_scale", np.zeros(0)), np.float32)
+        if a.ndim != 2 or b.shape != a.shape or mean.shape != (a.shape[1],) or scale.shape != (a.shape[0] - scan,):
+            raise StoreError(f"codec arrays do not fit: encode {a.shape}, query {b.shape}, mean {mean.shape}, "
+                             f"scan_dim {scan}, fine_scale {scale.shape}")
+        label = name or (bytes(arrays["name"]).decode() if "name" in arrays else "linear")
+        rescore = int(arrays["rescore"][0]) if "rescore" in arrays else 256
+        return cls(label, mean, a, b, scan, scale, rescore)
+
+    @staticmethod
+    def files(path: Path) -> list[Path]:
+        """The codec's files: `NAME.npz`, and `NAME.query.npz` when the query matrix is kept apart (size limits)."""
+        path = Path(path)
+        side = path.with_name(path.stem + ".query.npz")
+        return [path, side] if side.exists() else [path]
+
+    @classmethod
+    def load(cls, path: Path) -> VectorCodec:
+        """Read a codec; its name is the stored name plus a SHA-256 prefix of its files (pins the exact bytes)."""
+        digest = hashlib.sha256()
+        arrays: dict[str, np.ndarray] = {}
+        try:
+            for part in cls.files(path):
+                digest.update(part.read_bytes())
+                with np.load(part) as f:
+                    arrays.update({k: f[k] for k in f.files})
+        except (OSError, ValueError, EOFError) as exc:
+            raise StoreError(f"cannot read the vector codec {path}: {exc}") from exc
+        if "mean" not in arrays:
+            raise StoreError(f"{path} is not a vector codec")
+        base = bytes(arrays["name"]).decode() if "name" in arrays else Path(path).stem
+        return cls.from_arrays(arrays, f"{base}@{digest.hexdigest()[:12]}")
+
+    def save(self, path: Path, matrix_bits: int = 32, split: bool = False) -> list[Path]:
+        """Write the codec (compressed); `split` keeps the query matrix in a second file. Returns the files."""
+        arrays = self.arrays(matrix_bits)
+        path = Path(path)
+        side = path.with_name(path.stem + ".query.npz")
+        parts = {path: arrays}
+        if split:
+            parts = {path: {k: v for k, v in arrays.items() if not k.startswith("query")},
+                     side: {k: v for k, v in arrays.items() if k.startswith("query")}}
+        else:
+            side.unlink(missing_ok=True)
+        for file, data in parts.items():
+            with open(file, "wb") as fh:
+                np.savez_compressed(fh, **data)  # type: ignore[arg-type]
+        return list(parts)
+
+
+class CompactStore:
+    """A `VectorStore` of full-size vectors that keeps coarse codes in `inner` (any backend, built with
+    `codec.scan_dim`) and fine codes in `fine` (an int8 exact store). Ids, deletes, filters and metadata are
+    the inner store's; a fine row is written before and deleted after its coarse row, so every id a search can
+    return has one."""
+
+    def __init__(self, inner: VectorStore, fine: VectorStore | None, codec: VectorCodec) -> None:
+        if inner.dim != codec.scan_dim or (fine is not None and fine.dim != codec.fine_dim):
+            raise StoreError(f"store dims {inner.dim}/{fine.dim if fine else 0} do not match the codec's "
+                             f"{codec.scan_dim}/{codec.fine_dim}")
+        if fine is None and codec.fine_dim:
+            raise StoreError("this codec needs a store for its fine codes")
+        self.inner = inner
+        self.fine = fine
+        self.codec = codec
+        self.dim = codec.dim
+        self.spec = inner.spec
+
+    def _codes(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(np.asarray(ids).ravel())
+        vecs = np.asarray(vectors, np.float32).reshape(n, -1) if n else np.zeros((0, self.dim), np.float32)
+        if vecs.shape[1] != self.dim:
+            raise StoreError(f"vector dim {vecs.shape[1]} does not match the store's {self.dim}")
+        return self.codec.encode(vecs)
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        coarse, fine = self._codes(ids, vectors)
+        if self.fine is not None:
+            self.fine.upsert(ids, fine)
+        self.inner.upsert(ids, coarse)
+
+    def delete(self, ids: np.ndarray) -> None:
+        self.inner.delete(ids)
+        if self.fine is not None:
+            self.fine.delete(ids)
+
+    def _fine_rows(self, ids: np.ndarray) -> np.ndarray:
+        if self.fine is None:
+            return np.zeros((len(ids), 0), np.int8)
+        try:
+            return self.fine.get(ids)
+        except KeyError:  # only after a crash between the two writes: such rows are scored coarsely
+            out = np.zeros((len(ids), self.codec.fine_dim), np.int8)
+            for i, id_ in enumerate(ids.tolist()):
+                try:
+                    out[i] = self.fine.get(np.array([id_], np.int64))[0]
+                except KeyError:
+                    continue
+            return out
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64).ravel()
+        return self.codec.decode(self.inner.get(ids), self._fine_rows(ids))
+
+    def ids(self) -> np.ndarray:
+        return self.inner.ids()
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, **kwargs: Any) -> Hits:
+        q = as_queries(queries, self.dim)
+        q_coarse, q_fine, offset = self.codec.queries(q)
+        fetch = max(k, self.codec.rescore) if self.codec.fine_dim else k
+        hits = self.inner.search(q_coarse, fetch, allowed_ids, **kwargs)
+        if not self.codec.fine_dim:
+            scores = np.where(np.isfinite(hits.scores), hits.scores + offset[:, None], hits.scores)
+            return Hits(hits.ids[:, :k], scores[:, :k].astype(np.float32))
+        out_ids = np.zeros((len(q), k), np.int64)
+        out_scores = np.full((len(q), k), -np.inf, np.float32)
+        for i in range(len(q)):
+            valid = hits.ids[i] > 0
+            ids = hits.ids[i][valid]
+            if not len(ids):
+                continue
+            fine = self.codec.dequantize(self._fine_rows(ids))
+            scores = hits.scores[i][valid] + fine @ q_fine[i] + offset[i]
+            top = topk_from_scores(scores[None, :].astype(np.float32), ids, k)
+            out_ids[i], out_scores[i] = top.ids[0], top.scores[0]
+        return Hits(out_ids, out_scores)
+
+    def drop(self) -> None:
+        for store in (self.inner, self.fine):
+            drop = getattr(store, "drop", None)
+            if callable(drop):
+                drop()
+
+    def close(self) -> None:
+        self.inner.close()
+        if self.fine is not None:
+            self.fine.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # optional capabilities of the inner store (checkpoint, supports_filter, iter_meta, flush, ...)
+        if name in {"inner", "fine", "codec"}:
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class CompactMetaStore(CompactStore):
+    """`CompactStore` over a store that keeps file metadata with each vector (`SupportsMeta`)."""
+
+    def upsert_with_meta(self, ids: np.ndarray, vectors: np.ndarray, meta: Any) -> None:
+        coarse, fine = self._codes(ids, vectors)
+        if self.fine is not None:
+            self.fine.upsert(ids, fine)
+        self.inner.upsert_with_meta(ids, coarse, meta)  # type: ignore[attr-defined]
+
+    def get_meta(self, ids: np.ndarray) -> Any:
+        return self.inner.get_meta(ids)  # type: ignore[attr-defined]
+
+
+def compact(inner: VectorStore, fine: VectorStore | None, codec: VectorCodec) -> CompactStore:
+    from picscope.store.meta import SupportsMeta
+
+    cls = CompactMetaStore if isinstance(inner, SupportsMeta) else CompactStore
+    return cls(inner, fine, codec)

@@ -1,0 +1,169 @@
+"""Compact stored vectors: the codec's algebra, its fit, and libraries in the compact format (new, migrated, read as
+before, damaged). The store contract for compact stores is in test_store_backends.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from picscope import Library
+from picscope.encoders.bundled import VERSION, WEIGHTS_DIR
+from picscope.errors import LibraryError
+from picscope.store.compact import CODEC_FILE, FULL, VectorCodec
+from picscope.training.codec import CodecRecipe, fit_codec, score_full, top_agreement
+
+SHIPPED = WEIGHTS_DIR / f"{VERSION}-codec.npz"
+
+
+def _low_rank(rng: np.random.Generator, n: int, dim: int, rank: int, basis: np.ndarray) -> np.ndarray:
+    x = rng.normal(size=(n, rank)) @ basis + 0.01 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_fit_keeps_rankings_of_low_rank_data_and_reads_back() -> None:
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(24, 96))
+    images, texts = _low_rank(rng, 3000, 96, 24, basis), _low_rank(rng, 2000, 96, 24, basis)
+    codec = fit_codec(images, texts, CodecRecipe(scan_dim=16, fine_dim=16, rescore=200), "synthetic")
+    assert (codec.scan_dim, codec.fine_dim, codec.bytes_per_vector) == (16, 16, 16 * 4 + 16)
+    np.testing.assert_allclose(codec.encode_matrix @ codec.decode_matrix, np.eye(32), atol=1e-4)  # A D = I
+    held_img, held_txt = _low_rank(rng, 1000, 96, 24, basis), _low_rank(rng, 200, 96, 24, basis)
+    exact = held_txt @ held_img.T
+    approx = score_full(codec, held_txt, held_img)
+    assert top_agreement(exact, approx) >= 0.95
+    assert top_agreement(exact, score_full(codec, held_txt, held_img, rescore=0)) >= 0.99  # fine part everywhere
+    coarse_only = held_txt @ codec.query_matrix[:16].T @ ((held_img - codec.mean) @ codec.encode_matrix[:16].T).T
+    assert top_agreement(exact, coarse_only) < top_agreement(exact, approx)  # the re-score is what makes it exact
+    # scores stay on the cosine scale (the mean term), not just in the same order
+    top = np.argmax(exact, axis=1)
+    assert np.abs(approx[np.arange(200), top] - exact[np.arange(200), top]).max() < 0.02
+    coarse, fine = codec.encode(held_img[:5])
+    assert coarse.dtype == np.float32 and fine.dtype == np.int8
+    np.testing.assert_allclose(codec.decode(coarse, fine), held_img[:5], atol=0.03)
+
+
+def test_codec_file_round_trip_pins_its_bytes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    basis = rng.normal(size=(8, 40))
+    codec = fit_codec(_low_rank(rng, 500, 40, 8, basis), _low_rank(rng, 500, 40, 8, basis),
+                      CodecRecipe(scan_dim=6, fine_dim=6), "tiny")
+    path = tmp_path / "c.npz"
+    codec.save(path)
+    loaded = VectorCodec.load(path)
+    assert loaded.name.startswith("tiny@") and len(loaded.name.split("@")[1]) == 12
+    x = _low_rank(rng, 3, 40, 8, basis)
+    for a, b in zip(loaded.encode(x), codec.encode(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = tmp_path / "d.npz"
+    shutil.copy(path, other)
+    with open(other, "ab") as fh:
+        fh.write(b"\0")  # different bytes, different name
+    assert VectorCodec.load(other).name != loaded.name
+
+
+needs_codec = pytest.mark.skipif(not SHIPPED.exists(), reason=f"{SHIPPED.name} is not shipped")
+
+
+@pytest.fixture(scope="module")
+def demo_libraries(tmp_path_factory: pytest.TempPathFactory, demo_folder: Path) -> tuple[Path, Path]:
+    """The demo photos in a compact library (the default) and in a full-vector one."""
+    root = tmp_path_factory.mktemp("compact")
+    compact_path, full_path = root / "compact", root / "full"
+    with Library.open(compact_path, encoder="bundled") as lib:
+        lib.index(demo_folder)
+    full_path.mkdir()
+    (full_path / "config.toml").write_text('encoder = "bundled"\nvectors = "full"\n')
+    with Library.open(full_path) as lib:
+        lib.index(demo_folder)
+    return compact_path, full_path
+
+
+QUERIES = ["a tabby cat", "a cup of coffee", "an astronaut", "a rocket on a launch pad", "a horse",
+           "coins on a table", "a man with a camera"]
+
+
+@needs_codec
+def test_new_library_is_compact_and_ranks_like_full_vectors(demo_libraries: tuple[Path, Path]) -> None:
+    compact_path, full_path = demo_libraries
+    with Library.open(compact_path) as c, Library.open(full_path) as f:
+        st = c.status()
+        assert st.vector_format.startswith("bundled-v2-codec@") and st.bytes_per_photo == 1280
+        assert f.status().vector_format == FULL and f.status().bytes_per_photo == c.dim * 4  # type: ignore[operator]
+        assert st.dim == 2410 and st.vectors == f.status().vectors
+        overlaps = []
+        for q in QUERIES:
+            hc, hf = c.search(q, k=3), f.search(q, k=3)
+            assert hc[0].path == hf[0].path, q
+            assert abs(hc[0].score - hf[0].score) < 0.02  # the same cosine scale
+            overlaps.append(len({h.path for h in hc} & {h.path for h in hf}) / 3)
+        assert np.mean(overlaps) >= 0.85  # (the demo photos are unlike the training data: near-ties may swap)
+        # read back: "more like this" from a stored (decoded) vector finds what full vectors find
+        some = f.search("a tabby cat", k=1)[0]
+        assert [h.path for h in c.similar(some.path, k=3)] == [h.path for h in f.similar(some.path, k=3)]
+        # the read-back vector is not the original coordinate by coordinate, but what queries see of it is
+        texts = c.embed_texts(QUERIES)
+        assert np.abs(texts @ (c.vectors([some.id]) - f.vectors([some.id])).T).max() < 0.03
+
+
+@needs_codec
+def test_old_full_library_is_read_as_before_then_migrated_by_index(
+    demo_libraries: tuple[Path, Path], demo_folder: Path, tmp_path: Path
+) -> None:
+    _, full_path = demo_libraries
+    old = tmp_path / "old"
+    shutil.copytree(full_path, old)
+    (old / "config.toml").write_text('encoder = "bundled"\n')  # today's default: compact
+    with Library.open(old) as lib:
+        assert lib.vector_format == FULL  # opened and searched as written
+        before = [h.path for h in lib.search("a cup of coffee", k=3)]
+        assert (old / "store" / "vectors.f32").exists()
+        report = lib.index(demo_folder)  # the writer converts, once
+        assert report.encoded == 0
+        assert lib.vector_format.startswith("bundled-v2-codec@")
+        assert [h.path for h in lib.search("a cup of coffee", k=3)] == before
+    assert not (old / "store" / "vectors.f32").exists()  # the full vectors are gone
+    with Library.open(old) as lib:
+        assert lib.status().vectors == lib.status().files > 10
+
+
+@needs_codec
+def test_interrupted_migration_leaves_the_old_format(
+    demo_libraries: tuple[Path, Path], demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, full_path = demo_libraries
+    old = tmp_path / "old"
+    shutil.copytree(full_path, old)
+    (old / "config.toml").write_text('encoder = "bundled"\n')
+    from picscope.store import compact as compact_mod
+
+    def boom(self: object, ids: np.ndarray, vectors: np.ndarray) -> None:
+        raise KeyboardInterrupt
+
+    with Library.open(old) as lib, monkeypatch.context() as m:
+        m.setattr(compact_mod.CompactStore, "upsert", boom)
+        with pytest.raises(KeyboardInterrupt):
+            lib.index(demo_folder)
+    with Library.open(old) as lib:
+        assert lib.vector_format == FULL
+        assert lib.search("a tabby cat", k=1)[0].path.endswith("cat.jpg")
+        lib.index(demo_folder)  # the next run finishes the job
+        assert lib.vector_format != FULL
+        assert lib.search("a tabby cat", k=1)[0].path.endswith("cat.jpg")
+
+
+@needs_codec
+def test_missing_or_foreign_codec_file_is_a_clear_error(demo_libraries: tuple[Path, Path], tmp_path: Path) -> None:
+    compact_path, _ = demo_libraries
+    broken = tmp_path / "broken"
+    shutil.copytree(compact_path, broken)
+    codec_file = next((broken / "store").glob(f"c-*/{CODEC_FILE}"))
+    with open(codec_file, "ab") as fh:
+        fh.write(b"\0")
+    with Library.open(broken) as lib, pytest.raises(LibraryError, match="corrupt"):
+        lib.search("a cat")
+    codec_file.unlink()
+    with Library.open(broken) as lib, pytest.raises(LibraryError, match="missing"):
+        lib.search("a cat")
