@@ -9,9 +9,11 @@ for hit in lib.search("a dog running on the beach", k=5):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,13 +24,14 @@ from PIL import Image
 
 from picscope import __version__
 from picscope.config import PicscopeConfig
+from picscope.diskspace import DiskFullError, free_bytes, is_enospc
 from picscope.encoders import DualEncoder, default_encoder_spec, make_encoder
-from picscope.errors import EncoderMismatchError, LibraryError, LibraryLockedError
+from picscope.errors import EncoderMismatchError, LibraryError, LibraryLockedError, LibraryReadOnlyError
 from picscope.imageio import load_image
 from picscope.indexer import RETRY_MTIME, Indexer, IndexReport, Progress
 from picscope.paths import default_library_path
 from picscope.store import VectorStore, make_store
-from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord
+from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord, Problem, is_disk_full
 from picscope.store.meta import MetaFilter
 
 CATALOG = "catalog.sqlite"
@@ -59,18 +62,35 @@ class LibraryStatus:
     files: int
     errors: int
     stale: int
+    skipped: int
     vectors: int
+    readonly: bool = False
     roots: list[str] = field(default_factory=list)
+    caches: list[dict[str, Any]] = field(default_factory=list)  # {name, path, bytes}: see `picscope cache`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def folder_is_writable(path: Path) -> bool:
+    """False on a read-only mount (access() reports EROFS even for root) or a folder we may not write."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return False
+    except OSError:
+        pass
+    if not os.access(path, os.W_OK):
+        return False
+    catalog = path / CATALOG
+    return not catalog.exists() or os.access(catalog, os.W_OK)
+
+
 class Library:
-    def __init__(self, path: Path, catalog: Catalog, config: PicscopeConfig) -> None:
+    def __init__(self, path: Path, catalog: Catalog, config: PicscopeConfig, *, readonly: bool = False) -> None:
         self.path = path
         self.catalog = catalog
         self.config = config
+        self.readonly = readonly
         self._encoder: DualEncoder | None = None
         self._store: VectorStore | None = None
         self._encoder_override: str | None = None
@@ -84,10 +104,13 @@ class Library:
         encoder: str | None = None,
         store: str | None = None,
         create: bool = True,
+        readonly: bool | None = None,
     ) -> Library:
         """Open (or create) the library at `path` (default: `$PICSCOPE_LIBRARY` or the per-user folder).
 
         `encoder`/`store` apply to a new library; for an existing one they must match what built it.
+        `readonly`: open without writing anything (search, status, serve work; index refuses). The default
+        (None) opens read-only exactly when the library folder is not writable (a read-only mount, say).
         """
         lib_path = Path(path).expanduser() if path is not None else default_library_path()
         exists = (lib_path / CATALOG).exists()
@@ -95,13 +118,44 @@ class Library:
             raise LibraryError(
                 f"no library at {lib_path}; create one with `picscope index FOLDER --library {lib_path}`"
             )
+        if readonly is None:
+            readonly = exists and not folder_is_writable(lib_path)
+        if readonly:
+            return cls._open_readonly(lib_path, encoder=encoder, store=store)
         try:
             lib_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if is_enospc(exc):
+                raise DiskFullError(f"disk full: cannot create library folder {lib_path}") from exc
             raise LibraryError(f"cannot create library folder {lib_path}: {exc.strerror or exc}") from exc
         config = PicscopeConfig.load(lib_path / CONFIG)
         catalog = Catalog(lib_path / CATALOG)
         lib = cls(lib_path, catalog, config)
+        try:
+            lib._init_meta(encoder, store)
+        except BaseException:
+            catalog.close()
+            raise
+        return lib
+
+    @classmethod
+    def _open_readonly(cls, lib_path: Path, *, encoder: str | None, store: str | None) -> Library:
+        if not (lib_path / CATALOG).exists():
+            raise LibraryReadOnlyError(f"no library at {lib_path}, and the folder is read-only: nothing to open")
+        config = PicscopeConfig.load(lib_path / CONFIG)
+        catalog = Catalog(lib_path / CATALOG, readonly=True)
+        lib = cls(lib_path, catalog, config, readonly=True)
+        try:
+            if catalog.get_meta("encoder") is None:
+                raise LibraryReadOnlyError(f"the library at {lib_path} is empty and read-only: nothing to search")
+            lib._init_meta(encoder, store)
+        except BaseException:
+            catalog.close()
+            raise
+        return lib
+
+    def _init_meta(self, encoder: str | None, store: str | None) -> None:
+        lib_path, catalog, config = self.path, self.catalog, self.config
         stored_encoder = catalog.get_meta("encoder")
         if stored_encoder is None:
             spec = encoder or (config.encoder if (lib_path / CONFIG).exists() else default_encoder_spec())
@@ -129,7 +183,6 @@ class Library:
                 )
             config.encoder = stored_encoder
             config.store = stored_store
-        return lib
 
     def __enter__(self) -> Library:
         return self
@@ -145,7 +198,15 @@ class Library:
 
     def save_config(self) -> None:
         """Persist `self.config` (e.g. after changing index globs) to the library's config.toml."""
+        self._refuse_readonly("change its configuration")
         self.config.save(self.path / CONFIG)
+
+    def _refuse_readonly(self, what: str) -> None:
+        if self.readonly:
+            raise LibraryReadOnlyError(
+                f"library {self.path} is read-only (a read-only folder or mount), so picscope cannot {what}; "
+                "searching it works. Make it writable, or copy it somewhere writable and use --library"
+            )
 
     # -- components ----------------------------------------------------------------------------
     @property
@@ -179,7 +240,7 @@ class Library:
                 dim = self.encoder.dim
                 self.catalog.set_meta("dim", str(dim))
                 self.catalog.set_meta("encoder_name", self.encoder.name)
-            self._store = make_store(self.config.store, self.path / STORE_DIR, dim)
+            self._store = make_store(self.config.store, self.path / STORE_DIR, dim, readonly=self.readonly)
         return self._store
 
     # -- writing -------------------------------------------------------------------------------
@@ -210,7 +271,38 @@ class Library:
         rebuild: bool = False,
         encoder: str | None = None,
     ) -> IndexReport:
-        """Index `folder` recursively (incremental). `rebuild` re-encodes everything (optionally with a new encoder)."""
+        """Index `folder` recursively (incremental). `rebuild` re-encodes everything (optionally with a new encoder).
+
+        A full disk raises `DiskFullError` (checked before each batch, and SQLITE_FULL/ENOSPC on the way);
+        what was committed before stays consistent, and the next run continues from there.
+        """
+        self._refuse_readonly("index into it")
+        try:
+            return self._index(folder, progress=progress, rebuild=rebuild, encoder=encoder)
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                raise self.catalog.disk_full_error() from exc
+            raise
+        except OSError as exc:
+            if is_enospc(exc):
+                raise DiskFullError(
+                    f"disk full: {exc.strerror} writing {exc.filename or self.path} "
+                    f"({free_bytes(self.path) / 1e6:.1f} MB free at {self.path}); free some space and run the "
+                    "command again (what was written so far is kept)"
+                ) from exc
+            if exc.errno == errno.EROFS:
+                self.readonly = True
+                self._refuse_readonly("index into it")
+            raise
+
+    def _index(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        progress: Progress | None,
+        rebuild: bool,
+        encoder: str | None,
+    ) -> IndexReport:
         with self.write_lock():
             if rebuild:
                 self._reset(encoder or self.encoder_spec)
@@ -365,8 +457,15 @@ class Library:
     def get(self, file_id: int) -> FileRecord | None:
         return self.catalog.get(file_id)
 
-    def problems(self) -> list[FileRecord]:
+    def problems(self) -> list[Problem]:
+        """Every current problem: files not indexed, kept at a previous version, or skipped by the last scan."""
         return self.catalog.problems()
+
+    def caches(self) -> list[dict[str, Any]]:
+        """The caches picscope keeps for this library and for all libraries, with their sizes."""
+        from picscope.paths import cache_entries
+
+        return [c.to_dict() for c in cache_entries(self.path)]
 
     def status(self) -> LibraryStatus:
         counts = self.catalog.counts()
@@ -381,6 +480,9 @@ class Library:
             files=counts["ok"],
             errors=counts["error"],
             stale=counts["stale"],
+            skipped=counts["skipped"],
             vectors=vectors,
+            readonly=self.readonly,
             roots=[p for p, _ in self.catalog.roots()],
+            caches=self.caches(),
         )

@@ -28,9 +28,11 @@ def _flush(arr: np.ndarray) -> None:
 class ExactStore:
     spec = "exact"
 
-    def __init__(self, folder: Path, dim: int) -> None:
+    def __init__(self, folder: Path, dim: int, *, readonly: bool = False) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly  # a read-only library: map the files read-only, never create or repair them
+        if not readonly:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.dim = int(dim)
         self._vec_path = self.folder / "vectors.f32"
         self._ids_path = self.folder / "vectors.ids"
@@ -40,6 +42,11 @@ class ExactStore:
 
     # -- file management -------------------------------------------------------------------
     def _open(self) -> None:
+        if self.readonly:
+            size = [p.stat().st_size if p.exists() else 0 for p in (self._vec_path, self._ids_path)]
+            self.capacity = min(size[0] // (self.dim * 4), size[1] // 8)
+            self._map()
+            return
         for p in (self._vec_path, self._ids_path):
             if not p.exists():
                 p.touch()
@@ -67,6 +74,10 @@ class ExactStore:
 
     def _map(self) -> None:
         if self.capacity:
+            if self.readonly:
+                self._vecs = np.memmap(self._vec_path, dtype=np.float32, mode="r", shape=(self.capacity, self.dim))
+                self._ids = np.memmap(self._ids_path, dtype=np.int64, mode="r", shape=(self.capacity,))
+                return
             self._vecs = np.memmap(self._vec_path, dtype=np.float32, mode="r+", shape=(self.capacity, self.dim))
             self._ids = np.memmap(self._ids_path, dtype=np.int64, mode="r+", shape=(self.capacity,))
         else:
