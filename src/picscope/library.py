@@ -24,7 +24,7 @@ from PIL import Image
 
 from picscope import __version__
 from picscope.config import PicscopeConfig
-from picscope.diskspace import DiskFullError, free_bytes, is_enospc
+from picscope.diskspace import DiskFullError, ensure_mappable, free_bytes, is_enospc
 from picscope.encoders import DualEncoder, default_encoder_spec, make_encoder
 from picscope.errors import EncoderMismatchError, LibraryError, LibraryLockedError, LibraryReadOnlyError
 from picscope.imageio import load_image
@@ -240,6 +240,8 @@ class Library:
                 dim = self.encoder.dim
                 self.catalog.set_meta("dim", str(dim))
                 self.catalog.set_meta("encoder_name", self.encoder.name)
+            if self.config.store == "exact":  # a memory map: on a full tmpfs, reading it could end in SIGBUS
+                ensure_mappable([self.path / STORE_DIR / "vectors.f32", self.path / STORE_DIR / "vectors.ids"])
             self._store = make_store(self.config.store, self.path / STORE_DIR, dim, readonly=self.readonly)
         return self._store
 
