@@ -164,7 +164,7 @@ def open_regular(path: str | bytes) -> tuple[int, os.stat_result]:
     """Open `path` for reading without blocking (O_NONBLOCK), and refuse anything but a regular file.
 
     A FIFO would block a plain open() forever and a device could return endless data; both are
-    refused here with `ImageDecodeError("not a regular file (…)")`. Returns (fd, fstat of the fd).
+    refused here with `ImageDecodeError("not a regular file: …")`. Returns (fd, fstat of the fd).
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
@@ -174,7 +174,7 @@ def open_regular(path: str | bytes) -> tuple[int, os.stat_result]:
     st = os.fstat(fd)
     if not statmod.S_ISREG(st.st_mode):
         os.close(fd)
-        raise ImageDecodeError(f"not a regular file ({file_kind(st.st_mode)})")
+        raise ImageDecodeError(f"not a regular file: {file_kind(st.st_mode)}")
     return fd, st
 
 

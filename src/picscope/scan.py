@@ -117,7 +117,9 @@ def scan(
                 try:
                     dst = os.stat(path) if follow_symlinks else entry.stat(follow_symlinks=False)
                 except OSError as exc:
-                    result.dir_errors.append((path, f"cannot stat folder: {exc.strerror or exc}"))
+                    special = exc.errno in (errno.ENAMETOOLONG, errno.ELOOP)
+                    reason = _stat_reason(exc) if special else f"cannot stat folder: {exc.strerror or exc}"
+                    result.dir_errors.append((path, reason))
                     continue
                 key = (dst.st_dev, dst.st_ino)
                 if key in visited:
