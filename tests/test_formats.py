@@ -208,3 +208,15 @@ def test_reindex_opens_no_unchanged_file(tmp_path: Path, monkeypatch: pytest.Mon
         (folder / "notes.txt").write_text("changed notes\n")
         lib.index(folder)
         assert opened == [os.fsencode(folder / "notes.txt")]
+
+
+def test_raw_preview_is_turned_like_the_photo() -> None:
+    from picscope.imageio import _raw_preview
+
+    buf = io.BytesIO()
+    _picture(8, (128, 96)).save(buf, format="JPEG", quality=90)
+    assert _raw_preview(buf.getvalue(), 0, 10**8).size == (128, 96)  # type: ignore[union-attr]
+    assert _raw_preview(buf.getvalue(), 6, 10**8).size == (96, 128)  # type: ignore[union-attr]  # 90° CW
+    small = io.BytesIO()
+    _picture(8, (40, 30)).save(small, format="JPEG")
+    assert _raw_preview(small.getvalue(), 0, 10**8) is None  # too small to stand for the photo: demosaic instead

@@ -213,6 +213,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_FLIP = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
+
+
+def _raw_preview(jpeg: bytes, flip: int, max_pixels: int) -> Image.Image | None:
+    """The embedded preview, turned like the photo (LibRaw's `flip`) unless the preview carries its own EXIF
+    orientation; None when it is too small to stand for the photo."""
+    try:
+        own = Image.open(io.BytesIO(jpeg)).getexif().get(0x0112, 1)
+        img = decode_image(jpeg, max_pixels=max_pixels)
+    except Exception:
+        return None
+    if min(img.size) < 64:
+        return None
+    if own == 1 and flip in _FLIP:
+        img = img.transpose(_FLIP[flip])
+    return img
+
+
 def _decode_raw(data: bytes, max_pixels: int) -> Image.Image:
     """A camera RAW file: its embedded JPEG preview when it has one, else a fast half-size demosaic."""
     try:
@@ -233,9 +251,11 @@ def _decode_raw(data: bytes, max_pixels: int) -> Image.Image:
             except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
                 thumb = None
             if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
-                img = decode_image(bytes(thumb.data), max_pixels=max_pixels)
-                if img.size[0] >= 64 and img.size[1] >= 64:
-                    return img
+                preview = _raw_preview(bytes(thumb.data), flip, max_pixels)
+                if preview is not None:
+                    w, h = sizes.width, sizes.height
+                    preview.info["original_size"] = (h, w) if flip in (5, 6) else (w, h)
+                    return preview
             rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, no_auto_bright=False)
     except ImageDecodeError:
         raise
