@@ -3,7 +3,8 @@ a private mount namespace: `unshare -m sh -c "mount … && python tests/fault_ch
 
 A plan is a JSON list of steps: {"name": N, "cli": [argv…]} writes N.out, N.err and N.rc into the plan's
 "out" folder; {"fill": FOLDER, "leave": BYTES} writes a filler file until only BYTES are free there;
-{"rm": [paths]} deletes files.
+{"rm": [paths]} deletes files; {"name": N, "serve": LIBRARY, "get": [paths]} serves the library on 127.0.0.1
+(uvicorn) and writes each GET's status code to N.out, one per line.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ def main(plan_path: str) -> int:
                 block = b"\0" * (1 << 16)
                 while size > 0:
                     size -= fh.write(block[: min(len(block), size)])
+        elif "serve" in step:
+            import httpx
+
+            from picscope.server.app import create_app
+            from tests.server_helpers import live_server
+
+            codes = []
+            with live_server(create_app(step["serve"])) as base:
+                for path in step["get"]:
+                    codes.append(str(httpx.get(base + path, timeout=60).status_code))
+            (out / f"{step['name']}.out").write_text("\n".join(codes))
         elif "rm" in step:
             for p in step["rm"]:
                 Path(p).unlink(missing_ok=True)

@@ -177,6 +177,8 @@ def test_readonly_library_is_searchable_and_refuses_to_index(tmp_path: Path) -> 
         {"name": "similar", "cli": ["search", "--image", str(folder / "img0001.jpg"), "--library", str(lib_path),
                                     "--paths", "-k", "2"]},
         {"name": "index", "cli": ["index", str(folder), "--library", str(lib_path)]},
+        {"name": "serve", "serve": str(lib_path),
+         "get": ["/api/status", "/api/search?q=a+photo&k=2", "/api/images/1/thumbnail", "/api/similar?id=1"]},
     ]
     mount = f"mount --bind {lib_path} {lib_path} && mount -o remount,bind,ro {lib_path} || exit 97;"
     proc = _run_child(mount + f" touch {lib_path}/probe 2>/dev/null && exit 98;", steps, out)
@@ -196,6 +198,7 @@ def test_readonly_library_is_searchable_and_refuses_to_index(tmp_path: Path) -> 
     assert read("index.rc") == "2"
     index_err = " ".join(read("index.err").split())
     assert "is read-only" in index_err and "Traceback" not in index_err and "internal error" not in index_err
+    assert read("serve.out").split() == ["200"] * 4  # `picscope serve` works on it too
     assert not (lib_path / "catalog.sqlite-wal").exists()  # nothing was written to the real folder
 
 

@@ -133,6 +133,17 @@ def is_disk_full(exc: BaseException) -> bool:
     return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
 
 
+def connect_readonly(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
+    """A read-only connection to a catalog (or any WAL database), also on a read-only folder or mount."""
+    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    side = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    if not all(p.exists() for p in side) and not os.access(Path(path).parent, os.W_OK):
+        # WAL readers need the -shm file; on a read-only folder it cannot be created. Nothing can write to
+        # this database while the folder is read-only, so reading it as immutable is exact.
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False, isolation_level=None)
+
+
 class Catalog:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -155,13 +166,7 @@ class Catalog:
     def _connect_readonly(self) -> sqlite3.Connection:
         if not self.path.exists():
             raise LibraryError(f"no catalog at {self.path}")
-        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro"
-        side = [Path(f"{self.path}-wal"), Path(f"{self.path}-shm")]
-        if not all(p.exists() for p in side) and not os.access(self.path.parent, os.W_OK):
-            # WAL readers need the -shm file; on a read-only folder it cannot be created. Nothing can write
-            # to this catalog while the folder is read-only, so reading it as immutable is exact.
-            uri += "&immutable=1"
-        return sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False, isolation_level=None)
+        return connect_readonly(self.path)
 
     def disk_full_error(self) -> DiskFullError:
         return DiskFullError(
