@@ -72,6 +72,13 @@ class LibraryStatus:
         return asdict(self)
 
 
+def _disk_full(exc: OSError, where: Path) -> DiskFullError:
+    return DiskFullError(
+        f"disk full: {exc.strerror} writing {exc.filename or where} ({free_bytes(where) / 1e6:.1f} MB free at "
+        f"{where}); free some space and run the command again (what was written so far is kept)"
+    )
+
+
 def folder_is_writable(path: Path) -> bool:
     """False on a read-only mount (access() reports EROFS even for root) or a folder we may not write."""
     try:
@@ -133,6 +140,11 @@ class Library:
         lib = cls(lib_path, catalog, config)
         try:
             lib._init_meta(encoder, store)
+        except OSError as exc:
+            catalog.close()
+            if is_enospc(exc):
+                raise _disk_full(exc, lib_path) from exc
+            raise
         except BaseException:
             catalog.close()
             raise
@@ -199,7 +211,12 @@ class Library:
     def save_config(self) -> None:
         """Persist `self.config` (e.g. after changing index globs) to the library's config.toml."""
         self._refuse_readonly("change its configuration")
-        self.config.save(self.path / CONFIG)
+        try:
+            self.config.save(self.path / CONFIG)
+        except OSError as exc:
+            if is_enospc(exc):
+                raise _disk_full(exc, self.path) from exc
+            raise
 
     def _refuse_readonly(self, what: str) -> None:
         if self.readonly:
@@ -287,11 +304,7 @@ class Library:
             raise
         except OSError as exc:
             if is_enospc(exc):
-                raise DiskFullError(
-                    f"disk full: {exc.strerror} writing {exc.filename or self.path} "
-                    f"({free_bytes(self.path) / 1e6:.1f} MB free at {self.path}); free some space and run the "
-                    "command again (what was written so far is kept)"
-                ) from exc
+                raise _disk_full(exc, self.path) from exc
             if exc.errno == errno.EROFS:
                 self.readonly = True
                 self._refuse_readonly("index into it")

@@ -353,16 +353,26 @@ class Catalog:
         """Inside a transaction: the skips under `root_raw` become exactly `skips` (raw -> size, mtime, reason),
         except that old entries under a folder in `keep_under` (one that could not be listed) stay."""
         prefix, upper = _range(root_raw)
-        old = [r[0] for r in db.execute("SELECT raw FROM skips WHERE raw >= ? AND raw < ?", (prefix, upper))]
+        old = {
+            r[0]: (r[1], r[2], r[3])
+            for r in db.execute(
+                "SELECT raw, size, mtime_ns, reason FROM skips WHERE (raw >= ? AND raw < ?) OR raw = ?",
+                (prefix, upper, root_raw),
+            )
+        }
         keep = [k.rstrip(b"/") + b"/" for k in keep_under]
         stale = [raw for raw in old if raw not in skips and not any(raw.startswith(k) for k in keep)]
         for start in range(0, len(stale), 900):
             chunk = stale[start : start + 900]
             db.execute(f"DELETE FROM skips WHERE raw IN ({','.join('?' * len(chunk))})", chunk)
         now = time.time()
-        db.executemany(
+        db.executemany(  # only what is new or changed: a re-run over unchanged files writes nothing
             "INSERT OR REPLACE INTO skips(raw, path, size, mtime_ns, reason, seen_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [(raw, display_path(raw), size, mtime, reason, now) for raw, (size, mtime, reason) in skips.items()],
+            [
+                (raw, display_path(raw), size, mtime, reason, now)
+                for raw, (size, mtime, reason) in skips.items()
+                if old.get(raw) != (size, mtime, reason)
+            ],
         )
 
     def problems(self, root_raw: bytes | None = None) -> list[Problem]:
