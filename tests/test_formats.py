@@ -220,3 +220,18 @@ def test_raw_preview_is_turned_like_the_photo() -> None:
     small = io.BytesIO()
     _picture(8, (40, 30)).save(small, format="JPEG")
     assert _raw_preview(small.getvalue(), 0, 10**8) is None  # too small to stand for the photo: demosaic instead
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "HEIF", "AVIF", "WEBP", "PNG", "TIFF"])
+def test_exif_orientation_applied_once_in_every_format(fmt: str) -> None:
+    """A 80x40 picture tagged "rotate 90° CW" decodes as 40x80 (turned once, not twice) in each format."""
+    img = Image.new("RGB", (80, 40), (200, 10, 10))
+    img.paste((10, 10, 200), (0, 0, 40, 40))  # blue on the left half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt != "PNG" else {}))
+    out = decode_image(buf.getvalue())
+    assert out.size == (40, 80) and out.info["original_size"] == (40, 80)
+    top = np.asarray(out, np.float64)[:20].mean(axis=(0, 1))
+    assert top[2] > top[0]  # turned clockwise: the left (blue) half is now on top
