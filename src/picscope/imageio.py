@@ -160,21 +160,23 @@ def _describe(head: bytes) -> str:
     return "unrecognised format"
 
 
+class NotRegularFileError(ImageDecodeError):
+    """The path is a FIFO, a device, a socket or a folder: never read as an image."""
+
+
 def open_regular(path: str | bytes) -> tuple[int, os.stat_result]:
     """Open `path` for reading without blocking (O_NONBLOCK), and refuse anything but a regular file.
 
     A FIFO would block a plain open() forever and a device could return endless data; both are
-    refused here with `ImageDecodeError("not a regular file: …")`. Returns (fd, fstat of the fd).
+    refused with `NotRegularFileError("not a regular file: …")`. open() errors propagate as `OSError`.
+    Returns (fd, fstat of the fd).
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    fd = os.open(path, flags)
     st = os.fstat(fd)
     if not statmod.S_ISREG(st.st_mode):
         os.close(fd)
-        raise ImageDecodeError(f"not a regular file: {file_kind(st.st_mode)}")
+        raise NotRegularFileError(f"not a regular file: {file_kind(st.st_mode)}")
     return fd, st
 
 
@@ -325,8 +327,8 @@ def decode_image(
 
 def load_image(path: str | bytes, *, max_pixels: int = 100_000_000, target_size: int | None = None) -> Image.Image:
     """Read and decode a file; unreadable files (and FIFOs, devices) raise `ImageDecodeError` with the reason."""
-    fd, _ = open_regular(path)
     try:
+        fd, _ = open_regular(path)
         with os.fdopen(fd, "rb") as fh:
             data = fh.read()
     except OSError as exc:

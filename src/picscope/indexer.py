@@ -32,7 +32,7 @@ from picscope.config import IndexConfig
 from picscope.diskspace import ensure_free
 from picscope.encoders.base import DualEncoder
 from picscope.errors import ImageDecodeError, LibraryError
-from picscope.imageio import SNIFF_BYTES, decode_image, is_image_name, open_regular, sniff
+from picscope.imageio import SNIFF_BYTES, NotRegularFileError, decode_image, is_image_name, open_regular, sniff
 from picscope.scan import ScanEntry, ScanResult, scan
 from picscope.store.base import VectorStore
 from picscope.store.catalog import Catalog, display_path
@@ -122,22 +122,13 @@ class Indexer:
         for _attempt in range(2):
             try:
                 fd, before = open_regular(entry.raw)  # never blocks: O_NONBLOCK, regular files only
-            except ImageDecodeError as exc:
-                if "not a regular file" in str(exc) and not known:
-                    work.skip = str(exc)
-                else:
-                    work.error, work.retry = str(exc), True
-                if "No such file" in str(exc):
-                    work.error = "file disappeared before it could be read"
-                return None, work
-            try:
                 with os.fdopen(fd, "rb") as fh:
                     head = fh.read(SNIFF_BYTES)
                     kind = sniff(head, entry.raw)
                     if not kind.is_image:
                         reason = kind.reason or "not an image"
                         if known or is_image_name(entry.raw):
-                            work.error = reason
+                            work.error = reason  # meant as an image: a broken one
                         else:
                             work.skip = reason
                         work.size, work.mtime_ns = before.st_size, before.st_mtime_ns
@@ -150,6 +141,12 @@ class Indexer:
                 if self.read_hook is not None:
                     self.read_hook(entry.raw, data)
                 after = os.stat(entry.raw)
+            except NotRegularFileError as exc:  # it turned into a FIFO or device after the scan
+                if known:
+                    work.error, work.retry = str(exc), True
+                else:
+                    work.skip = str(exc)
+                return None, work
             except FileNotFoundError:
                 work.error = "file disappeared before it could be read"
                 work.retry = True
