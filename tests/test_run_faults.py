@@ -326,3 +326,17 @@ def test_indexer_checks_free_space_before_each_batch(tmp_path: Path, monkeypatch
         monkeypatch.undo()
         assert lib.status().files == lib.status().vectors == 3  # the first batch, complete
         assert lib.index(folder).added == 3
+
+
+def test_symlinks_not_followed_are_listed(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    paths = write_images(folder, 2)
+    os.symlink(paths[0], folder / "link.jpg")
+    with Library.open(tmp_path / "lib", encoder=ENC) as lib:
+        lib.config.index.follow_symlinks = False
+        report = lib.index(folder)
+        assert report.added == 2 and report.skipped == 1
+        assert report.problems == [(str(folder / "link.jpg"), "symlink not followed (index.follow_symlinks = false)")]
+        lib.config.index.follow_symlinks = True
+        again = lib.index(folder)
+        assert again.reused == 1 and again.problems == [] and lib.status().files == 3

@@ -4,8 +4,8 @@ symlink-loop protection, and a reason for everything it sees but does not hand o
 The scan yields every regular file (whether it is an image is decided later, by content, and only
 for new or changed files). What it skips is recorded in `ScanResult` with a reason: folders that
 could not be listed, entries that could not be stat'ed (a symlink to itself, a path over the OS
-limit), FIFOs, devices and sockets, dangling symlinks, and RAW files with a same-named JPEG/PNG
-beside them (when `skip_raw_with_sibling`).
+limit), FIFOs, devices and sockets, dangling symlinks, symlinks not followed (`follow_symlinks`
+off), and RAW files with a same-named JPEG/PNG beside them (when `skip_raw_with_sibling`).
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def scan(
                     result.file_errors.append((path, _stat_reason(exc)))
                 continue
             if is_link and not follow_symlinks and not entry.is_file(follow_symlinks=False):
+                if not (exclude and _matches(rel, exclude)):
+                    result.skipped.append((path, "symlink not followed (index.follow_symlinks = false)"))
                 continue
             if is_dir:
                 if exclude and _matches(rel + "/", exclude):
