@@ -340,3 +340,35 @@ def test_symlinks_not_followed_are_listed(tmp_path: Path) -> None:
         lib.config.index.follow_symlinks = True
         again = lib.index(folder)
         assert again.reused == 1 and again.problems == [] and lib.status().files == 3
+
+
+def test_schema_1_catalog_upgrades_or_is_read_as_is(tmp_path: Path) -> None:
+    """Libraries from before the `skips` table: opened writable they migrate to schema 2; opened read-only
+    (a read-only mount) they are read as they are, with no skipped paths."""
+    import sqlite3
+
+    from picscope.store.catalog import _v1
+
+    path = tmp_path / "catalog.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    _v1(db)
+    db.execute("PRAGMA user_version=1")
+    db.execute("INSERT INTO files(raw, path, size, mtime_ns, status, error, indexed_at) "
+               "VALUES (x'2f612e6a7067', '/a.jpg', 0, 0, 'error', 'empty file (0 bytes)', 0)")
+    db.close()
+    from picscope.store.catalog import Catalog
+
+    ro = Catalog(path, readonly=True)
+    assert [(p.path, p.status) for p in ro.problems()] == [("/a.jpg", "error")]
+    assert ro.counts()["skipped"] == 0 and ro.skip_index(b"/") == {}
+    with pytest.raises(LibraryReadOnlyError):
+        ro.set_meta("x", "y")
+    ro.close()
+    rw = Catalog(path)
+    assert rw.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    with rw.transaction() as tx:
+        rw.replace_skips(tx, b"/photos", {b"/photos/n.txt": (3, 5, "not an image (text file)")})
+    assert [(p.path, p.status, p.reason) for p in rw.problems(b"/photos")] == [
+        ("/photos/n.txt", "skipped", "not an image (text file)")
+    ]
+    rw.close()
