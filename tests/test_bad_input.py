@@ -33,7 +33,7 @@ def _png_bomb(path: Path, width: int = 30000, height: int = 30000) -> None:
 
 
 def _problems(lib: Library) -> dict[str, str]:
-    return {p.path: p.error or "" for p in lib.problems()}
+    return {p.path: p.reason for p in lib.problems()}
 
 
 def test_each_bad_file_is_recorded_and_the_rest_indexes(tmp_path: Path) -> None:
@@ -57,7 +57,7 @@ def test_each_bad_file_is_recorded_and_the_rest_indexes(tmp_path: Path) -> None:
         assert report.failed == 4
         assert problems[str(folder / "empty.jpg")] == "empty file (0 bytes)"
         assert "truncated" in problems[str(folder / "truncated.jpg")]
-        assert problems[str(folder / "notes.jpg")] == "not an image (unrecognised format)"
+        assert problems[str(folder / "notes.jpg")] == "not an image (text file)"
         assert "30000x30000" in problems[str(folder / "bomb.png")]
         assert "decompression-bomb" in problems[str(folder / "bomb.png")]
         # the symlink loop was followed once, not forever: each image indexed once

@@ -29,6 +29,9 @@ class IndexConfig(BaseModel):
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
     decode_workers: int = Field(2, ge=1, le=64)
     follow_symlinks: bool = True
+    skip_raw_with_sibling: bool = Field(
+        True, description="skip a camera RAW file when a same-named JPEG/PNG lies beside it (listed with a reason)"
+    )
 
 
 class SearchConfig(BaseModel):

@@ -37,3 +37,11 @@ class StoreError(PicscopeError):
 
 class ConfigError(PicscopeError):
     """A configuration value or spec string is invalid."""
+
+
+class LibraryReadOnlyError(LibraryError):
+    """The library is on a read-only folder or mount: it can be searched but not changed."""
+
+
+class DiskFullError(PicscopeError):
+    """Not enough free disk space to write; the message says how much is needed and where."""

@@ -1,4 +1,12 @@
-"""Incremental indexer: scan → (stat-only skip) → read + hash → reuse or decode → batched encode → commit.
+"""Incremental indexer: scan → (stat-only skip) → read + sniff + hash → reuse or decode → batched encode → commit.
+
+Whether a file is an image is decided by its first bytes (`imageio.sniff`), and only for new or
+changed files: an unchanged file (same size and mtime as recorded, image or not) is never opened.
+Files are opened with O_NONBLOCK and checked to be regular after open, so a path that became a FIFO
+or a device after the scan cannot block the run. Everything seen and not indexed gets a reason in
+the catalog (`files.error` or the `skips` table); the report's problem list is read back from there,
+so the index summary and `picscope status` show the same set. Before each batch is written the free
+disk space is checked (`diskspace.ensure_free`).
 
 Crash safety: work is committed in transactions of `commit_every` files; inside each transaction the
 vectors are written (and flushed) before the catalog commit, so a kill loses at most the open batch
@@ -21,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from picscope.config import IndexConfig
+from picscope.diskspace import ensure_free
 from picscope.encoders.base import DualEncoder
 from picscope.errors import ImageDecodeError, LibraryError
-from picscope.imageio import decode_image
+from picscope.imageio import SNIFF_BYTES, NotRegularFileError, decode_image, is_image_name, open_regular, sniff
 from picscope.scan import ScanEntry, ScanResult, scan
 from picscope.store.base import VectorStore
 from picscope.store.catalog import Catalog, display_path
@@ -41,10 +50,14 @@ class IndexReport:
     updated: int = 0
     reused: int = 0  # renamed or copied files whose vector was reused (no decode)
     removed: int = 0
-    failed: int = 0
+    failed: int = 0  # files that could not be indexed in this run
+    skipped: int = 0  # paths this scan saw and did not index (not images, FIFOs, dangling links, ...)
     seconds: float = 0.0
     encoded: int = 0
+    # every current problem under the root, as `picscope status` lists them: (path, status, reason), status
+    # error (not indexed), stale (previous version kept) or skipped
     problems: list[tuple[str, str]] = field(default_factory=list)
+    problem_status: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -75,6 +88,7 @@ class _Work:
     prepared: Any = None
     reuse_id: int | None = None
     error: str | None = None
+    skip: str | None = None  # seen but not an image: the reason (recorded in `skips`, not an error)
     retry: bool = False  # an OS-level failure: retry on every run
 
 
@@ -101,19 +115,38 @@ class Indexer:
         self.read_hook = read_hook  # test hook: called with (path, data) right after a file is read
 
     # -- per-file work (runs in decode threads) ---------------------------------------------------
-    def _read(self, entry: ScanEntry) -> tuple[bytes | None, _Work]:
+    def _read(self, entry: ScanEntry, known: bool) -> tuple[bytes | None, _Work]:
+        """Read a file whole, or stop after its first bytes when they are not an image. `known`: the
+        catalog holds this path as an image (a file that stopped being one is an error, not a skip)."""
         work = _Work(entry, entry.size, entry.mtime_ns)
-        if entry.size > self.config.max_file_bytes:
-            work.error = f"file too large: {entry.size} bytes exceeds the {self.config.max_file_bytes} byte limit"
-            return None, work
         for _attempt in range(2):
             try:
-                with open(entry.raw, "rb") as fh:
-                    before = os.fstat(fh.fileno())
-                    data = fh.read(self.config.max_file_bytes + 1)
+                fd, before = open_regular(entry.raw)  # never blocks: O_NONBLOCK, regular files only
+                with os.fdopen(fd, "rb") as fh:
+                    head = fh.read(SNIFF_BYTES)
+                    kind = sniff(head, entry.raw)
+                    if not kind.is_image:
+                        reason = kind.reason or "not an image"
+                        if known or is_image_name(entry.raw):
+                            work.error = reason  # meant as an image: a broken one
+                        else:
+                            work.skip = reason
+                        work.size, work.mtime_ns = before.st_size, before.st_mtime_ns
+                        return None, work
+                    if before.st_size > self.config.max_file_bytes:
+                        limit = self.config.max_file_bytes
+                        work.error = f"file too large: {before.st_size} bytes exceeds the {limit} byte limit"
+                        return None, work
+                    data = head + fh.read(self.config.max_file_bytes + 1 - len(head))
                 if self.read_hook is not None:
                     self.read_hook(entry.raw, data)
                 after = os.stat(entry.raw)
+            except NotRegularFileError as exc:  # it turned into a FIFO or device after the scan
+                if known:
+                    work.error, work.retry = str(exc), True
+                else:
+                    work.skip = str(exc)
+                return None, work
             except FileNotFoundError:
                 work.error = "file disappeared before it could be read"
                 work.retry = True
@@ -136,8 +169,8 @@ class Indexer:
         work.retry = True
         return None, work
 
-    def _process(self, entry: ScanEntry, hashes: dict[str, int]) -> _Work:
-        data, work = self._read(entry)
+    def _process(self, entry: ScanEntry, hashes: dict[str, int], known: bool) -> _Work:
+        data, work = self._read(entry, known)
         if data is None:
             return work
         work.hash = _hash(data)
@@ -145,7 +178,9 @@ class Indexer:
             work.reuse_id = hashes[work.hash]
             return work
         try:
-            image = decode_image(data, max_pixels=self.config.max_pixels, target_size=self.encoder.image_size)
+            image = decode_image(
+                data, max_pixels=self.config.max_pixels, target_size=self.encoder.image_size, name=entry.raw
+            )
             work.width, work.height = image.info.get("original_size", image.size)
             work.prepared = self.encoder.prepare_image(image)
         except ImageDecodeError as exc:
@@ -162,6 +197,8 @@ class Indexer:
             raise LibraryError(f"not a folder: {display_path(root_raw)} (nothing was changed)")
         report = IndexReport(root=display_path(root_raw))
         known = self.catalog.stat_index(root_raw)
+        known_skips = self.catalog.skip_index(root_raw)
+        skips: dict[bytes, tuple[int, int, str]] = {}  # this run's skips: raw -> (size, mtime_ns, reason)
         result = ScanResult()
         seen: set[bytes] = set()
         todo: list[ScanEntry] = []
@@ -171,37 +208,51 @@ class Indexer:
             include=self.config.include,
             exclude=self.config.exclude,
             follow_symlinks=self.config.follow_symlinks,
+            skip_raw_with_sibling=self.config.skip_raw_with_sibling,
         ):
             report.scanned += 1
-            seen.add(entry.raw)
             prev = known.get(entry.raw)
             if prev is not None and prev[1] == entry.size and prev[2] == entry.mtime_ns:
+                seen.add(entry.raw)
                 report.unchanged += 1
                 continue
+            skipped = known_skips.get(entry.raw)
+            if prev is None and skipped is not None and skipped[:2] == (entry.size, entry.mtime_ns):
+                skips[entry.raw] = skipped  # an unchanged non-image: not opened again
+                report.unchanged += 1
+                continue
+            seen.add(entry.raw)
             todo.append(entry)
-        for raw, reason in result.file_errors:
-            report.problems.append((display_path(raw), reason))
-        for raw, reason in result.dir_errors:
-            report.problems.append((display_path(raw), reason))
+        for raw, reason in result.all_problems():
+            skips[raw] = (0, RETRY_MTIME, reason)
 
         hashes = self.catalog.ok_by_hash()
         self.progress.start(len(todo))
         try:
-            self._encode_and_commit(todo, hashes, known, report)
+            self._encode_and_commit(todo, hashes, known, skips, report)
         finally:
             self.progress.finish()
-        report.removed = self._remove_missing(root_raw, known, seen, result)
+        # a file that turned into a non-image is no longer indexed: it leaves `files` as "missing"
+        report.removed = self._remove_missing(root_raw, known, seen - set(skips), result)
+        with self.catalog.transaction() as db:
+            self.catalog.replace_skips(db, root_raw, skips, keep_under=[d for d, _ in result.dir_errors])
         self.catalog.record_root(root_raw)
+        report.skipped = len(skips)
+        problems = self.catalog.problems(root_raw)
+        report.problems = [(p.path, p.reason) for p in problems]
+        report.problem_status = [p.status for p in problems]
         report.seconds = time.perf_counter() - started
         return report
 
-    def _iter_work(self, todo: list[ScanEntry], hashes: dict[str, int]) -> Iterator[_Work]:
+    def _iter_work(
+        self, todo: list[ScanEntry], hashes: dict[str, int], known: dict[bytes, tuple[int, int, int, str, str | None]]
+    ) -> Iterator[_Work]:
         prefetch = max(2 * self.config.batch_size, 8)
         with ThreadPoolExecutor(max_workers=self.config.decode_workers, thread_name_prefix="decode") as pool:
             pending: deque[Future[_Work]] = deque()
             it = iter(todo)
             for entry in it:
-                pending.append(pool.submit(self._process, entry, hashes))
+                pending.append(pool.submit(self._process, entry, hashes, entry.raw in known))
                 if len(pending) >= prefetch:
                     yield pending.popleft().result()
             while pending:
@@ -212,6 +263,7 @@ class Indexer:
         todo: list[ScanEntry],
         hashes: dict[str, int],
         known: dict[bytes, tuple[int, int, int, str, str | None]],
+        skips: dict[bytes, tuple[int, int, str]],
         report: IndexReport,
     ) -> None:
         chunk: list[_Work] = []
@@ -230,12 +282,15 @@ class Indexer:
 
         def commit() -> None:
             encode_batch()
+            for w in chunk:
+                if w.skip is not None:
+                    skips[w.entry.raw] = (w.size, w.mtime_ns, w.skip)
             self._commit(chunk, vectors, hashes, known, report)
             self.progress.advance(len(chunk))
             chunk.clear()
             vectors.clear()
 
-        for work in self._iter_work(todo, hashes):
+        for work in self._iter_work(todo, hashes, known):
             chunk.append(work)
             if work.prepared is not None:
                 batch.append(len(chunk) - 1)
@@ -255,6 +310,9 @@ class Indexer:
     ) -> None:
         if not chunk:
             return
+        # vectors (rows of dim float32 + an int64 id, in whole pages) and catalog rows with their WAL copy
+        rows = sum(1 for w in chunk if w.skip is None)
+        ensure_free(self.catalog.path.parent, rows * (self.encoder.dim * 4 + 8 + 2048) + 2 * 4096)
         ids: list[int] = []
         vecs: list[np.ndarray] = []
         metas: list[FileMeta] = []
@@ -271,6 +329,8 @@ class Indexer:
                         reuse_vecs[rid] = self.store.get(np.array([rid], np.int64))[0]
         with self.catalog.transaction() as db:
             for i, w in enumerate(chunk):
+                if w.skip is not None:
+                    continue  # recorded in `skips` at the end of the run
                 raw = w.entry.raw
                 prev = known.get(raw)
                 vec = vectors.get(i)
@@ -305,7 +365,6 @@ class Indexer:
                     continue
                 report.failed += 1
                 reason = w.error or "unknown error"
-                report.problems.append((display_path(raw), reason))
                 mtime = RETRY_MTIME if w.retry else w.mtime_ns
                 if prev is not None and prev[3] == "ok":
                     # keep the previous vector; remember why it could not be refreshed

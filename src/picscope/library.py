@@ -9,9 +9,11 @@ for hit in lib.search("a dog running on the beach", k=5):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,13 +24,14 @@ from PIL import Image
 
 from picscope import __version__
 from picscope.config import PicscopeConfig
+from picscope.diskspace import DiskFullError, ensure_mappable, free_bytes, is_enospc
 from picscope.encoders import DualEncoder, default_encoder_spec, make_encoder
-from picscope.errors import EncoderMismatchError, LibraryError, LibraryLockedError
+from picscope.errors import EncoderMismatchError, LibraryError, LibraryLockedError, LibraryReadOnlyError
 from picscope.imageio import load_image
 from picscope.indexer import RETRY_MTIME, Indexer, IndexReport, Progress
 from picscope.paths import default_library_path
 from picscope.store import VectorStore, make_store
-from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord
+from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord, Problem, is_disk_full
 from picscope.store.compact import CODEC_FILE, FULL, VectorCodec, compact
 from picscope.store.meta import MetaFilter
 
@@ -60,8 +63,11 @@ class LibraryStatus:
     files: int
     errors: int
     stale: int
+    skipped: int
     vectors: int
+    readonly: bool = False
     roots: list[str] = field(default_factory=list)
+    caches: list[dict[str, Any]] = field(default_factory=list)  # {name, path, bytes}: see `picscope cache`
     vector_format: str = FULL
     bytes_per_photo: int | None = None
 
@@ -69,11 +75,32 @@ class LibraryStatus:
         return asdict(self)
 
 
+def _disk_full(exc: OSError, where: Path) -> DiskFullError:
+    return DiskFullError(
+        f"disk full: {exc.strerror} writing {exc.filename or where} ({free_bytes(where) / 1e6:.1f} MB free at "
+        f"{where}); free some space and run the command again (what was written so far is kept)"
+    )
+
+
+def folder_is_writable(path: Path) -> bool:
+    """False on a read-only mount (access() reports EROFS even for root) or a folder we may not write."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return False
+    except OSError:
+        pass
+    if not os.access(path, os.W_OK):
+        return False
+    catalog = path / CATALOG
+    return not catalog.exists() or os.access(catalog, os.W_OK)
+
+
 class Library:
-    def __init__(self, path: Path, catalog: Catalog, config: PicscopeConfig) -> None:
+    def __init__(self, path: Path, catalog: Catalog, config: PicscopeConfig, *, readonly: bool = False) -> None:
         self.path = path
         self.catalog = catalog
         self.config = config
+        self.readonly = readonly
         self._encoder: DualEncoder | None = None
         self._store: VectorStore | None = None
         self._encoder_override: str | None = None
@@ -87,10 +114,13 @@ class Library:
         encoder: str | None = None,
         store: str | None = None,
         create: bool = True,
+        readonly: bool | None = None,
     ) -> Library:
         """Open (or create) the library at `path` (default: `$PICSCOPE_LIBRARY` or the per-user folder).
 
         `encoder`/`store` apply to a new library; for an existing one they must match what built it.
+        `readonly`: open without writing anything (search, status, serve work; index refuses). The default
+        (None) opens read-only exactly when the library folder is not writable (a read-only mount, say).
         """
         lib_path = Path(path).expanduser() if path is not None else default_library_path()
         exists = (lib_path / CATALOG).exists()
@@ -98,13 +128,49 @@ class Library:
             raise LibraryError(
                 f"no library at {lib_path}; create one with `picscope index FOLDER --library {lib_path}`"
             )
+        if readonly is None:
+            readonly = exists and not folder_is_writable(lib_path)
+        if readonly:
+            return cls._open_readonly(lib_path, encoder=encoder, store=store)
         try:
             lib_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if is_enospc(exc):
+                raise DiskFullError(f"disk full: cannot create library folder {lib_path}") from exc
             raise LibraryError(f"cannot create library folder {lib_path}: {exc.strerror or exc}") from exc
         config = PicscopeConfig.load(lib_path / CONFIG)
         catalog = Catalog(lib_path / CATALOG)
         lib = cls(lib_path, catalog, config)
+        try:
+            lib._init_meta(encoder, store)
+        except OSError as exc:
+            catalog.close()
+            if is_enospc(exc):
+                raise _disk_full(exc, lib_path) from exc
+            raise
+        except BaseException:
+            catalog.close()
+            raise
+        return lib
+
+    @classmethod
+    def _open_readonly(cls, lib_path: Path, *, encoder: str | None, store: str | None) -> Library:
+        if not (lib_path / CATALOG).exists():
+            raise LibraryReadOnlyError(f"no library at {lib_path}, and the folder is read-only: nothing to open")
+        config = PicscopeConfig.load(lib_path / CONFIG)
+        catalog = Catalog(lib_path / CATALOG, readonly=True)
+        lib = cls(lib_path, catalog, config, readonly=True)
+        try:
+            if catalog.get_meta("encoder") is None:
+                raise LibraryReadOnlyError(f"the library at {lib_path} is empty and read-only: nothing to search")
+            lib._init_meta(encoder, store)
+        except BaseException:
+            catalog.close()
+            raise
+        return lib
+
+    def _init_meta(self, encoder: str | None, store: str | None) -> None:
+        lib_path, catalog, config = self.path, self.catalog, self.config
         stored_encoder = catalog.get_meta("encoder")
         if stored_encoder is None:
             spec = encoder or (config.encoder if (lib_path / CONFIG).exists() else default_encoder_spec())
@@ -132,7 +198,6 @@ class Library:
                 )
             config.encoder = stored_encoder
             config.store = stored_store
-        return lib
 
     def __enter__(self) -> Library:
         return self
@@ -148,7 +213,20 @@ class Library:
 
     def save_config(self) -> None:
         """Persist `self.config` (e.g. after changing index globs) to the library's config.toml."""
-        self.config.save(self.path / CONFIG)
+        self._refuse_readonly("change its configuration")
+        try:
+            self.config.save(self.path / CONFIG)
+        except OSError as exc:
+            if is_enospc(exc):
+                raise _disk_full(exc, self.path) from exc
+            raise
+
+    def _refuse_readonly(self, what: str) -> None:
+        if self.readonly:
+            raise LibraryReadOnlyError(
+                f"library {self.path} is read-only (a read-only folder or mount), so picscope cannot {what}; "
+                "searching it works. Make it writable, or copy it somewhere writable and use --library"
+            )
 
     # -- components ----------------------------------------------------------------------------
     @property
@@ -233,20 +311,23 @@ class Library:
             raise LibraryError(f"library {self.path} has no vectors yet")
         fmt = fmt or self.vector_format
         codec = self.codec(fmt)
+        folder = self._store_folder(fmt)
+        fine_folder = folder / f"fine-{spec.partition(':')[0]}"
+        if spec == "exact":  # memory maps: on a full tmpfs, reading one could end in SIGBUS
+            ensure_mappable([folder / "vectors.f32", folder / "vectors.ids", fine_folder / "vectors.i8",
+                             fine_folder / "vectors.ids"])
         if codec is None:
-            return make_store(spec, self.path / STORE_DIR, dim)
+            return make_store(spec, folder, dim, readonly=self.readonly)
         from picscope.store.exact import ExactStore
 
-        folder = self._store_folder(fmt)
-        inner = make_store(spec, folder, codec.scan_dim)
-        fine_folder = folder / f"fine-{spec.partition(':')[0]}"
-        fine = ExactStore(fine_folder, codec.fine_dim, np.int8) if codec.fine_dim else None
+        inner = make_store(spec, folder, codec.scan_dim, readonly=self.readonly)
+        fine = ExactStore(fine_folder, codec.fine_dim, np.int8, readonly=self.readonly) if codec.fine_dim else None
         return compact(inner, fine, codec)
 
     def migrate_vectors(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Rewrite a full-vector library in its encoder's compact format (write lock held). Returns the number of
         vectors converted (0 when there is nothing to do). An interruption leaves the library on its old format."""
-        if self.vector_format != FULL or self.config.vectors != "compact" or self.dim is None:
+        if self.readonly or self.vector_format != FULL or self.config.vectors != "compact" or self.dim is None:
             return 0
         if self.config.store.partition(":")[0] not in ("exact", "ann") or self.encoder.codec_path is None:
             return 0
@@ -303,7 +384,34 @@ class Library:
         rebuild: bool = False,
         encoder: str | None = None,
     ) -> IndexReport:
-        """Index `folder` recursively (incremental). `rebuild` re-encodes everything (optionally with a new encoder)."""
+        """Index `folder` recursively (incremental). `rebuild` re-encodes everything (optionally with a new encoder).
+
+        A full disk raises `DiskFullError` (checked before each batch, and SQLITE_FULL/ENOSPC on the way);
+        what was committed before stays consistent, and the next run continues from there.
+        """
+        self._refuse_readonly("index into it")
+        try:
+            return self._index(folder, progress=progress, rebuild=rebuild, encoder=encoder)
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                raise self.catalog.disk_full_error() from exc
+            raise
+        except OSError as exc:
+            if is_enospc(exc):
+                raise _disk_full(exc, self.path) from exc
+            if exc.errno == errno.EROFS:
+                self.readonly = True
+                self._refuse_readonly("index into it")
+            raise
+
+    def _index(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        progress: Progress | None,
+        rebuild: bool,
+        encoder: str | None,
+    ) -> IndexReport:
         with self.write_lock():
             if rebuild:
                 self._reset(encoder or self.encoder_spec)
@@ -459,8 +567,15 @@ class Library:
     def get(self, file_id: int) -> FileRecord | None:
         return self.catalog.get(file_id)
 
-    def problems(self) -> list[FileRecord]:
+    def problems(self) -> list[Problem]:
+        """Every current problem: files not indexed, kept at a previous version, or skipped by the last scan."""
         return self.catalog.problems()
+
+    def caches(self) -> list[dict[str, Any]]:
+        """The caches picscope keeps for this library and for all libraries, with their sizes."""
+        from picscope.paths import cache_entries
+
+        return [c.to_dict() for c in cache_entries(self.path)]
 
     def status(self) -> LibraryStatus:
         counts = self.catalog.counts()
@@ -475,8 +590,11 @@ class Library:
             files=counts["ok"],
             errors=counts["error"],
             stale=counts["stale"],
+            skipped=counts["skipped"],
             vectors=vectors,
+            readonly=self.readonly,
             roots=[p for p, _ in self.catalog.roots()],
+            caches=self.caches(),
             vector_format=self.vector_format,
             bytes_per_photo=self._bytes_per_photo(),
         )

@@ -1,4 +1,4 @@
-"""Core commands: index, search, status, demo."""
+"""Core commands: index, search, status, cache, demo."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.table import Table
 
 from picscope.cli.app import LibraryOpt, app, err, out
 from picscope.config import DEFAULT_EXCLUDES
+from picscope.errors import LibraryReadOnlyError
 from picscope.indexer import IndexReport, Progress
 from picscope.library import Library, SearchResult
 
@@ -52,29 +53,42 @@ class RichIndexProgress(Progress):
             self.bar.stop()
 
 
+def _problem_table(rows: list[tuple[str, str, str]], title: str, limit: int) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("path", overflow="fold")
+    table.add_column("status")
+    table.add_column("reason", overflow="fold")
+    for path, status, reason in rows[:limit]:
+        table.add_row(path, status, reason)
+    return table
+
+
 def print_report(report: IndexReport, as_json: bool) -> None:
+    """The index summary. Its problem list is the catalog's list for this folder: what `picscope status` shows."""
+    rows = [(p, s, r) for (p, r), s in zip(report.problems, report.problem_status, strict=True)]
     if as_json:
-        data = {k: v for k, v in vars(report).items() if k != "problems"}
-        data["problems"] = [{"path": p, "reason": r} for p, r in report.problems]
+        data = {k: v for k, v in vars(report).items() if k not in ("problems", "problem_status")}
+        data["problems"] = [{"path": p, "status": s, "reason": r} for p, s, r in rows]
         data["images_per_second"] = report.images_per_second
         out.print_json(json.dumps(data))
         return
+    by_status = {s: report.problem_status.count(s) for s in ("error", "stale", "skipped")}
     out.print(
-        f"[bold]{report.root}[/]: {report.scanned} images seen — {report.added} added, {report.updated} updated, "
+        f"[bold]{report.root}[/]: {report.scanned} files seen — {report.added} added, {report.updated} updated, "
         f"{report.reused} reused (renamed/copied), {report.removed} removed, {report.unchanged} unchanged, "
         f"{report.failed} failed; {report.seconds:.1f} s"
-        + (f" ({report.images_per_second:.1f} img/s encoded)" if report.encoded else "")
+        + (f" ({report.images_per_second:.1f} img/s encoded)" if report.encoded else ""),
+        highlight=False,
     )
-    if report.problems:
-        shown = report.problems[:20]
-        table = Table(title=f"{len(report.problems)} problem file(s)", show_lines=False)
-        table.add_column("path", overflow="fold")
-        table.add_column("reason", overflow="fold")
-        for path, reason in shown:
-            table.add_row(path, reason)
-        err.print(table)
-        if len(report.problems) > len(shown):
-            err.print(f"… and {len(report.problems) - len(shown)} more: see `picscope status`")
+    if rows:
+        out.print(
+            f"{len(rows)} problem(s) in this folder: {by_status['error']} not indexed, {by_status['stale']} kept at "
+            f"their previous version, {by_status['skipped']} skipped (not images, special files, ...)",
+            highlight=False,
+        )
+        err.print(_problem_table(rows, f"{len(rows)} problem(s)", 20))
+        if len(rows) > 20:
+            err.print(f"… and {len(rows) - 20} more: see `picscope status`")
 
 
 @app.command()
@@ -95,8 +109,16 @@ def index(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Index FOLDER into the library: new, changed, renamed and deleted files are picked up."""
+    """Index FOLDER into the library: new, changed, renamed and deleted files are picked up.
+
+    Every file is checked by content (not by its name); what is not indexed is listed with a reason."""
     lib = Library.open(library, encoder=None if rebuild else encoder, store=store)
+    if lib.readonly:
+        lib.close()
+        raise LibraryReadOnlyError(
+            f"library {lib.path} is read-only (a read-only folder or mount): `picscope index` cannot write to it. "
+            "Searching it works; to index, make it writable or copy it somewhere writable and use --library"
+        )
     if include is not None or exclude is not None:
         if include is not None:
             lib.config.index.include = include
@@ -188,33 +210,96 @@ def search(
         print_explanation(result.explanation, out, k)
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
 @app.command()
 def status(
     library: LibraryOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     limit: Annotated[int, typer.Option(help="problem files to list")] = 50,
 ) -> None:
-    """Show the library: encoder, store, counts, and the files that could not be indexed (and why)."""
+    """Show the library: encoder, store, counts, caches, and every problem of the last scans (and why)."""
     with Library.open(library, create=False) as lib:
         st = lib.status()
         problems = lib.problems()
     if as_json:
         data = st.to_dict()
-        data["problems"] = [{"id": p.id, "path": p.path, "status": p.status, "reason": p.error} for p in problems]
+        data["problems"] = [p.to_dict() for p in problems]
         out.print_json(json.dumps(data))
         return
     table = Table(show_header=False, show_edge=False, pad_edge=False)
     for key, value in st.to_dict().items():
+        if key == "caches":
+            continue
         table.add_row(f"[bold]{key}[/]", ", ".join(value) if isinstance(value, list) else str(value))
     out.print(table)
+    out.print(_cache_table(st.caches))
     if problems:
-        pt = Table(title=f"{len(problems)} problem file(s)")
-        pt.add_column("path", overflow="fold")
-        pt.add_column("status")
-        pt.add_column("reason", overflow="fold")
-        for p in problems[:limit]:
-            pt.add_row(p.path, p.status, p.error or "")
-        out.print(pt)
+        rows = [(p.path, p.status, p.reason) for p in problems]
+        out.print(_problem_table(rows, f"{len(problems)} problem(s)", limit))
+        if len(problems) > limit:
+            out.print(f"… and {len(problems) - limit} more (--limit N, or --json for all)")
+
+
+def _cache_table(caches: list[dict[str, object]]) -> Table:
+    table = Table(title="caches (`picscope cache clear` empties the results caches; --all the models too)")
+    for col in ("name", "size", "kind", "where"):
+        table.add_column(col, overflow="fold")
+    for c in caches:
+        table.add_row(str(c["name"]), _size(int(str(c["bytes"]))), str(c["kind"]), str(c["path"]))
+    return table
+
+
+cache_app = typer.Typer(help="Caches: the library's thumbnails and the shared folder ($PICSCOPE_CACHE).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list(
+    library: LibraryOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List every cache with its size and place."""
+    from picscope.paths import cache_entries
+
+    lib_path = _library_path(library)
+    caches = [c.to_dict() for c in cache_entries(lib_path)]
+    if as_json:
+        out.print_json(json.dumps(caches))
+        return
+    out.print(_cache_table(caches))
+
+
+@cache_app.command("clear")
+def cache_clear(
+    library: LibraryOpt = None,
+    everything: Annotated[bool, typer.Option("--all", help="also converted models and the assembled LLM (slow "
+                                             "to rebuild)")] = False,
+) -> None:
+    """Empty the caches (thumbnails, model-call results, features, evaluation libraries)."""
+    from picscope.paths import clear_caches
+
+    failed = 0
+    for entry, problem in clear_caches(_library_path(library), everything=everything):
+        if problem is None:
+            out.print(f"cleared {entry.name} ({_size(entry.bytes)}) at {entry.path}", highlight=False)
+        else:
+            failed += 1
+            err.print(f"could not clear {entry.name}: {problem}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _library_path(library: Path | None) -> Path | None:
+    """The library folder, if there is one (caches are listed without opening it)."""
+    from picscope.library import CATALOG
+    from picscope.paths import default_library_path
+
+    path = Path(library).expanduser() if library is not None else default_library_path()
+    return path if (path / CATALOG).exists() else None
 
 
 @app.command()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 import stat as statmod
 import threading
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from PIL import Image
 from picscope.errors import ImageDecodeError
 from picscope.imageio import decode_image
 from picscope.library import Library
-from picscope.store.catalog import FileRecord
+from picscope.store.catalog import FileRecord, connect_readonly
 
 WEB_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp",
                "BMP": "image/bmp"}
@@ -71,8 +70,7 @@ class LibraryImages:
     # -- where files may be -------------------------------------------------------------------------------
     def _load_roots(self) -> list[bytes]:
         """Real paths of the indexed folders (read-only catalog connection; the library is never written)."""
-        uri = f"file:{self.library.path / 'catalog.sqlite'}?mode=ro"
-        con = sqlite3.connect(uri, uri=True, timeout=10)
+        con = connect_readonly(self.library.path / "catalog.sqlite", timeout=10)  # also on a read-only mount
         try:
             raws = [bytes(r[0]) for r in con.execute("SELECT raw FROM roots")]
         finally:

@@ -45,7 +45,8 @@ async def health() -> Health:
 
 def _status(state: AppState) -> LibraryStatusOut:
     st = state.library.status()
-    sessions = len(store_for(state.library).list(10_000))
+    # a read-only library has no session store (sessions write); its search and images still work
+    sessions = 0 if state.library.readonly else len(store_for(state.library).list(10_000))
     return LibraryStatusOut(path=st.path, encoder=st.encoder, encoder_name=st.encoder_name, store=st.store,
                             dim=st.dim, files=st.files, errors=st.errors, stale=st.stale, vectors=st.vectors,
                             roots=st.roots, sessions=sessions, uploads=len(state.uploads),

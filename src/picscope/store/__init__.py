@@ -43,10 +43,17 @@ def _load_optional() -> None:
             importlib.import_module(mod)
 
 
-def make_store(spec: str, folder: Path, dim: int) -> VectorStore:
-    """Build the store for `spec` (`exact`, `ann`, `milvus:<uri>`, ...) with its files under `folder`."""
+def make_store(spec: str, folder: Path, dim: int, *, readonly: bool = False) -> VectorStore:
+    """Build the store for `spec` (`exact`, `ann`, `milvus:<uri>`, ...) with its files under `folder`.
+
+    `readonly`: a library on a read-only folder or mount (the exact store maps its files read-only;
+    other stores open as usual)."""
     _load_optional()
     prefix, _, arg = spec.partition(":")
+    if readonly and prefix == "exact":
+        from picscope.store.exact import ExactStore
+
+        return ExactStore(folder, dim, readonly=True)
     builder = _BUILDERS.get(prefix)
     if builder is None:
         raise ConfigError(f"unknown store spec {spec!r}; known: {', '.join(sorted(_BUILDERS))}")

@@ -3,22 +3,34 @@
 `files` holds every file the indexer has looked at: path (raw bytes as the key, so non-UTF-8 names
 survive, plus a display string), size, mtime, content hash, width, height, status (`ok` = has a
 vector, `error` = could not be indexed), and the error reason. An `ok` file whose refresh failed keeps
-its vector and gets a reason too (shown by `picscope status`).
+its vector and gets a reason too (shown by `picscope status`). `skips` (schema 2) holds everything the
+last scan of each root saw and did not index, with the reason: files that are not images, FIFOs and
+devices, dangling symlinks, symlink loops, paths over the OS limit, folders that could not be listed,
+RAW files beside a JPEG. `problems()` is the one list of problems that the index summary and
+`picscope status` both print.
+
+A catalog on a read-only folder or mount is opened read-only (`mode=ro`, no WAL switch; `immutable=1`
+when the WAL side files are missing and cannot be created): reading works, writing raises
+`LibraryReadOnlyError`. SQLite's "disk full" becomes `DiskFullError`.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from picscope.errors import LibraryError, SchemaTooNewError
+from picscope.diskspace import DiskFullError, free_bytes
+from picscope.errors import LibraryError, LibraryReadOnlyError, SchemaTooNewError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -53,8 +65,24 @@ def _v1(db: sqlite3.Connection) -> None:
     )
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    _run_script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS skips (
+            raw BLOB PRIMARY KEY,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            seen_at REAL NOT NULL
+        )
+        """,
+    )
+
+
 # MIGRATIONS[i] brings a database from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -76,22 +104,79 @@ class FileRecord:
 _COLS = "id, raw, path, size, mtime_ns, hash, width, height, status, error, indexed_at"
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One entry of the problem list: a file that is not indexed (`error`), indexed but whose refresh
+    failed (`stale`: the previous version is kept), or seen by the scan and skipped (`skipped`)."""
+
+    path: str
+    status: str
+    reason: str
+    id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def display_path(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
+
+
+def _range(root_raw: bytes) -> tuple[bytes, bytes]:
+    prefix = root_raw.rstrip(b"/") + b"/"
+    return prefix, prefix[:-1] + b"0"  # '/' + 1 == '0': every path starting with prefix sorts below this
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL (or an I/O error that is really ENOSPC)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+
+
+def connect_readonly(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
+    """A read-only connection to a catalog (or any WAL database), also on a read-only folder or mount."""
+    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    side = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    if not all(p.exists() for p in side) and not os.access(Path(path).parent, os.W_OK):
+        # WAL readers need the -shm file; on a read-only folder it cannot be created. Nothing can write to
+        # this database while the folder is read-only, so reading it as immutable is exact.
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False, isolation_level=None)
 
 
 class Catalog:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self._lock = threading.RLock()
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False, isolation_level=None)
+            if readonly:
+                self.db = self._connect_readonly()
+            else:
+                self.db = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self._migrate()
         except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                raise self.disk_full_error() from exc
             raise LibraryError(f"cannot open catalog {self.path}: {exc}") from exc
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise LibraryError(f"no catalog at {self.path}")
+        return connect_readonly(self.path)
+
+    def disk_full_error(self) -> DiskFullError:
+        return DiskFullError(
+            f"disk full: the catalog {self.path} cannot grow ({free_bytes(self.path.parent) / 1e6:.1f} MB free "
+            f"at {self.path.parent}); free some space and run the command again (nothing was lost)"
+        )
+
+    def _refuse_write(self) -> None:
+        if self.readonly:
+            raise LibraryReadOnlyError(f"the catalog {self.path} is open read-only; it cannot be changed")
 
     # -- schema ------------------------------------------------------------------------------
     def _version(self) -> int:
@@ -99,29 +184,42 @@ class Catalog:
 
     def _migrate(self) -> None:
         version = self._version()
+        self._has_skips = version >= 2
         if version > SCHEMA_VERSION:
             raise SchemaTooNewError(
                 f"library catalog {self.path} has schema version {version}, but this picscope only "
                 f"knows up to {SCHEMA_VERSION}: it was written by a newer picscope. Upgrade picscope "
                 "(pip install -U picscope); the library was not modified."
             )
+        if self.readonly:
+            return  # read an older schema as it is (no skips table before version 2)
         while version < SCHEMA_VERSION:
             with self.transaction():
                 MIGRATIONS[version](self.db)
                 version += 1
                 self.db.execute(f"PRAGMA user_version={version}")
+        self._has_skips = True
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._refuse_write()
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                except BaseException:
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    raise
+                else:
+                    self.db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if is_disk_full(exc):
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    raise self.disk_full_error() from exc
                 raise
-            else:
-                self.db.execute("COMMIT")
 
     # -- meta ------------------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -130,6 +228,7 @@ class Catalog:
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
+        self._refuse_write()
         with self._lock:
             self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
@@ -159,8 +258,7 @@ class Catalog:
 
     def under(self, root_raw: bytes) -> list[FileRecord]:
         """All records whose path is below the folder `root_raw`."""
-        prefix = root_raw.rstrip(b"/") + b"/"
-        upper = prefix[:-1] + b"0"  # '/' + 1 == '0': every path starting with prefix sorts below this
+        prefix, upper = _range(root_raw)
         return self._records(f"SELECT {_COLS} FROM files WHERE raw >= ? AND raw < ?", (prefix, upper))
 
     def all(self, status: str | None = None) -> list[FileRecord]:
@@ -187,8 +285,7 @@ class Catalog:
 
     def stat_index(self, root_raw: bytes) -> dict[bytes, tuple[int, int, int, str, str | None]]:
         """raw -> (id, size, mtime_ns, status, error) for files under `root_raw` (one query)."""
-        prefix = root_raw.rstrip(b"/") + b"/"
-        upper = prefix[:-1] + b"0"
+        prefix, upper = _range(root_raw)
         with self._lock:
             rows = self.db.execute(
                 "SELECT raw, id, size, mtime_ns, status, error FROM files WHERE raw >= ? AND raw < ?",
@@ -230,15 +327,77 @@ class Catalog:
         with self._lock:
             rows = self.db.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall()
             stale = self.db.execute("SELECT COUNT(*) FROM files WHERE status='ok' AND error IS NOT NULL").fetchone()[0]
+            skipped = self.db.execute("SELECT COUNT(*) FROM skips").fetchone()[0] if self._has_skips else 0
         out = {"ok": 0, "error": 0}
         out.update({s: int(n) for s, n in rows})
         out["stale"] = int(stale)
+        out["skipped"] = int(skipped)
         return out
 
-    def problems(self) -> list[FileRecord]:
-        return self._records(f"SELECT {_COLS} FROM files WHERE error IS NOT NULL ORDER BY path")
+    # -- skips and problems --------------------------------------------------------------------
+    def skip_index(self, root_raw: bytes) -> dict[bytes, tuple[int, int, str]]:
+        """raw -> (size, mtime_ns, reason) of the skipped paths under `root_raw`."""
+        if not self._has_skips:
+            return {}
+        prefix, upper = _range(root_raw)
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT raw, size, mtime_ns, reason FROM skips WHERE raw >= ? AND raw < ?", (prefix, upper)
+            ).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def replace_skips(
+        self, db: sqlite3.Connection, root_raw: bytes, skips: dict[bytes, tuple[int, int, str]],
+        keep_under: Sequence[bytes] = (),
+    ) -> None:
+        """Inside a transaction: the skips under `root_raw` become exactly `skips` (raw -> size, mtime, reason),
+        except that old entries under a folder in `keep_under` (one that could not be listed) stay."""
+        prefix, upper = _range(root_raw)
+        old = {
+            r[0]: (r[1], r[2], r[3])
+            for r in db.execute(
+                "SELECT raw, size, mtime_ns, reason FROM skips WHERE (raw >= ? AND raw < ?) OR raw = ?",
+                (prefix, upper, root_raw),
+            )
+        }
+        keep = [k.rstrip(b"/") + b"/" for k in keep_under]
+        stale = [raw for raw in old if raw not in skips and not any(raw.startswith(k) for k in keep)]
+        for start in range(0, len(stale), 900):
+            chunk = stale[start : start + 900]
+            db.execute(f"DELETE FROM skips WHERE raw IN ({','.join('?' * len(chunk))})", chunk)
+        now = time.time()
+        db.executemany(  # only what is new or changed: a re-run over unchanged files writes nothing
+            "INSERT OR REPLACE INTO skips(raw, path, size, mtime_ns, reason, seen_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (raw, display_path(raw), size, mtime, reason, now)
+                for raw, (size, mtime, reason) in skips.items()
+                if old.get(raw) != (size, mtime, reason)
+            ],
+        )
+
+    def problems(self, root_raw: bytes | None = None) -> list[Problem]:
+        """Every current problem (under `root_raw`, or in the whole library), sorted by path."""
+        where = ""
+        args: tuple[bytes, ...] = ()
+        if root_raw is not None:
+            where, args = " AND raw >= ? AND raw < ?", _range(root_raw)
+        with self._lock:
+            rows = self.db.execute(
+                f"SELECT id, path, status, error FROM files WHERE error IS NOT NULL{where}", args
+            ).fetchall()
+            skips = (
+                self.db.execute(f"SELECT path, reason FROM skips WHERE 1{where}", args).fetchall()
+                if self._has_skips
+                else []
+            )
+            if root_raw is not None and self._has_skips:  # the root itself (e.g. it could not be listed)
+                skips += self.db.execute("SELECT path, reason FROM skips WHERE raw = ?", (root_raw,)).fetchall()
+        out = [Problem(p, "stale" if s == "ok" else "error", e, int(i)) for i, p, s, e in rows]
+        out += [Problem(p, "skipped", r) for p, r in skips]
+        return sorted(out, key=lambda p: (p.path, p.status))
 
     def record_root(self, raw: bytes) -> None:
+        self._refuse_write()
         with self._lock:
             self.db.execute(
                 "INSERT INTO roots(raw, path, last_scan) VALUES (?, ?, ?) "

@@ -9,6 +9,7 @@ matrix-vector product plus `argpartition`; excluded rows are masked with −inf.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Literal
 
 import numpy as np
 
-from picscope.errors import StoreError
+from picscope.diskspace import ensure_free
+from picscope.errors import DiskFullError, StoreError
 from picscope.store.base import Hits, as_queries, topk_from_scores
 
 _GROW_ROWS = 4096
@@ -32,16 +34,20 @@ def _flush(arr: np.ndarray) -> None:
 class ExactStore:
     spec = "exact"
 
-    def __init__(self, folder: Path, dim: int, dtype: type[np.generic] = np.float32) -> None:
+    def __init__(
+        self, folder: Path, dim: int, dtype: type[np.generic] = np.float32, *, readonly: bool = False
+    ) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly  # a read-only library: map the files read-only, never create or repair them
+        if not readonly:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.dim = int(dim)
         self.dtype = np.dtype(dtype)
         if self.dtype not in _SUFFIX:
             raise StoreError(f"the exact store keeps {', '.join(map(str, _SUFFIX))} rows, not {self.dtype}")
         self._vec_path = self.folder / f"vectors.{_SUFFIX[self.dtype]}"
         self._ids_path = self.folder / "vectors.ids"
-        self._writable = os.access(self.folder, os.W_OK)
+        self._writable = not readonly and os.access(self.folder, os.W_OK)
         self._lock = threading.RLock()
         self._row_of: dict[int, int] | None = None
         self._open()
@@ -89,11 +95,20 @@ class ExactStore:
 
     def _grow(self, need_rows: int) -> None:
         new_cap = max(need_rows, self.capacity + max(_GROW_ROWS, self.capacity // 2))
+        row_bytes = self.dim * self.dtype.itemsize
+        # the new rows are written through a memory map, where a full disk is a SIGBUS: check the space, then
+        # allocate it for real (not a sparse hole), so that running out of space is an error here, before any write
+        ensure_free(self.folder, (new_cap - self.capacity) * (row_bytes + 8))
         self._flush_maps()
-        with open(self._vec_path, "r+b") as fh:
-            fh.truncate(new_cap * self.dim * self.dtype.itemsize)
-        with open(self._ids_path, "r+b") as fh:
-            fh.truncate(new_cap * 8)  # new rows read as id 0 = free
+        for path, size in ((self._vec_path, new_cap * row_bytes), (self._ids_path, new_cap * 8)):
+            with open(path, "r+b") as fh:
+                fh.truncate(size)  # new rows read as id 0 = free
+                try:
+                    os.posix_fallocate(fh.fileno(), 0, size)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise DiskFullError(f"disk full: {size / 1e6:.1f} MB needed for {path}") from exc
+                    # filesystems without fallocate (EOPNOTSUPP, EINVAL) keep the sparse file
         self.capacity = new_cap
         self._map()
 
