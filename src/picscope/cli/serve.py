@@ -39,9 +39,12 @@ def serve(
         raise ConfigError(f"the web app needs the server extra: pip install 'picscope[server]' ({exc})") from exc
     if library_arg is not None and library is not None and library_arg != library:
         raise typer.BadParameter("give the library once: as an argument or with --library")
+    if token is not None and not token.strip():
+        raise ConfigError("--token is empty: give a real secret (e.g. --token \"$(openssl rand -hex 16)\") or "
+                          "leave --token out (and unset PICSCOPE_TOKEN) to serve loopback without one")
     if pipeline not in ("encoder", "imagescope"):
         raise typer.BadParameter("--pipeline must be encoder or imagescope")
-    settings = ServerSettings(host=host, port=port, token=token or None, cors_origins=list(cors_origin or []),
+    settings = ServerSettings(host=host, port=port, token=token, cors_origins=list(cors_origin or []),
                               work_slots=slots, default_pipeline=pipeline)
     from picscope.server.settings import is_loopback
 
