@@ -1,7 +1,7 @@
 """A misbehaving OpenAI-compatible endpoint on 127.0.0.1 (raw sockets, one thread per connection), for the
 deadline and circuit-breaker tests:
 
-- `hang`: accepts the connection, reads the request, never answers;
+- `hang`: accepts the connection, reads the request, never answers (counts clients that give up: `closed`);
 - `trickle`: sends the status line and headers, then one byte of the body every `interval` seconds;
 - `ok`: answers a chat completion whose message content is `answer`.
 """
@@ -20,6 +20,7 @@ class FakeOpenAI:
     def __init__(self, mode: str = "hang", *, interval: float = 0.5, answer: str = "ok") -> None:
         self.mode, self.interval, self.answer = mode, interval, answer
         self.requests = 0
+        self.closed = 0  # hang mode: connections the client closed while waiting
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
@@ -71,7 +72,11 @@ class FakeOpenAI:
             with self._lock:
                 self.requests += 1
             if self.mode == "hang":
-                self._stop.wait()
+                while not self._stop.is_set():  # until the client closes the connection (or we stop)
+                    if not conn.recv(1):
+                        with self._lock:
+                            self.closed += 1
+                        break
             elif self.mode == "trickle":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
                 while not self._stop.wait(self.interval):

@@ -3,25 +3,36 @@ re-indexed by another process, upload memory, slow connections. Every test here 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from picscope import Library
 from picscope.server import ServerSettings, create_app
+from tests.fake_openai import FakeOpenAI
 from tests.feedback_test_doubles import write_colour_images
-from tests.server_helpers import free_port, live_server
+from tests.server_helpers import free_port, guarded_server, live_server, serve_process
 
 ENC = "test-colour"
 BASE = "http://127.0.0.1"
@@ -34,6 +45,17 @@ def lib(tmp_path: Path) -> Iterator[Library]:
     library.index(tmp_path / "photos")
     yield library
     library.close()
+
+
+def png_bytes(size: tuple[int, int] = (40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _multipart(data: bytes, name: str = "ref.png") -> bytes:
+    return (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + name.encode()
+            + b"\"\r\nContent-Type: image/png\r\n\r\n" + data + b"\r\n--XyZ--\r\n")
 
 
 def raw_get(base: str, target: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
@@ -97,3 +119,131 @@ def test_cached_thumbnail_of_deleted_or_changed_photo(lib: Library) -> None:
         assert r.status_code == 409 and r.json()["code"] == "changed"
         assert c.get(f"/api/images/{changed_id}").status_code == 409  # the full image agrees
         assert c.get(f"/api/images/{ids[2]}/thumbnail").status_code == 200
+
+
+# -- case 1: hung model backends -----------------------------------------------------------------------------------
+def _hung_llm_library(lib: Library, fake: FakeOpenAI, deadline_s: float, budget_s: float) -> None:
+    lib.config.llm = fake.spec()
+    lib.config.models.call_deadline_s = deadline_s
+    lib.config.models.breaker_failures = 100  # keep calling the hung backend: the pool must hold anyway
+    lib.config.pipeline.max_seconds = budget_s
+    lib.save_config()
+
+
+def _latency(url: str) -> tuple[int, float]:
+    t0 = time.monotonic()
+    with contextlib.suppress(urllib.error.HTTPError), urllib.request.urlopen(url, timeout=30) as r:
+        return r.status, time.monotonic() - t0
+    return 0, time.monotonic() - t0
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float = 60) -> int:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def test_hung_llm_keeps_encoder_search_answering_and_sigterm_ends_the_server(lib: Library, tmp_path: Path) -> None:
+    """Four pipeline searches against an LLM that never answers; encoder-only searches and /api/status keep
+    answering (p95 under 1 s), and SIGTERM ends `picscope serve` within seconds, removing its upload folder.
+    On main the pipeline searches took every search slot (429 after 30 s) and SIGTERM did not stop the server."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with FakeOpenAI("hang") as fake:
+        _hung_llm_library(lib, fake, deadline_s=20, budget_s=25)
+        with serve_process(str(lib.path), env={"TMPDIR": str(tmp)}) as (proc, base):
+            up = urllib.request.Request(base + "/api/uploads", data=_multipart(png_bytes()),
+                                        headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+            with urllib.request.urlopen(up, timeout=30) as r:
+                assert r.status == 201
+            assert list(tmp.glob("picscope-uploads-*/*.png"))
+            body = {"text": "red", "pipeline": "imagescope", "stages": [1, 2, 3], "k": 3}
+            hung = [threading.Thread(target=_post_json, args=(base + "/api/search", body), daemon=True)
+                    for _ in range(4)]
+            for t in hung:
+                t.start()
+            assert fake.wait_requests(2, timeout=20), "the pipeline searches did not reach the LLM"
+            times = []
+            for i in range(30):
+                status, seconds = _latency(f"{base}/api/search?q={['red', 'green', 'blue'][i % 3]}&k=5")
+                assert status == 200
+                times.append(seconds)
+            status, _ = _latency(base + "/api/status")
+            assert status == 200
+            times.sort()
+            assert times[int(0.95 * len(times)) - 1] < 1.0, times
+            assert all(t.is_alive() for t in hung)  # the pipeline searches are still waiting on the LLM
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+            assert time.monotonic() - t0 < 6.0
+        assert not list(tmp.glob("picscope-uploads-*")), "the upload folder outlived the server"
+
+
+def test_client_going_away_cancels_its_model_calls(lib: Library) -> None:
+    """A pipeline search whose client disconnects has its hung model call cut within about a second and its
+    model slot freed (on main the call held its worker thread until its timeout and retries ran out)."""
+    with FakeOpenAI("hang") as fake:
+        _hung_llm_library(lib, fake, deadline_s=30, budget_s=30)
+        app = create_app(lib, ServerSettings(model_slots=1))
+        state = app.state.picscope
+        with live_server(app) as base:
+            host, port = base.removeprefix("http://").split(":")
+            body = json.dumps({"text": "red", "pipeline": "imagescope", "stages": [1, 2, 3]}).encode()
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            assert fake.wait_requests(1, timeout=20)
+            assert state.models.running == 1
+            sock.close()
+            t0 = time.monotonic()
+            while fake.closed < 1 and time.monotonic() - t0 < 10:
+                time.sleep(0.05)
+            assert fake.closed == 1 and time.monotonic() - t0 < 3.0  # the hung call was cut
+            while state.models.running and time.monotonic() - t0 < 20:
+                time.sleep(0.05)
+            assert state.models.running == 0  # and its slot is free again
+
+
+# -- case 7: slow connections --------------------------------------------------------------------------------------
+def test_slow_connections_do_not_lock_out_other_clients(lib: Library) -> None:
+    """60 sockets that never finish a request head (a slowloris) from 127.0.0.1, against a cap of 10 connections
+    per client: a normal client still gets every answer quickly; an unfinished head is dropped after the head
+    deadline even while it trickles bytes. (On main every connection counted against one limit, and a socket
+    that sent nothing was never closed.)"""
+    settings = ServerSettings(per_client_connections=10, header_timeout_s=1.5)
+    with guarded_server(create_app(lib, settings), settings) as base:
+        host, port = base.removeprefix("http://").split(":")
+        slow = []
+        for i in range(60):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n" if i % 2 else b"G")
+            slow.append(s)
+        times = []
+        for _ in range(20):
+            status, seconds = _latency(base + "/api/health")
+            assert status == 200
+            times.append(seconds)
+        assert max(times) < 1.0, times
+        trickler = socket.create_connection((host, int(port)))
+        trickler.settimeout(5)
+        t0 = time.monotonic()
+        closed_after = None
+        for ch in b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 40:
+            try:
+                trickler.sendall(bytes([ch]))
+            except OSError:
+                closed_after = time.monotonic() - t0
+                break
+            time.sleep(0.1)
+        if closed_after is None:
+            with contextlib.suppress(OSError):
+                closed_after = time.monotonic() - t0 if trickler.recv(100) == b"" else None
+        assert closed_after is not None and closed_after < 3.0, closed_after
+        for s in slow:
+            s.close()

@@ -108,17 +108,21 @@ def create_app(library: Library | str | Path, settings: ServerSettings | None = 
                             ttl_s=settings.upload_ttl_s),
         work=WorkLimiter("search", settings.work_slots, settings.work_queue, settings.queue_timeout_s),
         thumbs=WorkLimiter("image", settings.thumb_slots, settings.thumb_queue, settings.queue_timeout_s),
+        models=WorkLimiter("model", settings.model_slots, settings.model_queue, settings.queue_timeout_s),
         llm=llm, vision=vision)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.work._sem = None  # the semaphores belong to this event loop
         state.thumbs._sem = None
+        state.models._sem = None
+        state.closing = False
         if lib.dim is not None:
             await to_thread.run_sync(lambda: lib.embed_texts(["warm up"]))  # load the text tower before serving
         try:
             yield
         finally:
+            state.cancel_model_work()
             state.uploads.close()
             if own:
                 lib.close()
