@@ -247,3 +247,87 @@ def test_slow_connections_do_not_lock_out_other_clients(lib: Library) -> None:
         assert closed_after is not None and closed_after < 3.0, closed_after
         for s in slow:
             s.close()
+
+
+# -- case 2: the server follows the library ------------------------------------------------------------------------
+def _index_in_another_process(lib_path: Path, folder: Path) -> None:
+    code = ("import sys, tests.feedback_test_doubles; from picscope.cli import main; "
+            "raise SystemExit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "index", str(folder), "--library", str(lib_path), "--quiet"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _catalog_ok_ids(lib_path: Path) -> set[int]:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{lib_path / 'catalog.sqlite'}?mode=ro", uri=True)
+    try:
+        return {int(r[0]) for r in con.execute("SELECT id FROM files WHERE status='ok'")}
+    finally:
+        con.close()
+
+
+def test_server_follows_a_reindex_by_another_process(lib: Library, tmp_path: Path) -> None:
+    """Photos added by `picscope index` in another process are searchable and usable as references (similar,
+    composed, session marks), removed ones disappear, and /api/status counts match the catalog, without a
+    restart. On main: `GET /api/similar?id=<new>` → 500 (KeyError: 'id … is not in the store')."""
+    lib_path = lib.path
+    photos = tmp_path / "photos"
+    lib.close()
+    with TestClient(create_app(lib_path), base_url=BASE) as c:
+        before = _catalog_ok_ids(lib_path)
+        st = c.get("/api/status").json()
+        assert st["files"] == st["vectors"] == len(before) == 12
+        assert c.get("/api/similar", params={"id": min(before)}).status_code == 200  # the store is in use
+        write_colour_images(photos / "more", per_colour=6)
+        removed = sorted(photos.glob("green*.png"))[:2]
+        for p in removed:
+            p.unlink()
+        _index_in_another_process(lib_path, photos)
+        after = _catalog_ok_ids(lib_path)
+        new = sorted(after - before)
+        gone = sorted(before - after)
+        assert len(new) == 18 and len(gone) == 2
+
+        st = c.get("/api/status").json()
+        assert st["files"] == st["vectors"] == len(after) == 28
+        red = c.get("/api/search", params={"q": "red", "k": 10}).json()["results"]
+        assert {r["id"] for r in red} & set(new), "new photos must be searchable"
+        everything = c.get("/api/search", params={"q": "red green blue", "k": 60}).json()["results"]
+        assert {r["id"] for r in everything} == after  # removed photos are gone, all new ones are there
+        for fid in new:
+            r = c.get("/api/similar", params={"id": fid, "k": 5})
+            assert r.status_code == 200, r.text
+            assert fid not in {x["id"] for x in r.json()["results"]}
+        for fid in gone:
+            assert c.get("/api/similar", params={"id": fid}).status_code == 404
+        r = c.post("/api/search", json={"text": "blue", "reference": {"id": new[0]}, "k": 5})
+        assert r.status_code == 200, r.text
+        s = c.post("/api/sessions", json={"query": "red", "page_size": 30}).json()
+        shown_new = [x["id"] for x in s["page"] if x["id"] in new]
+        assert shown_new
+        r = c.post(f"/api/sessions/{s['id']}/marks", json={"ids": shown_new[:2], "relevant": True, "round": 0})
+        assert r.status_code == 200, r.text
+        r = c.post(f"/api/sessions/{s['id']}/next", json={"round": 0})
+        assert r.status_code == 200, r.text
+
+
+def test_exact_store_reader_follows_a_writer_that_grew_the_files(tmp_path: Path) -> None:
+    """A reader's store maps rows another writer appended past its capacity (file growth), on refresh or on a
+    miss in `get` (on main: KeyError until reopened)."""
+    import numpy as np
+
+    from picscope.store.exact import ExactStore
+
+    writer = ExactStore(tmp_path / "store", 4)
+    writer.upsert(np.array([1, 2]), np.eye(4, dtype=np.float32)[:2])
+    reader = ExactStore(tmp_path / "store", 4)
+    assert len(reader) == 2
+    ids = np.arange(3, 5003)
+    writer.upsert(ids, np.tile(np.eye(4, dtype=np.float32)[2], (len(ids), 1)))
+    assert np.allclose(reader.get(np.array([5000]))[0], [0, 0, 1, 0])  # past its mapping: a miss refreshes once
+    assert len(reader) == 5002
+    writer.delete(np.array([1]))
+    reader.refresh()
+    assert len(reader) == 5001 and 1 not in set(reader.ids().tolist())

@@ -182,6 +182,10 @@ class Library:
             self._store = make_store(self.config.store, self.path / STORE_DIR, dim)
         return self._store
 
+    def reopen_store(self) -> None:
+        """Another process changed the store: the next use reopens it (readers such as the server call this)."""
+        self._store = None
+
     # -- writing -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:

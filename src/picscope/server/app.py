@@ -25,6 +25,7 @@ from picscope.errors import (
 from picscope.library import Library
 from picscope.server import routes_images, routes_misc, routes_search, routes_sessions
 from picscope.server.auth import Guard
+from picscope.server.follow import LibraryFollower
 from picscope.server.images import ImageRefused, LibraryImages
 from picscope.server.limits import WorkLimiter
 from picscope.server.settings import ServerSettings
@@ -110,6 +111,7 @@ def create_app(library: Library | str | Path, settings: ServerSettings | None = 
         thumbs=WorkLimiter("image", settings.thumb_slots, settings.thumb_queue, settings.queue_timeout_s),
         models=WorkLimiter("model", settings.model_slots, settings.model_queue, settings.queue_timeout_s),
         llm=llm, vision=vision)
+    state.follower = LibraryFollower(lib, on_change=lambda: state.images.roots(refresh=True))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ from fastapi import Request
 
 from picscope.library import Library, SearchResult
 from picscope.models.deadline import CallScope, call_scope
+from picscope.server.follow import LibraryFollower
 from picscope.server.images import LibraryImages, version_tag
 from picscope.server.limits import WorkLimiter
 from picscope.server.models import ResultItem
@@ -30,6 +31,7 @@ class AppState:
     work: WorkLimiter
     thumbs: WorkLimiter
     models: WorkLimiter  # LLM/VLM work: its own pool, never the encoder-only searches' slots
+    follower: LibraryFollower | None = None  # notices another process re-indexing the library
     llm: Any = None  # model objects (or specs) for imagescope and the caption/rewrite session strategies
     vision: Any = None
     _pipelines: dict[tuple[str, tuple[int, ...] | None], Any] = field(default_factory=dict)
@@ -117,4 +119,6 @@ async def _watch_disconnect(request: Request, scope: CallScope, every: float = 0
 
 def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.picscope
+    if state.follower is not None:
+        state.follower.check()  # a few stat calls; reopens the store when another process re-indexed
     return state
