@@ -28,6 +28,8 @@ class ServerSettings:
     upload_dir: Path | None = None  # None: a fresh temporary folder, removed at shutdown
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_pixels: int = 50_000_000  # decompression-bomb guard for uploads
+    max_upload_decode_bytes: int = 160 * 1024 * 1024  # pixels in memory while decoding one upload (mode-aware)
+    upload_decodes: int = 2  # uploads decoded at once
     max_uploads: int = 200  # the oldest are removed beyond this
     upload_ttl_s: float = 3600.0
     max_json_bytes: int = 256 * 1024  # request bodies other than uploads
