@@ -160,7 +160,7 @@ class BaseChat:
         call_end = time.monotonic() + timeout  # one deadline for the whole call, retries included
         for attempt in range(self.retries + 1):
             left = self._time_left(call_end)
-            if left <= 0.05:
+            if left <= (0.0 if attempt == 0 else 0.05):
                 last_error = last_error or f"no time left of the {timeout:.3g} s deadline"
                 break
             payload: dict[str, Any] = {"messages": list(msgs), "temperature": temperature, "max_tokens": max_tokens}
