@@ -138,9 +138,10 @@ def test_stages_query_falls_back_to_encoder_results_within_the_deadline(tmp_path
         seconds = time.monotonic() - t0
         out_file.write_text(buf.getvalue())
     assert rc == 0
-    assert seconds < 5.0, seconds  # the 3 s budget plus start-up
     data = json.loads(buf.getvalue())
     assert len(data["results"]) == 3
     expl = data["explanation"]
+    assert expl["cost"]["seconds"] < 3.0 + 1.0, expl["cost"]  # the request's 3 s budget, not 3 x (1 s + retries)
+    assert seconds < 15.0, seconds  # the whole command, start-up included, on a busy machine
     assert expl["intent"]["source"].startswith("rules (fallback")
     assert any("deadline" in n or "circuit breaker" in n or "budget" in n for n in expl["fallbacks"])

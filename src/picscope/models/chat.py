@@ -199,7 +199,11 @@ class BaseChat:
                 if attempt < self.retries:
                     if self._time_left(call_end) <= pause:
                         break  # no time for another attempt within the deadline
-                    time.sleep(pause)
+                    scope = current_scope()
+                    if scope is not None:
+                        scope.cancelled.wait(pause)  # a cancelled request does not sit out the backoff
+                    else:
+                        time.sleep(pause)
                 continue
             if self.breaker is not None:
                 self.breaker.success()
