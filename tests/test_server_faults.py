@@ -250,10 +250,11 @@ def test_slow_connections_do_not_lock_out_other_clients(lib: Library) -> None:
 
 
 # -- case 2: the server follows the library ------------------------------------------------------------------------
-def _index_in_another_process(lib_path: Path, folder: Path) -> None:
+def _index_in_another_process(lib_path: Path, folder: Path, *extra: str) -> None:
     code = ("import sys, tests.feedback_test_doubles; from picscope.cli import main; "
             "raise SystemExit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, "index", str(folder), "--library", str(lib_path), "--quiet"],
+    proc = subprocess.run([sys.executable, "-c", code, "index", str(folder), "--library", str(lib_path), "--quiet",
+                           *extra],
                           cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -311,6 +312,14 @@ def test_server_follows_a_reindex_by_another_process(lib: Library, tmp_path: Pat
         assert r.status_code == 200, r.text
         r = c.post(f"/api/sessions/{s['id']}/next", json={"round": 0})
         assert r.status_code == 200, r.text
+
+        _index_in_another_process(lib_path, photos, "--rebuild")  # the store's files are replaced
+        rebuilt = _catalog_ok_ids(lib_path)
+        st = c.get("/api/status").json()
+        assert st["files"] == st["vectors"] == len(rebuilt) == 28
+        assert all(c.get("/api/similar", params={"id": fid, "k": 3}).status_code == 200 for fid in sorted(rebuilt))
+        assert {r["id"] for r in c.get("/api/search", params={"q": "red green blue", "k": 60}).json()["results"]} \
+            == rebuilt
 
 
 def test_exact_store_reader_follows_a_writer_that_grew_the_files(tmp_path: Path) -> None:

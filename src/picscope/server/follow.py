@@ -66,7 +66,8 @@ class LibraryFollower:
     def _apply(self, old: Signature, new: Signature) -> None:
         lib = self.library
         if lib.dim is None:
-            return  # nothing indexed yet: the store is opened on first use
+            lib.reopen_store()  # nothing indexed (yet, or a rebuild started): opened afresh on first use
+            return
         store_dir = os.path.join(os.fspath(lib.path), "store") + os.sep
         inodes_old = {n: ino for n, ino, _, _ in old if n.startswith(store_dir)}
         inodes_new = {n: ino for n, ino, _, _ in new if n.startswith(store_dir)}
