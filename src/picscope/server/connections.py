@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -158,7 +159,7 @@ class Server(uvicorn.Server):
     """uvicorn's server; at SIGTERM/SIGINT it first cuts the model calls in flight (their requests then finish
     at once with encoder results), so shutdown waits seconds, not a model deadline."""
 
-    def __init__(self, config: uvicorn.Config, on_exit: Any = None) -> None:
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], object] | None = None) -> None:
         super().__init__(config)
         self.on_exit = on_exit
 
