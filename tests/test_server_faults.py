@@ -210,6 +210,30 @@ def test_client_going_away_cancels_its_model_calls(lib: Library) -> None:
             assert state.models.running == 0  # and its slot is free again
 
 
+def test_pipeline_search_explains_the_deadline_and_the_open_breaker(lib: Library) -> None:
+    """Over the API: a hung LLM makes the first pipeline search fall back at its deadline, and once the breaker is
+    open the next one skips the backend at once; both explanations say so (on main: 3 attempts × 120 s)."""
+    from picscope.models.breaker import reset_breakers
+
+    reset_breakers()
+    with FakeOpenAI("hang") as fake:
+        _hung_llm_library(lib, fake, deadline_s=0.5, budget_s=10)
+        lib.config.models.breaker_failures = 1
+        lib.config.models.breaker_cooldown_s = 60
+        lib.save_config()
+        body = {"text": "red", "pipeline": "imagescope", "stages": [1, 2, 3], "k": 3}
+        with TestClient(create_app(lib.path), base_url=BASE) as c:
+            first = c.post("/api/search", json=body)
+            assert first.status_code == 200 and len(first.json()["results"]) == 3
+            assert any("deadline of 0.5 s exceeded" in n for n in first.json()["explanation"]["fallbacks"])
+            second = c.post("/api/search", json={**body, "text": "green"})
+            assert second.json()["explanation"]["cost"]["seconds"] < 0.5  # no call waited for the backend
+            assert any("circuit breaker open" in n for n in second.json()["explanation"]["fallbacks"])
+            assert second.json()["explanation"]["intent"]["source"].startswith("rules (fallback")
+        assert fake.requests == 1
+    reset_breakers()
+
+
 # -- case 7: slow connections --------------------------------------------------------------------------------------
 def test_slow_connections_do_not_lock_out_other_clients(lib: Library) -> None:
     """60 sockets that never finish a request head (a slowloris) from 127.0.0.1, against a cap of 10 connections
