@@ -167,3 +167,32 @@ def test_missing_or_foreign_codec_file_is_a_clear_error(demo_libraries: tuple[Pa
     codec_file.unlink()
     with Library.open(broken) as lib, pytest.raises(LibraryError, match="missing"):
         lib.search("a cat")
+
+
+def test_a_reader_follows_a_compact_writer(tmp_path: Path) -> None:
+    """The server's view of a library another process indexes: coarse and fine rows appended past the reader's
+    mapping are found after `refresh` (what `server/follow.py` calls), searched and read back."""
+    from picscope.store.compact import CompactStore, compact
+    from picscope.store.exact import ExactStore
+
+    rng = np.random.default_rng(3)
+    basis = rng.normal(size=(8, 40))
+    codec = fit_codec(_low_rank(rng, 500, 40, 8, basis), _low_rank(rng, 500, 40, 8, basis),
+                      CodecRecipe(scan_dim=6, fine_dim=6, rescore=20), "tiny")
+
+    def open_store() -> CompactStore:
+        return compact(ExactStore(tmp_path / "c", 6), ExactStore(tmp_path / "f", 6, np.int8), codec)
+
+    writer, reader = open_store(), open_store()
+    first = _low_rank(rng, 10, 40, 8, basis)
+    writer.upsert(np.arange(1, 11), first)
+    assert reader.refresh is not None
+    reader.refresh()
+    assert len(reader) == 10
+    more = _low_rank(rng, 5000, 40, 8, basis)
+    writer.upsert(np.arange(11, 5011), more)
+    assert reader.refresh() is True
+    assert len(reader) == 5010
+    hit = reader.search(more[4000], 1).row(0)[0]
+    assert hit[0] == 4011
+    np.testing.assert_allclose(reader.get(np.array([4011])) @ more[4000], 1.0, atol=0.05)

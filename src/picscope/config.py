@@ -65,7 +65,19 @@ class PipelineConfig(BaseModel):
     judge_weight: float = Field(0.5, ge=0, description="weight of the judge's standardised score")
     max_propositions: int = Field(6, ge=1, le=12)
     max_model_calls: int | None = Field(None, ge=1, description="per-query budget; later stages are skipped")
-    max_seconds: float | None = Field(None, gt=0, description="per-query time budget")
+    max_seconds: float | None = Field(15.0, gt=0, description="per-query time budget: model calls get at most the "
+                                      "time left and none starts once it is spent (later stages are skipped)")
+
+
+class ModelsConfig(BaseModel):
+    """Deadlines and the circuit breaker of HTTP model backends (`openai:` LLM and vision specs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_deadline_s: float | None = Field(None, gt=0, description="total deadline of one model call, retries "
+                                          "included (unset: 5 s for a backend on loopback, 30 s otherwise)")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures or timeouts that open the breaker")
+    breaker_cooldown_s: float = Field(30.0, ge=0, description="how long an open breaker skips the backend")
 
 
 class PicscopeConfig(BaseModel):
@@ -81,6 +93,7 @@ class PicscopeConfig(BaseModel):
     index: IndexConfig = Field(default_factory=lambda: IndexConfig())
     search: SearchConfig = Field(default_factory=lambda: SearchConfig())
     pipeline: PipelineConfig = Field(default_factory=lambda: PipelineConfig())
+    models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
 
     @classmethod
     def load(cls, path: Path) -> PicscopeConfig:

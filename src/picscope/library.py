@@ -356,6 +356,10 @@ class Library:
         old.close()
         return len(ids)
 
+    def reopen_store(self) -> None:
+        """Another process changed the store: the next use reopens it (readers such as the server call this)."""
+        self._store = None
+
     # -- writing -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:

@@ -150,7 +150,7 @@ class LLMRewrite:
         vision: Any,
         max_words: int = DEFAULT_MAX_WORDS,
         retries: int = 1,
-        timeout: float | None = 60.0,
+        timeout: float | None = None,  # None: the backend's own call deadline
         fallback: Rocchio | None = None,
     ) -> None:
         self.library = library

@@ -26,6 +26,7 @@ __all__ = [
     "Usage",
     "Verdict",
     "VisionModel",
+    "backend_options",
     "make_chat_model",
     "make_vision_model",
 ]
@@ -63,6 +64,18 @@ def make_chat_model(spec: str | None = None, *, shared: bool = True, **kw: Any) 
         if shared:
             _shared[key] = model
         return model
+
+
+def backend_options(spec: str | None, config: Any) -> dict[str, Any]:
+    """Factory keywords for an HTTP (`openai:`) spec from a `ModelsConfig` (deadline and breaker); {} for other
+    backends (in-process models are not cut mid-call: the request's time budget skips their later calls)."""
+    if not spec or not spec.strip().startswith("openai:") or config is None:
+        return {}
+    out: dict[str, Any] = {"breaker_failures": config.breaker_failures,
+                           "breaker_cooldown_s": config.breaker_cooldown_s}
+    if config.call_deadline_s is not None:
+        out["timeout"] = config.call_deadline_s
+    return out
 
 
 def make_vision_model(spec: str | None = None, *, chat: ChatModel | None = None, encoder: Any = None,

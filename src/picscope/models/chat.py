@@ -16,17 +16,21 @@ from typing import Any
 
 from picscope.models import events
 from picscope.models.base import ChatResult, Message, Usage
+from picscope.models.breaker import CircuitBreaker
 from picscope.models.cache import ResponseCache, image_hash, image_png_bytes, make_key
+from picscope.models.deadline import current_scope
 from picscope.models.parsing import ParseError, parse_structured, schema_dict
 
 
 class BackendError(RuntimeError):
     """A transport or server failure (timeout, connection refused, 5xx, malformed response envelope)."""
 
-    def __init__(self, message: str, *, retryable: bool = True, schema_unsupported: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, schema_unsupported: bool = False,
+                 deadline: bool = False) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable = retryable and not deadline  # a call cut at its deadline is never retried
         self.schema_unsupported = schema_unsupported
+        self.deadline = deadline
 
 
 def data_url(image: Any) -> str:
@@ -58,11 +62,12 @@ class BaseChat:
     supports_images: bool = False
 
     def __init__(self, *, retries: int = 2, backoff: float = 0.5, cache: ResponseCache | None = None,
-                 default_timeout: float = 120.0) -> None:
+                 default_timeout: float = 120.0, breaker: CircuitBreaker | None = None) -> None:
         self.retries = retries
         self.backoff = backoff
         self.cache = cache if cache is not None else ResponseCache()
-        self.default_timeout = default_timeout
+        self.default_timeout = default_timeout  # the total deadline of one chat() call, retries included
+        self.breaker = breaker  # skip the backend for a cool-down after consecutive failures (None: never)
 
     # -- backend hook -------------------------------------------------------------------------------
     def _complete(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -97,12 +102,42 @@ class BaseChat:
             res = self._result_from_cache(hit, schema)
             if res is not None:
                 return res
+        refused = self._refusal()
+        if refused is not None:
+            return self._fallback(refused)
         result = self._chat_uncached(messages, schema, sdict, temperature, max_tokens, stop, timeout, logprobs)
+        if result.fallback is not None:
+            self._note(result.fallback)
         if result.fallback is None and temperature == 0:
             self.cache.put(key, {"text": result.text, "usage": [result.usage.prompt_tokens,
                                                                   result.usage.completion_tokens],
                                  "logprobs": result.logprobs})
         return result
+
+    def _refusal(self) -> str | None:
+        """Why this call must not go out at all: the request's budget is spent or it was cancelled, or the
+        backend's circuit breaker is open."""
+        scope = current_scope()
+        why = scope.spent() if scope is not None else None
+        if why is None and self.breaker is not None:
+            why = self.breaker.blocked()
+        return why
+
+    def _fallback(self, reason: str) -> ChatResult:
+        events.record("fallback.skipped", f"{self.spec}: {reason}")
+        self._note(f"skipped: {reason}")
+        return ChatResult(text="", parsed=None, backend=self.spec, fallback=f"skipped: {reason}"[:500])
+
+    def _note(self, fallback: str) -> None:
+        scope = current_scope()
+        if scope is not None:
+            scope.note(f"{self.spec or 'model'} fell back ({fallback[:240]})")
+
+    def _time_left(self, call_end: float) -> float:
+        left = call_end - time.monotonic()
+        scope = current_scope()
+        scope_left = scope.time_left() if scope is not None else None
+        return left if scope_left is None else min(left, scope_left)
 
     def _result_from_cache(self, hit: dict[str, Any], schema: Any) -> ChatResult | None:
         parsed = None
@@ -122,7 +157,12 @@ class BaseChat:
         last_text = ""
         last_error = ""
         usage = Usage()
+        call_end = time.monotonic() + timeout  # one deadline for the whole call, retries included
         for attempt in range(self.retries + 1):
+            left = self._time_left(call_end)
+            if left <= (0.0 if attempt == 0 else 0.05):
+                last_error = last_error or f"no time left of the {timeout:.3g} s deadline"
+                break
             payload: dict[str, Any] = {"messages": list(msgs), "temperature": temperature, "max_tokens": max_tokens}
             if self.model_name:
                 payload["model"] = self.model_name
@@ -142,7 +182,7 @@ class BaseChat:
                         {"role": "assistant", "content": last_text[:2000]},
                         {"role": "user", "content": REPAIR_INSTRUCTION.format(error=last_error[:300])}]
             try:
-                resp = self._complete(payload, timeout)
+                resp = self._complete(payload, left)
                 text, lps, u = _unpack(resp)
             except BackendError as exc:
                 last_error = str(exc)
@@ -151,11 +191,22 @@ class BaseChat:
                     events.record("schema_unsupported", f"{self.spec}: {exc}; falling back to prompt+repair")
                     continue
                 events.record("backend_error", f"{self.spec} attempt {attempt + 1}: {exc}")
-                if not exc.retryable:
+                if exc.retryable or exc.deadline:
+                    self._failed(str(exc))
+                if not exc.retryable or self._refusal() is not None:
                     break
+                pause = self.backoff * (2**attempt)
                 if attempt < self.retries:
-                    time.sleep(self.backoff * (2**attempt))
+                    if self._time_left(call_end) <= pause:
+                        break  # no time for another attempt within the deadline
+                    scope = current_scope()
+                    if scope is not None:
+                        scope.cancelled.wait(pause)  # a cancelled request does not sit out the backoff
+                    else:
+                        time.sleep(pause)
                 continue
+            if self.breaker is not None:
+                self.breaker.success()
             usage = Usage(usage.prompt_tokens + u.prompt_tokens, usage.completion_tokens + u.completion_tokens)
             if sdict is None:
                 if not text.strip() and attempt < self.retries:
@@ -174,6 +225,10 @@ class BaseChat:
         events.record(f"fallback.{reason}", f"{self.spec}: {last_error}")
         return ChatResult(text=last_text, parsed=None, usage=usage, backend=self.spec,
                           fallback=f"{reason}: {last_error}"[:500])
+
+    def _failed(self, error: str) -> None:
+        if self.breaker is not None:
+            self.breaker.failure(error)
 
     def check(self) -> str:
         """A live check call; returns a short detail string or raises BackendError."""

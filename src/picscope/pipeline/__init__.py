@@ -75,7 +75,7 @@ def make_pipeline(library: Library, spec: str = "imagescope", *, stages: tuple[i
     cfg = (config or library.config.pipeline).model_copy()
     if stages is not None:
         cfg.stages = list(stages)
-    from picscope.models import make_chat_model, make_vision_model
+    from picscope.models import backend_options, make_chat_model, make_vision_model
     from picscope.pipeline.meter import MeteredChat
 
     llm_spec = llm if isinstance(llm, str) else getattr(llm, "spec", None) if llm is not None else library.config.llm
@@ -83,11 +83,14 @@ def make_pipeline(library: Library, spec: str = "imagescope", *, stages: tuple[i
     cfg.reasoner = resolve_reasoner(cfg.reasoner, llm_spec)
     chat = None
     if cfg.reasoner == "llm" or vision is None or isinstance(vision, str):
+        chat_spec = llm or library.config.llm
         chat_obj = llm if llm is not None and not isinstance(llm, str) else make_chat_model(
-            llm or library.config.llm)
+            chat_spec, **backend_options(chat_spec, library.config.models))
         chat = chat_obj if isinstance(chat_obj, MeteredChat) else MeteredChat(chat_obj)
     if vision is None or isinstance(vision, str):
-        vision = make_vision_model(vision or library.config.vision, chat=chat, encoder=library.encoder)
+        vision_spec = vision or library.config.vision
+        vision = make_vision_model(vision_spec, chat=chat, encoder=library.encoder,
+                                   **backend_options(vision_spec, library.config.models))
     pipe = ImageScopePipeline(library, cfg, chat=chat if cfg.reasoner == "llm" else None, vision=vision,
                               meter=chat)
     if auto_rules:

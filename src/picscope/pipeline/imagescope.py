@@ -25,6 +25,7 @@ from PIL import Image
 from picscope.config import PipelineConfig
 from picscope.library import Library, SearchResult
 from picscope.models.base import ChatModel, VisionModel
+from picscope.models.deadline import call_scope
 from picscope.pipeline.base import PipelineOutput, Request
 from picscope.pipeline.captions import CaptionStore, load_view
 from picscope.pipeline.fusion import expected_log_odds, zscore
@@ -118,6 +119,18 @@ class ImageScopePipeline:
     # -- public --------------------------------------------------------------------------------------------
     def run(self, request: Request, k: int = 10, *, exclude_ids: tuple[int, ...] = (),
             stages: tuple[int, ...] | None = None) -> PipelineOutput:
+        """Every model call of the request shares one deadline (`max_seconds`, also the budget of the stages);
+        calls that fell back (a deadline, an open circuit breaker, an unusable answer) are listed in the
+        explanation's `fallbacks` and notes."""
+        with call_scope(self.config.max_seconds) as scope:
+            out = self._run(request, k, exclude_ids=exclude_ids, stages=stages)
+        if scope.notes:
+            out.explanation["fallbacks"] = list(scope.notes)
+            out.explanation.setdefault("notes", []).extend(f"fallback: {n}" for n in scope.notes)
+        return out
+
+    def _run(self, request: Request, k: int = 10, *, exclude_ids: tuple[int, ...] = (),
+             stages: tuple[int, ...] | None = None) -> PipelineOutput:
         if not request.text or not request.text.strip():
             raise ValueError("empty request")
         if k <= 0:

@@ -157,7 +157,7 @@ def _tokens(res: Any) -> int:
 
 
 def llm_intent(chat: ChatModel, text: str, turns: list[str] | tuple[str, ...] = (),
-               reference_caption: str | None = None, granularities: int = 3, *, timeout: float | None = 120.0
+               reference_caption: str | None = None, granularities: int = 3, *, timeout: float | None = None
                ) -> Intent:
     """Stage 1a with the LLM; falls back to `rules_intent` (stating why) when the answer is unusable."""
     prompt = load_prompt("intent")
@@ -186,7 +186,7 @@ def llm_intent(chat: ChatModel, text: str, turns: list[str] | tuple[str, ...] = 
 
 
 def llm_propositions(chat: ChatModel, intent: Intent, text: str, turns: list[str] | tuple[str, ...] = (),
-                     *, has_reference: bool = False, limit: int = 6, timeout: float | None = 120.0) -> Intent:
+                     *, has_reference: bool = False, limit: int = 6, timeout: float | None = None) -> Intent:
     """Stage 2a: yes/no questions with expected answers; rules from the operations when the LLM fails."""
     prompt = load_prompt("propositions")
     ops = "\n".join(f"- {o.kind}: {o.text}" for o in intent.operations) or "- add: " + text

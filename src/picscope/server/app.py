@@ -25,6 +25,7 @@ from picscope.errors import (
 from picscope.library import Library
 from picscope.server import routes_images, routes_misc, routes_search, routes_sessions
 from picscope.server.auth import Guard
+from picscope.server.follow import LibraryFollower
 from picscope.server.images import ImageRefused, LibraryImages
 from picscope.server.limits import WorkLimiter
 from picscope.server.settings import ServerSettings
@@ -105,20 +106,26 @@ def create_app(library: Library | str | Path, settings: ServerSettings | None = 
         library=lib, settings=settings, images=LibraryImages(lib),
         uploads=UploadStore(settings.upload_dir, lib.path, max_bytes=settings.max_upload_bytes,
                             max_pixels=settings.max_upload_pixels, max_count=settings.max_uploads,
-                            ttl_s=settings.upload_ttl_s),
+                            ttl_s=settings.upload_ttl_s, max_decode_bytes=settings.max_upload_decode_bytes,
+                            max_decodes=settings.upload_decodes),
         work=WorkLimiter("search", settings.work_slots, settings.work_queue, settings.queue_timeout_s),
         thumbs=WorkLimiter("image", settings.thumb_slots, settings.thumb_queue, settings.queue_timeout_s),
+        models=WorkLimiter("model", settings.model_slots, settings.model_queue, settings.queue_timeout_s),
         llm=llm, vision=vision)
+    state.follower = LibraryFollower(lib, on_change=lambda: state.images.roots(refresh=True))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.work._sem = None  # the semaphores belong to this event loop
         state.thumbs._sem = None
+        state.models._sem = None
+        state.closing = False
         if lib.dim is not None:
             await to_thread.run_sync(lambda: lib.embed_texts(["warm up"]))  # load the text tower before serving
         try:
             yield
         finally:
+            state.cancel_model_work()
             state.uploads.close()
             if own:
                 lib.close()

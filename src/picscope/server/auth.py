@@ -15,7 +15,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from starlette.exceptions import HTTPException
 
@@ -51,6 +51,22 @@ async def send_json(send: Send, status: int, detail: str, code: str,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def same_site_location(root_path: str, path: str, query: str) -> str:
+    """The redirect target after a `?token=` link: this site's own path, never another site's.
+
+    `//evil.example/`, `/%2F%2Fevil.example` (decoded: `///evil.example`) and `/\\evil.example` are read by
+    browsers as another host, so any path that does not start with exactly one `/` followed by a plain segment,
+    or that holds a backslash or a control character, becomes `/`. The path is percent-encoded again.
+    """
+    full = root_path + path
+    unsafe = (not full.startswith("/") or full.startswith(("//", "/\\")) or "\\" in full
+              or any(ord(c) < 0x20 or ord(c) == 0x7F for c in full))
+    target = "/" if unsafe else quote(full, safe="/-._~!$&'()*+,;=:@")
+    if target.startswith("//"):  # belt and braces: quote() never adds slashes
+        target = "/"
+    return target + (f"?{query}" if query else "")
 
 
 class Guard:
@@ -100,7 +116,7 @@ class Guard:
             given = next((v for k, v in pairs if k == "token"), None)
             if given is not None and method in ("GET", "HEAD") and hmac.compare_digest(given.encode(), self.token):
                 rest = urlencode([(k, v) for k, v in pairs if k != "token"])
-                location = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
+                location = same_site_location(scope.get("root_path", ""), scope["path"], rest)
                 cookie = f"{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/"
                 await send({"type": "http.response.start", "status": 303,
                             "headers": [(b"location", location.encode("latin-1", "replace")),

@@ -6,7 +6,9 @@ and the open file is the same regular file, with the size and modification time 
 `../`, encoded variants, absolute paths and symlinks (planted before or after indexing) can never make the
 server read anything but an indexed photo. What is served is sniffed from the bytes, never from the name.
 
-Thumbnails are JPEGs cached on disk under `<library>/thumbs/<size>/`, keyed by id and content hash.
+Thumbnails are JPEGs cached on disk under `<library>/thumbs/<size>/`, keyed by id and content hash. The file
+is checked against the catalog before a cached thumbnail is served (one open + fstat), so a photo deleted since
+indexing answers 410 and one changed since indexing 409, as the full image does, until it is re-indexed.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ class LibraryImages:
             raise ImageRefused(404, "not_found", f"no indexed image with id {file_id}")
         return rec
 
-    def read(self, rec: FileRecord) -> bytes:
-        """The bytes of an indexed file, or ImageRefused (see the module docstring for the rules)."""
+    def _open_checked(self, rec: FileRecord) -> int:
+        """An fd of the indexed file, or ImageRefused: 403 outside the indexed folders or not a regular file,
+        410 gone from disk, 409 changed since it was indexed (size or mtime), 413 over the size limit."""
         real = os.path.realpath(rec.raw)
         if not self._inside(real):
             raise ImageRefused(403, "outside_library", f"image {rec.id} resolves to a file outside the indexed "
@@ -116,6 +119,19 @@ class LibraryImages:
                                    "re-index the folder")
             if st.st_size > self.max_bytes:
                 raise ImageRefused(413, "too_large", f"image {rec.id} is larger than index.max_file_bytes")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def check(self, rec: FileRecord) -> None:
+        """The file is still the one the catalog describes (see `_open_checked`); nothing is read."""
+        os.close(self._open_checked(rec))
+
+    def read(self, rec: FileRecord) -> bytes:
+        """The bytes of an indexed file, or ImageRefused (see the module docstring for the rules)."""
+        fd = self._open_checked(rec)
+        try:
             chunks = []
             while True:
                 chunk = os.read(fd, 1 << 20)
@@ -143,6 +159,7 @@ class LibraryImages:
         tag = version_tag(rec)
         etag = f'"{rec.id}-{tag}-t{size}"'
         path = self.thumb_dir / str(size) / f"{rec.id % 1000:03d}" / f"{rec.id}-{tag}.jpg"
+        self.check(rec)  # a cached thumbnail of a photo deleted (410) or changed (409) since indexing is not served
         try:
             return Blob(path.read_bytes(), "image/jpeg", etag)
         except OSError:

@@ -6,7 +6,7 @@ import math
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from PIL import Image
 
 from picscope.server.models import MAX_K, MAX_QUERY, Digits, ErrorBody, Reference, SearchRequest, SearchResponse
@@ -88,6 +88,7 @@ def run_search(state: AppState, req: SearchRequest) -> SearchResponse:
 @router.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Text search")
 async def search_get(
     state: StateDep,
+    request: Request,
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, pattern=r"\S", description="what you are looking for")],
     k: Annotated[int, Digits, Query(ge=1, le=MAX_K)] = 24,
     offset: Annotated[int, Digits, Query(ge=0, le=MAX_K)] = 0,
@@ -101,18 +102,28 @@ async def search_get(
         raise HTTPException(400, "give ref or upload, not both")
     reference = Reference(id=ref) if ref is not None else Reference(upload=upload) if upload is not None else None
     req = SearchRequest(text=text, k=k, offset=offset, reference=reference)
+    if uses_models(state, req):
+        return await state.run_models(request, run_search, state, req)
     return await state.work.run(run_search, state, req)
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="Any search")
-async def search_post(state: StateDep, body: SearchRequest) -> SearchResponse:
+async def search_post(state: StateDep, body: SearchRequest, request: Request) -> SearchResponse:
     """Text, composed (`reference` + the change as `text`) or dialogue (`turns`) search through a pipeline;
-    `pipeline: imagescope` with `stages` runs the language-guided stages (slow; needs the model backends)."""
+    `pipeline: imagescope` with `stages` runs the language-guided stages (slow; needs the model backends: they
+    run in their own pool, under the model budget, and are cancelled when the client goes away)."""
     body.text = check_text(state, body.text)
     check_window(state, body.k, body.offset)
     for t in body.turns:
         check_text(state, t)
+    if uses_models(state, body):
+        return await state.run_models(request, run_search, state, body)
     return await state.work.run(run_search, state, body)
+
+
+def uses_models(state: AppState, req: SearchRequest) -> bool:
+    spec = req.pipeline or state.settings.default_pipeline
+    return spec == "imagescope" and req.stages != []
 
 
 def run_similar(state: AppState, file_id: int | None, upload: str | None, k: int, offset: int) -> SearchResponse:

@@ -6,7 +6,7 @@ import os
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 
 from picscope.server.images import version_tag
 from picscope.server.models import (
@@ -27,6 +27,7 @@ from picscope.sessions import Session
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 StateDep = Annotated[AppState, Depends(get_state)]
+MODEL_STRATEGIES = ("caption", "rewrite", "combined")  # feedback strategies that call the LLM/VLM
 SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{6,32}$", description="session id")]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 429, 503)
@@ -69,9 +70,11 @@ def _create(state: AppState, body: CreateSession) -> SessionState:
 
 
 @router.post("", response_model=SessionState, status_code=201, responses=ERRORS, summary="Start a session")
-async def create_session(state: StateDep, body: CreateSession) -> SessionState:
+async def create_session(state: StateDep, body: CreateSession, request: Request) -> SessionState:
     """Start a session: round 0 is searched and saved; mark results, then ask for the next round."""
     body.query = check_text(state, body.query)
+    if body.strategy in MODEL_STRATEGIES:
+        return await state.run_models(request, _create, state, body)
     return await state.work.run(_create, state, body)
 
 
@@ -121,8 +124,11 @@ def _next(state: AppState, sid: str, body: RoundRequest) -> SessionState:
 
 
 @router.post("/{session_id}/next", response_model=SessionState, responses=ERRORS, summary="Refine: the next round")
-async def next_round(state: StateDep, session_id: SessionId, body: RoundRequest) -> SessionState:
+async def next_round(state: StateDep, session_id: SessionId, body: RoundRequest, request: Request) -> SessionState:
     """Apply this round's marks (feedback strategy → new query) and show the next page of unseen images."""
+    strategy = await state.work.run(lambda: _open(state, session_id).strategy_name)
+    if strategy in MODEL_STRATEGIES:  # an LLM/VLM round: the model pool, budget and cancellation
+        return await state.run_models(request, _next, state, session_id, body)
     return await state.work.run(_next, state, session_id, body)
 
 

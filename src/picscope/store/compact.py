@@ -19,6 +19,7 @@ the same for every photo, so it never changes a ranking; it keeps scores on the 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -246,6 +247,21 @@ class CompactStore:
             top = topk_from_scores(scores[None, :].astype(np.float32), ids, k)
             out_ids[i], out_scores[i] = top.ids[0], top.scores[0]
         return Hits(out_ids, out_scores)
+
+    @property
+    def refresh(self) -> Callable[[], bool] | None:
+        """Follow another process's writes (see `ExactStore.refresh`) when the inner store can (None otherwise, so a
+        reader reopens the store instead): the fine codes first, then the coarse ones."""
+        inner = getattr(self.inner, "refresh", None)
+        if not callable(inner):
+            return None
+        fine = getattr(self.fine, "refresh", None)
+
+        def both() -> bool:
+            grew = bool(fine()) if callable(fine) else False
+            return bool(inner()) or grew
+
+        return both
 
     def drop(self) -> None:
         for store in (self.inner, self.fine):

@@ -169,14 +169,36 @@ class ExactStore:
                 self._ids[rows] = 0
                 _flush(self._ids)
 
+    def refresh(self) -> bool:
+        """Follow another process's writes (a reader, e.g. the server, while `picscope index` runs elsewhere):
+        map rows appended since this store was opened and forget the cached id → row table. Never truncates
+        or repairs (that is the writer's job at open). Returns whether the mapping grew."""
+        with self._lock:
+            try:
+                vrows = self._vec_path.stat().st_size // (self.dim * self.dtype.itemsize)
+                irows = self._ids_path.stat().st_size // 8
+            except OSError:
+                return False
+            rows = min(vrows, irows)
+            self._row_of = None  # ids of mapped rows may have changed too (the file is shared)
+            if rows <= self.capacity:
+                return False
+            self.capacity = rows
+            self._map()
+            return True
+
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).ravel()
         with self._lock:
-            row_of = self._index()
-            try:
-                rows = [row_of[i] for i in ids.tolist()]
-            except KeyError as exc:
-                raise KeyError(f"id {exc.args[0]} is not in the store") from None
+            for attempt in (0, 1):
+                row_of = self._index()
+                try:
+                    rows = [row_of[i] for i in ids.tolist()]
+                    break
+                except KeyError as exc:
+                    if attempt:
+                        raise KeyError(f"id {exc.args[0]} is not in the store") from None
+                    self.refresh()  # written by another process since we looked
             return np.array(self._vecs[rows], dtype=self.dtype)
 
     def ids(self) -> np.ndarray:
