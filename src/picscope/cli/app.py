@@ -1,4 +1,9 @@
-"""The typer app, shared options, and error handling (a `PicscopeError` prints its message, exit 2)."""
+"""The typer app, shared options, and error handling.
+
+A `PicscopeError` prints its message and exits 2; a usage mistake (a missing query, a bad value, an unknown
+option, two options that exclude each other) prints the usage line and the message and exits 2, like any
+click program. Help is plain text: no `<bool>` after flags, literal brackets such as `[pipeline]` kept.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: literal [brackets], no <bool> after flags
 )
 
 out = Console(soft_wrap=True)
@@ -28,7 +34,45 @@ LibraryOpt = Annotated[
 ]
 
 
+class UsageMistake(typer.BadParameter):
+    """A usage error raised by a command itself: click shows the usage line, then `Error: <message>`."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def usage_error(ctx: typer.Context, message: str) -> typer.BadParameter:
+    """A usage mistake found inside a command: shown with the command's usage line, exit code 2."""
+    return UsageMistake(message, ctx=ctx)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from picscope import __version__
+
+        print(f"picscope {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Find the picture you mean: index folders, search by text or example, refine with feedback."""
+
+
+def _plain_help(typer_app: typer.Typer) -> None:
+    """Plain help for every sub-app too (each `typer.Typer` carries its own markup mode)."""
+    typer_app.rich_markup_mode = None
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _plain_help(group.typer_instance)
+
+
 def run_app(argv: list[str]) -> int:
+    _plain_help(app)
     try:
         rc = app(args=argv, prog_name="picscope", standalone_mode=False)
         if isinstance(rc, int) and rc:  # click returns a typer.Exit code instead of raising in this mode
@@ -44,12 +88,14 @@ def run_app(argv: list[str]) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+    except typer.TyperException as exc:  # click usage errors (typer vendors click): usage line + message
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err.print(f"error: {exc.format_message()}", highlight=False, markup=False)
+        return int(exc.exit_code)
+    except Exception as exc:
         if os.environ.get("PICSCOPE_DEBUG"):
             raise
         err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set PICSCOPE_DEBUG=1 for a traceback)")
