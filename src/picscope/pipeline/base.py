@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from picscope.library import SearchResult
+from picscope.library import Library, SearchResult
 
 
 @dataclass
@@ -21,6 +21,9 @@ class Request:
     text: str
     reference: int | str | Path | Image.Image | None = None  # library id, file path, or image
     turns: list[str] = field(default_factory=list)  # dialogue turns after the opening `text`
+    # query arithmetic (encoder pipeline): terms as `picscope.arithmetic.parse_term` reads them
+    add: list[Any] = field(default_factory=list)
+    subtract: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -31,6 +34,14 @@ class PipelineOutput:
     model_calls: int = 0
     tokens: int = 0
     seconds: float = 0.0
+
+
+def run_deduped(library: Library, pipeline: Pipeline, request: Request, k: int, *,
+                exclude_ids: tuple[int, ...] = (), stages: tuple[int, ...] | None = None) -> PipelineOutput:
+    """Run `pipeline` for more than `k` results, fold near-duplicates together (`similar_ids`), keep `k`."""
+    out = pipeline.run(request, 3 * k + 16, exclude_ids=exclude_ids, stages=stages)
+    out.results = library.collapse_duplicates(out.results)[:k]
+    return out
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from picscope.errors import LibraryError, SchemaTooNewError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -53,8 +53,13 @@ def _v1(db: sqlite3.Connection) -> None:
     )
 
 
+def _v2_perceptual_hashes(db: sqlite3.Connection) -> None:
+    """Near-duplicates: one 64-bit dHash per content hash (byte-identical copies share it)."""
+    db.execute("CREATE TABLE IF NOT EXISTS perceptual_hashes (hash TEXT PRIMARY KEY, dhash INTEGER NOT NULL)")
+
+
 # MIGRATIONS[i] brings a database from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2_perceptual_hashes]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -249,6 +254,25 @@ class Catalog:
     def roots(self) -> list[tuple[str, float | None]]:
         with self._lock:
             return [(r[0], r[1]) for r in self.db.execute("SELECT path, last_scan FROM roots ORDER BY path")]
+
+    # -- perceptual hashes (near-duplicates; picscope.dedupe) ----------------------------------------
+    def put_phash(self, db: sqlite3.Connection, content_hash: str, dhash: int) -> None:
+        """Store the dHash of a content hash inside an open transaction (unsigned 64-bit kept as signed)."""
+        signed = dhash - (1 << 64) if dhash >= (1 << 63) else dhash
+        db.execute("INSERT OR REPLACE INTO perceptual_hashes(hash, dhash) VALUES (?, ?)", (content_hash, signed))
+
+    def phashes(self, content_hashes: Iterable[str]) -> dict[str, int]:
+        """content hash -> unsigned 64-bit dHash, for the hashes that have one."""
+        keys = list(dict.fromkeys(content_hashes))
+        out: dict[str, int] = {}
+        with self._lock:
+            for start in range(0, len(keys), 900):
+                chunk = keys[start : start + 900]
+                rows = self.db.execute(
+                    f"SELECT hash, dhash FROM perceptual_hashes WHERE hash IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                out.update({h: d & ((1 << 64) - 1) for h, d in rows})
+        return out
 
     def close(self) -> None:
         with self._lock:
