@@ -12,6 +12,7 @@ reliability table printed at the end. Writes the coefficients with `--write`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ def reliability(s: np.ndarray, y: np.ndarray, a: float, b: float) -> list[tuple[
     w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
     rows = []
     edges = np.linspace(0, 1, 11)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         m = (p >= lo) & ((p < hi) if hi < 1 else (p <= hi))
         if not m.any():
             continue

@@ -34,15 +34,21 @@ TermValue = Union[str, int, Path, Image.Image]  # noqa: UP007 (a runtime alias)
 
 @dataclass(frozen=True)
 class QueryTerm:
-    """One added or subtracted term: text, or an image (path, library id, PIL image), with a weight."""
+    """One added or subtracted term: text, or an image (path, library id, PIL image), with a weight.
+
+    `kind="text"` keeps a string as text even when a file has that name (the REST API never reads files).
+    """
 
     value: TermValue
     weight: float = 1.0
+    kind: str = "auto"  # auto | text | image
 
     @property
     def is_image(self) -> bool:
         if isinstance(self.value, Image.Image | int | Path):
             return True
+        if self.kind != "auto":
+            return self.kind == "image"
         return os.path.isfile(os.path.expanduser(self.value))
 
     def describe(self) -> dict[str, Any]:
@@ -55,8 +61,11 @@ class QueryTerm:
         return {"term": shown, "weight": self.weight, "kind": "image" if self.is_image else "text"}
 
 
-def parse_term(spec: str | QueryTerm | TermValue) -> QueryTerm:
-    """`"night"` → text, weight 1; `"2:night"` → weight 2; `"./photo.jpg"` → an image; `"id:12"` → library id 12."""
+def parse_term(spec: str | QueryTerm | TermValue, *, files: bool = True) -> QueryTerm:
+    """`"night"` → text, weight 1; `"2:night"` → weight 2; `"./photo.jpg"` → an image; `"id:12"` → library id 12.
+
+    `files=False`: a string is never read as a file path (text or `id:N` only).
+    """
     if isinstance(spec, QueryTerm):
         term = spec
     elif not isinstance(spec, str):
@@ -65,11 +74,11 @@ def parse_term(spec: str | QueryTerm | TermValue) -> QueryTerm:
         weight = 1.0
         text = spec
         m = _WEIGHTED.match(spec)
-        if m and not os.path.exists(spec):  # a file may well be called "2:night.jpg"
+        if m and not (files and os.path.exists(spec)):  # a file may well be called "2:night.jpg"
             weight, text = float(m.group(1)), m.group(2).strip()
         idm = _LIBRARY_ID.match(text.strip())
         value: TermValue = int(idm.group(1)) if idm else text
-        term = QueryTerm(value, weight)
+        term = QueryTerm(value, weight, "auto" if files else "text")
     if isinstance(term.value, str) and not term.value.strip():
         raise ConfigError(f"empty query term {spec!r}: write TEXT, WEIGHT:TEXT, a file path or id:N")
     if not (term.weight > 0 and np.isfinite(term.weight)):
@@ -77,8 +86,8 @@ def parse_term(spec: str | QueryTerm | TermValue) -> QueryTerm:
     return term
 
 
-def parse_terms(specs: Iterable[str | QueryTerm | TermValue] | None) -> list[QueryTerm]:
-    return [parse_term(s) for s in specs or ()]
+def parse_terms(specs: Iterable[str | QueryTerm | TermValue] | None, *, files: bool = True) -> list[QueryTerm]:
+    return [parse_term(s, files=files) for s in specs or ()]
 
 
 def term_vector(library: Library, term: QueryTerm) -> tuple[np.ndarray, int | None]:

@@ -348,10 +348,10 @@ class Library:
                     computed[h] = dhash(load_image(rec.raw, max_pixels=self.config.index.max_pixels, target_size=64))
                 except (ImageDecodeError, OSError):
                     continue  # unreadable now: compared by content hash only
-            with contextlib.suppress(sqlite3.OperationalError):  # a busy writer: compute again next time
-                with self.catalog.transaction() as db:
-                    for h, d in computed.items():
-                        self.catalog.put_phash(db, h, d)
+            # a busy writer: compute them again next time
+            with contextlib.suppress(sqlite3.OperationalError), self.catalog.transaction() as db:
+                for h, d in computed.items():
+                    self.catalog.put_phash(db, h, d)
             known.update(computed)
         return {fid: Fingerprint(rec.hash, known.get(rec.hash) if rec.hash else None) for fid, rec in records.items()}
 
@@ -422,7 +422,7 @@ class Library:
         """Fold exact and near copies into the best-ranked one (`similar_ids`), then renumber the ranks."""
         prints = self.fingerprints([r.id for r in results])
         fps = [prints.get(r.id, Fingerprint(None, None)) for r in results]
-        kept = []
+        kept: list[SearchResult] = []
         for group in collapse(fps, max_distance):
             head = results[group[0]]
             similar = (*head.similar_ids, *(results[i].id for i in group[1:]))

@@ -7,6 +7,7 @@ click program. Help is plain text: no `<bool>` after flags, literal brackets suc
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -59,8 +60,42 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="print the version and exit")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="show the model engines' own log lines (llama.cpp) on the terminal "
+                           "instead of <library>/logs/engines.log [env PICSCOPE_VERBOSE=1]")
+    ] = False,
 ) -> None:
     """Find the picture you mean: index folders, search by text or example, refine with feedback."""
+
+
+# Commands that may run a local model engine: their engine logs go to a file (see picscope.cli.engines).
+# `search` routes its own (it knows its library and has its own --verbose).
+MODEL_COMMANDS = frozenset({"chat", "captions", "doctor", "serve", "session"})
+
+
+def _engine_scope(argv: list[str]) -> contextlib.AbstractContextManager[object]:
+    """Engine logs to a file for a model command: the library's `logs/` when one is named and exists, else
+    the cache folder's. `picscope --verbose ...` or PICSCOPE_VERBOSE=1 keeps them on the terminal."""
+    args = argv[: argv.index("--")] if "--" in argv else argv
+    command = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if command is None or args[command] not in MODEL_COMMANDS:
+        return contextlib.nullcontext()
+    from picscope.cli.engines import engine_logs, verbose_requested
+
+    verbose = "--verbose" in args[:command] or verbose_requested()
+    folder: str | None = None
+    rest = args[command + 1 :]
+    for i, a in enumerate(rest):
+        if a in ("--library", "-L") and i + 1 < len(rest):
+            folder = rest[i + 1]
+        elif a.startswith("--library="):
+            folder = a.split("=", 1)[1]
+    if folder is None and args[command] == "serve" and rest and not rest[0].startswith("-"):
+        folder = rest[0]
+    folder = folder or os.environ.get("PICSCOPE_LIBRARY")
+    if folder is not None and not (Path(folder).expanduser() / "catalog.sqlite").exists():
+        folder = None  # not a library (yet): never create one just for a log file
+    return engine_logs(Path(folder).expanduser() if folder else None, verbose=verbose)
 
 
 def _plain_help(typer_app: typer.Typer) -> None:
@@ -74,7 +109,8 @@ def _plain_help(typer_app: typer.Typer) -> None:
 def run_app(argv: list[str]) -> int:
     _plain_help(app)
     try:
-        rc = app(args=argv, prog_name="picscope", standalone_mode=False)
+        with _engine_scope(argv):
+            rc = app(args=argv, prog_name="picscope", standalone_mode=False)
         if isinstance(rc, int) and rc:  # click returns a typer.Exit code instead of raising in this mode
             return rc
     except PicscopeError as exc:

@@ -192,7 +192,8 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="JSON object: request, results (id, path, score, "
                                           "relevance, rank, similar_count), stages, ...")] = False,
     paths: Annotated[bool, typer.Option("--paths", help="one path per line (for pipes)")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the model engines' own log lines")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the model engines' own log lines (llama.cpp) "
+                                          "instead of writing them to <library>/logs/engines.log")] = False,
 ) -> None:
     """Search the library by text, by example (--image), by example plus a change (--ref), or with dialogue
     answers (--turn); --add/--subtract adjust the query; --stages 1-3 runs the language-guided pipeline
@@ -217,7 +218,8 @@ def search(
                           "--stages or --explain)")
     request: dict[str, Any] = {"text": query, "image": str(image) if image is not None else None, "reference": ref,
                                "turns": list(turn or []), "add": list(add or []), "subtract": list(subtract or [])}
-    with Library.open(library, create=False) as lib, engine_logs(lib.path, verbose=verbose):
+    with Library.open(library, create=False) as lib, engine_logs(
+            lib.path, verbose=verbose or bool(ctx.find_root().params.get("verbose"))):
         if not pipelined:
             t0 = time.perf_counter()
             if image is not None:

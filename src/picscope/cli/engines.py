@@ -35,6 +35,11 @@ def engine_log_path(folder: str | os.PathLike[str] | None) -> Path:
     return Path(cache_dir()) / "logs" / LOG_NAME
 
 
+def verbose_requested() -> bool:
+    """PICSCOPE_VERBOSE=1 (or true/yes): engine logs stay on the terminal for every command."""
+    return os.environ.get("PICSCOPE_VERBOSE", "").strip().lower() in ("1", "true", "yes")
+
+
 def _stderr_is_fd2() -> bool:
     try:
         return sys.stderr is not None and sys.stderr.fileno() == 2
@@ -49,7 +54,7 @@ def engine_logs(folder: str | os.PathLike[str] | None, *, verbose: bool = False)
     Yields the log path (None when `verbose`: then the engines write to the terminal as before).
     """
     global _depth
-    if verbose or os.environ.get("PICSCOPE_ENGINE_LOGS") == "stderr":
+    if verbose or verbose_requested():
         yield None
         return
     path = engine_log_path(folder)
