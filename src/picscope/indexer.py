@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from picscope.config import IndexConfig
-from picscope.dedupe import dhash
+from picscope.dedupe import perceptual
 from picscope.encoders.base import DualEncoder
 from picscope.errors import ImageDecodeError, LibraryError
 from picscope.imageio import decode_image
@@ -75,7 +75,7 @@ class _Work:
     height: int | None = None
     prepared: Any = None
     reuse_id: int | None = None
-    phash: int | None = None  # perceptual hash (near-duplicates), computed from the decoded image
+    phash: tuple[int, int] | None = None  # (dHash, mean colour) for near-duplicates, from the decoded image
     error: str | None = None
     retry: bool = False  # an OS-level failure: retry on every run
 
@@ -149,7 +149,7 @@ class Indexer:
         try:
             image = decode_image(data, max_pixels=self.config.max_pixels, target_size=self.encoder.image_size)
             work.width, work.height = image.info.get("original_size", image.size)
-            work.phash = dhash(image)
+            work.phash = perceptual(image)
             work.prepared = self.encoder.prepare_image(image)
         except ImageDecodeError as exc:
             work.error = str(exc)
@@ -295,7 +295,7 @@ class Indexer:
                         error=None,
                     )
                     if w.hash and w.phash is not None:
-                        self.catalog.put_phash(db, w.hash, w.phash)
+                        self.catalog.put_phash(db, w.hash, *w.phash)
                     ids.append(fid)
                     vecs.append(vec)
                     metas.append(FileMeta(display_path(raw), w.mtime_ns))

@@ -25,7 +25,7 @@ from picscope import __version__
 from picscope.arithmetic import QueryTerm, TermValue, combine, parse_terms
 from picscope.calibration import Calibration, calibration_for
 from picscope.config import PicscopeConfig
-from picscope.dedupe import DEFAULT_MAX_DISTANCE, Fingerprint, collapse, dhash, groups_of
+from picscope.dedupe import DEFAULT_MAX_DISTANCE, Fingerprint, collapse, groups_of, perceptual
 from picscope.encoders import DualEncoder, default_encoder_spec, make_encoder
 from picscope.errors import ConfigError, EncoderMismatchError, ImageDecodeError, LibraryError, LibraryLockedError
 from picscope.imageio import load_image
@@ -337,23 +337,28 @@ class Library:
         return floor if min_score is None else max(floor, min_score)
 
     def fingerprints(self, ids: Sequence[int]) -> dict[int, Fingerprint]:
-        """Content hash and dHash per file id; dHashes missing (older libraries) are computed and stored."""
+        """Content hash, dHash and mean colour per file id; those missing (older libraries) are computed and stored."""
         records = self.catalog.get_many(ids)
         known = self.catalog.phashes(r.hash for r in records.values() if r.hash)
         missing = {r.hash: r for r in records.values() if r.hash and r.hash not in known and r.status == "ok"}
         if missing:
-            computed: dict[str, int] = {}
+            computed: dict[str, tuple[int, int]] = {}
             for h, rec in missing.items():
                 try:
-                    computed[h] = dhash(load_image(rec.raw, max_pixels=self.config.index.max_pixels, target_size=64))
+                    image = load_image(rec.raw, max_pixels=self.config.index.max_pixels, target_size=64)
+                    computed[h] = perceptual(image)
                 except (ImageDecodeError, OSError):
                     continue  # unreadable now: compared by content hash only
             # a busy writer: compute them again next time
             with contextlib.suppress(sqlite3.OperationalError), self.catalog.transaction() as db:
-                for h, d in computed.items():
-                    self.catalog.put_phash(db, h, d)
+                for h, (d, c) in computed.items():
+                    self.catalog.put_phash(db, h, d, c)
             known.update(computed)
-        return {fid: Fingerprint(rec.hash, known.get(rec.hash) if rec.hash else None) for fid, rec in records.items()}
+        out = {}
+        for fid, rec in records.items():
+            got = known.get(rec.hash) if rec.hash else None
+            out[fid] = Fingerprint(rec.hash, *got) if got is not None else Fingerprint(rec.hash, None, None)
+        return out
 
     def duplicates(self, max_distance: int = DEFAULT_MAX_DISTANCE) -> list[list[FileRecord]]:
         """Groups of byte-identical or near-identical indexed images (2+ each), largest first."""

@@ -54,8 +54,9 @@ def _v1(db: sqlite3.Connection) -> None:
 
 
 def _v2_perceptual_hashes(db: sqlite3.Connection) -> None:
-    """Near-duplicates: one 64-bit dHash per content hash (byte-identical copies share it)."""
-    db.execute("CREATE TABLE IF NOT EXISTS perceptual_hashes (hash TEXT PRIMARY KEY, dhash INTEGER NOT NULL)")
+    """Near-duplicates: a 64-bit dHash and the mean colour per content hash (byte-identical copies share them)."""
+    db.execute("CREATE TABLE IF NOT EXISTS perceptual_hashes (hash TEXT PRIMARY KEY, dhash INTEGER NOT NULL, "
+               "colour INTEGER NOT NULL)")
 
 
 # MIGRATIONS[i] brings a database from version i to i + 1.
@@ -256,22 +257,24 @@ class Catalog:
             return [(r[0], r[1]) for r in self.db.execute("SELECT path, last_scan FROM roots ORDER BY path")]
 
     # -- perceptual hashes (near-duplicates; picscope.dedupe) ----------------------------------------
-    def put_phash(self, db: sqlite3.Connection, content_hash: str, dhash: int) -> None:
-        """Store the dHash of a content hash inside an open transaction (unsigned 64-bit kept as signed)."""
+    def put_phash(self, db: sqlite3.Connection, content_hash: str, dhash: int, colour: int) -> None:
+        """Store dHash and mean colour of a content hash inside an open transaction (dHash kept as signed 64-bit)."""
         signed = dhash - (1 << 64) if dhash >= (1 << 63) else dhash
-        db.execute("INSERT OR REPLACE INTO perceptual_hashes(hash, dhash) VALUES (?, ?)", (content_hash, signed))
+        db.execute("INSERT OR REPLACE INTO perceptual_hashes(hash, dhash, colour) VALUES (?, ?, ?)",
+                   (content_hash, signed, colour))
 
-    def phashes(self, content_hashes: Iterable[str]) -> dict[str, int]:
-        """content hash -> unsigned 64-bit dHash, for the hashes that have one."""
+    def phashes(self, content_hashes: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """content hash -> (unsigned 64-bit dHash, mean colour 0xRRGGBB), for the hashes that have them."""
         keys = list(dict.fromkeys(content_hashes))
-        out: dict[str, int] = {}
+        out: dict[str, tuple[int, int]] = {}
         with self._lock:
             for start in range(0, len(keys), 900):
                 chunk = keys[start : start + 900]
                 rows = self.db.execute(
-                    f"SELECT hash, dhash FROM perceptual_hashes WHERE hash IN ({','.join('?' * len(chunk))})", chunk
+                    f"SELECT hash, dhash, colour FROM perceptual_hashes WHERE hash IN ({','.join('?' * len(chunk))})",
+                    chunk,
                 ).fetchall()
-                out.update({h: d & ((1 << 64) - 1) for h, d in rows})
+                out.update({h: (d & ((1 << 64) - 1), c) for h, d, c in rows})
         return out
 
     def close(self) -> None:
