@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 DEFAULT_MAX_DISTANCE = 6
-MAX_COLOUR_DIFF = 16  # per RGB channel, 0-255
+MAX_COLOUR_DIFF = 8  # per RGB channel, 0-255 (a re-save or resize moves it by 1-2)
 
 
 def dhash(image: Image.Image) -> int:

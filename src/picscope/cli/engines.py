@@ -95,6 +95,10 @@ def engine_logs(folder: str | os.PathLike[str] | None, *, verbose: bool = False)
         os.dup2(log_fd, 2)
         yield path
     finally:
+        gguf = sys.modules.get("picscope.models.gguf")
+        if gguf is not None:  # stop llama.cpp servers while their shutdown lines still go to the log
+            with contextlib.suppress(Exception):
+                gguf.close_all()
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         os.dup2(saved_fd, 2)
