@@ -15,7 +15,6 @@ from typing import Any
 from picscope.errors import ConfigError
 from picscope.models.chat import BackendError, BaseChat
 
-
 _LIVE: weakref.WeakSet[GgufChat] = weakref.WeakSet()  # models whose llama.cpp server is running
 
 
