@@ -185,7 +185,7 @@ def test_api_query_arithmetic(library: Path, photos: Path) -> None:
 
 
 # -- scores people can read ---------------------------------------------------------------------------------------
-def test_relevance_is_shown_and_filters(library: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_relevance_is_shown_and_filters(library: Path, photos: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = run_json(capsys, "a cat", "--library", str(library), "-k", "10")["results"]
     rel = [r["relevance"] for r in rows]  # type: ignore[union-attr]
     assert all(0 < p < 1 for p in rel) and rel == sorted(rel, reverse=True)
@@ -194,6 +194,14 @@ def test_relevance_is_shown_and_filters(library: Path, capsys: pytest.CaptureFix
     capsys.readouterr()
     assert main(["search", "a cat", "--library", str(library), "-k", "3"]) == 0
     assert "relevance" in capsys.readouterr().out
+    # calibrated on text→image scores only: image, composed and arithmetic queries get none, and cannot filter by it
+    similar = run_json(capsys, "--image", str(photos / "coffee.jpg"), "--library", str(library), "-k", "3")
+    assert all(r["relevance"] is None for r in similar["results"])  # type: ignore[union-attr]
+    composed = run_json(capsys, "a cat", "--add", "night", "--library", str(library), "-k", "3")
+    assert all(r["relevance"] is None for r in composed["results"])  # type: ignore[union-attr]
+    assert main(["search", "--image", str(photos / "coffee.jpg"), "--min-relevance", "0.5", "--library",
+                 str(library)]) == 2
+    assert "text queries only" in " ".join(capsys.readouterr().err.split())
 
 
 def test_min_relevance_without_a_calibration_is_a_clear_error(library: Path, monkeypatch: pytest.MonkeyPatch,

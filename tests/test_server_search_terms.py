@@ -75,6 +75,8 @@ def test_bad_terms_are_clear_4xx(base: str) -> None:
 def test_min_relevance_needs_a_calibrated_encoder(base: str) -> None:
     r = httpx.post(f"{base}/api/search", json={"text": "red", "min_relevance": 0.5})
     assert r.status_code == 400 and "calibration" in r.json()["detail"]
+    r = httpx.post(f"{base}/api/search", json={"text": "red", "reference": {"id": 1}, "min_relevance": 0.5})
+    assert r.status_code == 400
     body = httpx.post(f"{base}/api/search", json={"text": "red", "k": 3}).json()
     assert all(r["relevance"] is None for r in body["results"])  # no calibration: no relevance, never a guess
 

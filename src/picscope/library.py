@@ -310,7 +310,8 @@ class Library:
         vec = self.embed_texts([query])[0]
         vec, used = self.apply_terms(vec, add, subtract)
         return self.search_vector(vec, k, min_score=min_score, min_relevance=min_relevance, path_prefix=path_prefix,
-                                  exclude_ids=[*exclude_ids, *used], dedupe=dedupe)
+                                  exclude_ids=[*exclude_ids, *used], dedupe=dedupe,
+                                  text_query=not add and not subtract)
 
     def apply_terms(self, vector: np.ndarray, add: Terms = (), subtract: Terms = ()) -> tuple[np.ndarray, list[int]]:
         """Query arithmetic (see `picscope.arithmetic`): the new vector and the library ids of added images."""
@@ -324,9 +325,12 @@ class Library:
         """The score → relevance calibration of this library's encoder, or None when it has none."""
         return calibration_for(self.catalog.get_meta("encoder_name") or self.encoder.name)
 
-    def _score_floor(self, min_score: float | None, min_relevance: float | None) -> float | None:
+    def _score_floor(self, min_score: float | None, min_relevance: float | None, text_query: bool) -> float | None:
         if min_relevance is None:
             return min_score
+        if not text_query:
+            raise ConfigError("relevance is calibrated for text queries only (not for image, composed or "
+                              "--add/--subtract queries); filter raw scores with --min-score instead")
         cal = self.calibration
         if cal is None:
             raise ConfigError(
@@ -378,10 +382,13 @@ class Library:
         exclude_ids: Sequence[int] = (),
         allowed_ids: Sequence[int] | None = None,
         dedupe: bool = False,
+        text_query: bool = False,
     ) -> list[SearchResult]:
+        """Nearest images to `vector`. `text_query`: the vector is a plain text embedding, so the results get a
+        calibrated `relevance` (the calibration was fitted on text→image scores only) and `min_relevance` works."""
         if k <= 0:
             raise ValueError("k must be positive")
-        min_score = self._score_floor(min_score, min_relevance)
+        min_score = self._score_floor(min_score, min_relevance, text_query)
         allowed: np.ndarray | None = None
         store_filter: MetaFilter | None = None
         if path_prefix:
@@ -413,7 +420,7 @@ class Library:
                 break
         if dedupe:
             out = self.collapse_duplicates(out)[:k]
-        return self.with_relevance(out)
+        return self.with_relevance(out) if text_query else out
 
     def with_relevance(self, results: list[SearchResult]) -> list[SearchResult]:
         """The same results with `relevance` filled in (when the encoder has a calibration)."""

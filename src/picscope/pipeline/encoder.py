@@ -40,7 +40,8 @@ class EncoderPipeline:
             if ref.id is not None:
                 exclude.append(ref.id)
             ref_info = ref.describe()
-        results = self.library.search_vector(vec, k, exclude_ids=exclude)
+        plain_text = request.reference is None and not request.add and not request.subtract
+        results = self.library.search_vector(vec, k, exclude_ids=exclude, text_query=plain_text)
         terms = {"add": [parse_term(t).describe() for t in request.add],
                  "subtract": [parse_term(t).describe() for t in request.subtract]}
         explanation = {"request": {"text": request.text, "turns": list(request.turns), "reference": ref_info,

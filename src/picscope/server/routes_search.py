@@ -113,6 +113,8 @@ def run_search(state: AppState, req: SearchRequest) -> SearchResponse:
         raise HTTPException(400, "add, subtract and min_relevance apply to the encoder pipeline")
     if req.min_relevance is not None and state.library.calibration is None:
         raise HTTPException(400, "this library's encoder has no relevance calibration; leave out min_relevance")
+    if req.min_relevance is not None and (req.reference is not None or req.add or req.subtract):
+        raise HTTPException(400, "relevance is calibrated for text queries only (no reference, add or subtract)")
     t0 = time.perf_counter()
     ref = reference_value(state, req.reference)
     pipe = state.pipeline(spec, stages)
