@@ -265,6 +265,24 @@ def test_engine_logs_keep_native_stderr_off_the_terminal(tmp_path: Path, capfd: 
     assert none is None and "verbose native line" in capfd.readouterr().err
 
 
+def test_model_commands_write_engine_logs_into_the_named_library(library: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    from picscope.cli.app import _engine_scope
+
+    with _engine_scope(["chat", "--library", str(library)]) as log:
+        os.write(2, b"slot print_timing: a native line\n")
+    assert log == library / "logs" / "engines.log" and "slot print_timing" not in capfd.readouterr().err
+    with _engine_scope(["--verbose", "chat", "--library", str(library)]) as log:
+        os.write(2, b"shown when verbose\n")
+    assert log is None and "shown when verbose" in capfd.readouterr().err
+    monkeypatch.setenv("PICSCOPE_VERBOSE", "1")
+    with _engine_scope(["doctor"]) as log:
+        assert log is None
+    monkeypatch.delenv("PICSCOPE_VERBOSE")
+    with _engine_scope(["status", "--library", str(library)]) as log:
+        assert log is None  # not a model command: nothing is redirected
+
+
 @pytest.mark.slow  # 50-100 s on the shared 2-core build machine (a real llama.cpp run, cache missed on purpose)
 @needs_llm
 def test_three_stage_search_prints_no_llama_cpp_line(library: Path, capfd: pytest.CaptureFixture[str]) -> None:

@@ -80,6 +80,7 @@ def query_terms(state: AppState, terms: list[QueryTermIn | str]) -> list[QueryTe
     out: list[QueryTerm] = []
     for t in terms:
         try:
+            check_text(state, t if isinstance(t, str) else t.text or "-")  # the server's length limit
             if isinstance(t, str):
                 term = parse_term(t, files=False)
                 if isinstance(term.value, int):
