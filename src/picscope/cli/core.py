@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -199,7 +200,6 @@ def search(
     answers (--turn); --add/--subtract adjust the query; --stages 1-3 runs the language-guided pipeline
     (LLM + vision model)."""
     from picscope.cli.engines import engine_logs, working
-    from picscope.pipeline import PipelineOutput, Request, make_pipeline, parse_stages, run_deduped
 
     if (query is None) == (image is None):
         raise usage_error(ctx, "give a text query or --image FILE (one of them)")
@@ -209,7 +209,11 @@ def search(
         raise usage_error(ctx, "--json and --paths exclude each other: choose one output format")
     if image is not None and (ref or turn or stages):
         raise usage_error(ctx, "--image is plain similarity search; use --ref FILE 'change' for composed search")
-    chosen = parse_stages(stages) if stages is not None else ()
+    chosen: tuple[int, ...] = ()
+    if stages is not None:
+        from picscope.pipeline import parse_stages
+
+        chosen = parse_stages(stages) or ()
     if chosen and (add or subtract):
         raise usage_error(ctx, "--add/--subtract work with encoder search; leave out --stages")
     pipelined = bool(ref or turn or chosen or (explain and image is None))
@@ -233,8 +237,11 @@ def search(
                 hits = lib.search(query, k, add=add or (), subtract=subtract or (), min_score=min_score,
                                   min_relevance=min_relevance, path_prefix=path, dedupe=dedupe)
                 name, explanation = "encoder", {"pipeline": "encoder", "query_text": query}
-            result = PipelineOutput(hits, [], explanation, 0, 0, time.perf_counter() - t0)
+            result: Any = SimpleNamespace(results=hits, stages=[], explanation=explanation, model_calls=0, tokens=0,
+                                          seconds=time.perf_counter() - t0)
         else:
+            from picscope.pipeline import Request, make_pipeline, run_deduped
+
             assert query is not None
             pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen, llm=llm, vision=vision)
             req = Request(query, reference=ref, turns=list(turn or []), add=list(add or []),
