@@ -301,6 +301,34 @@ def test_three_stage_search_prints_no_llama_cpp_line(library: Path, capfd: pytes
     assert log.exists() and "srv" in log.read_text(errors="replace")
 
 
+def test_working_shows_a_spinner_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from picscope.cli.engines import working
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Terminal()
+    monkeypatch.setattr("sys.stderr", tty)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    with working("running stages 1, 2, 3"):
+        time.sleep(0.5)  # the spinner redraws ~12 times a second
+    assert "running stages 1, 2, 3…" in tty.getvalue()
+    dumb = Terminal()
+    monkeypatch.setattr("sys.stderr", dumb)
+    monkeypatch.setenv("TERM", "dumb")
+    with working("searching"):
+        pass
+    assert dumb.getvalue() == "searching…\n"
+    pipe = io.StringIO()
+    monkeypatch.setattr("sys.stderr", pipe)
+    with working("running stages 1, 2, 3"):
+        pass
+    assert pipe.getvalue() == ""
+
+
 def test_chat_spinner_is_silent_off_a_terminal(library: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("a cat\n:quit\n"))

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from picscope.cli.app import err
+from rich.console import Console
 
 LOG_NAME = "engines.log"
 _lock = threading.Lock()
@@ -126,5 +126,11 @@ def working(message: str) -> Iterator[None]:
     if not tty:
         yield
         return
-    with err.status(f"{message}…", spinner="dots"):
+    console = Console(file=stream)  # bound to the stream of now (the engine log may have swapped it)
+    if console.is_dumb_terminal:  # no cursor control: one plain line instead of an animation
+        stream.write(f"{message}…\n")
+        stream.flush()
+        yield
+        return
+    with console.status(f"{message}…", spinner="dots"):
         yield
