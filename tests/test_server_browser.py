@@ -303,3 +303,33 @@ def test_why_panel_names_the_current_reference(page: Any, server: str) -> None:
     shot(page, "10-why-new-reference")
     page.click("#reference-clear")
     assert "No reference photo" in panel.inner_text()
+
+
+@pytest.fixture(scope="module")
+def dup_server(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A library holding the demo photos plus four near copies of cat.jpg (labels encoder: quick to index)."""
+    import shutil
+
+    from tests.helpers import near_copies
+
+    root = tmp_path_factory.mktemp("web-dups")
+    shutil.copytree(demo_folder, root / "photos")
+    near_copies(demo_folder / "cat.jpg", root / "photos" / "cat-copies")
+    lib = Library.open(root / "lib", encoder="labels")
+    lib.index(root / "photos")
+    with live_server(create_app(lib, ServerSettings())) as base:
+        yield base
+    lib.close()
+
+
+def test_copies_fold_into_one_card(page: Any, dup_server: str) -> None:
+    search(page, dup_server, "a cat")
+    first = page.locator("#results .card").first
+    assert first.locator(".similar").inner_text() == "+4 similar"
+    shown = names(page)
+    assert len(shown) == 17 and sum(n in ("cat.jpg", "copy.jpg", "low-quality.jpg", "small.png",
+                                         "next-frame.jpg") for n in shown) == 1
+    assert first.locator(".relevance").inner_text().endswith("%")  # labels has a calibration
+    ranks = page.locator("#explain-body tbody tr td:nth-child(2)").all_inner_texts()
+    assert ranks[:3] == shown[:3]  # the Why panel lists the folded ranking too
+    shot(page, "11-dedupe")

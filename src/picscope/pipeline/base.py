@@ -41,6 +41,15 @@ def run_deduped(library: Library, pipeline: Pipeline, request: Request, k: int, 
     """Run `pipeline` for more than `k` results, fold near-duplicates together (`similar_ids`), keep `k`."""
     out = pipeline.run(request, 3 * k + 16, exclude_ids=exclude_ids, stages=stages)
     out.results = library.collapse_duplicates(out.results)[:k]
+    kept = {r.id: r for r in out.results}
+    cands = out.explanation.get("candidates")
+    if isinstance(cands, list):  # the explanation describes the folded ranking, not the longer one behind it
+        shown = [c for c in cands if isinstance(c, dict) and c.get("id") in kept]
+        for c in shown:
+            r = kept[c["id"]]
+            c["ranks"] = {**c.get("ranks", {}), "final": r.rank}
+            c["similar_ids"] = list(r.similar_ids)
+        out.explanation["candidates"] = sorted(shown, key=lambda c: c["ranks"]["final"])
     return out
 
 

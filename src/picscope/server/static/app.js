@@ -87,14 +87,14 @@ function card(item, index) {
     typeof item.relevance === "number"
       ? el("span", { class: "relevance", title: "calibrated relevance: estimated chance that the photo matches", text: `${Math.round(item.relevance * 100)}%` })
       : null,
-    el("span", { class: "name", title: item.path, text: item.name }),
-    item.similar_count
-      ? el("span", { class: "similar", title: `${item.similar_count} copies or near-identical photos folded into this one`, text: `+${item.similar_count} similar` })
-      : null);
+    el("span", { class: "name", title: item.path, text: item.name }));
+  const similar = item.similar_count
+    ? el("div", { class: "similar", title: `${item.similar_count} copies or near-identical photos folded into this one`, text: `+${item.similar_count} similar` })
+    : null;
   const classes = ["card"];
   if (item.mark === true) classes.push("is-relevant");
   if (item.mark === false) classes.push("is-irrelevant");
-  return el("li", { class: classes.join(" "), "data-id": String(item.id) }, open, meta,
+  return el("li", { class: classes.join(" "), "data-id": String(item.id) }, open, meta, similar,
     state.kind === "session" ? markButtons(item, index) : null);
 }
 
