@@ -125,7 +125,7 @@ def test_version_and_plain_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"picscope {__version__}"
     assert main(["search", "--help"]) == 0
     text = capsys.readouterr().out
-    assert "--json" in text and "--add" in text and "<bool>" not in text
+    assert "--json" in text and "--add TERM" in text and "<bool>" not in text and "<list[str]>" not in text
     assert "[env PICSCOPE_LIBRARY" in text  # literal brackets survive
     assert main(["eval", "--help"]) == 0
     assert "[pipeline]" in capsys.readouterr().out

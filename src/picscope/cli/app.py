@@ -31,7 +31,8 @@ err = Console(stderr=True)
 
 LibraryOpt = Annotated[
     Path | None,
-    typer.Option("--library", "-L", help="library folder [env PICSCOPE_LIBRARY; default: per-user data dir]"),
+    typer.Option("--library", "-L", metavar="PATH",
+                 help="library folder [env PICSCOPE_LIBRARY; default: per-user data dir]"),
 ]
 
 

@@ -166,35 +166,47 @@ def search_json(request: dict[str, Any], pipeline: str, output: Any, explain: bo
 @app.command()
 def search(
     ctx: typer.Context,
-    query: Annotated[str | None, typer.Argument(help="what you are looking for (with --ref: the change)")] = None,
+    query: Annotated[str | None, typer.Argument(
+        metavar="QUERY", help="what you are looking for (with --ref: the change)")] = None,
     library: LibraryOpt = None,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="number of results")] = 10,
-    image: Annotated[Path | None, typer.Option("--image", help="find images similar to this file")] = None,
-    ref: Annotated[str | None, typer.Option("--ref", help="reference photo (file or library id) for a composed "
-                                            "query: QUERY says what changes")] = None,
-    turn: Annotated[list[str] | None, typer.Option("--turn", help="a dialogue answer, e.g. 'is it outdoors? yes' "
-                                                   "(repeatable; all turns stay in force)")] = None,
-    add: Annotated[list[str] | None, typer.Option("--add", "-a", help="add a term to the query: text, WEIGHT:text "
-                                                  "(2:night), an image file or id:N (repeatable)")] = None,
-    subtract: Annotated[list[str] | None, typer.Option("--subtract", "-s", help="subtract a term from the query "
-                                                       "(same forms as --add; repeatable)")] = None,
-    stages: Annotated[str | None, typer.Option("--stages", help="pipeline stages: 1, 1-2, 1-3 or encoder "
-                                               "[default: encoder only]")] = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="N", help="number of results")] = 10,
+    image: Annotated[Path | None, typer.Option(
+        "--image", metavar="FILE", help="find images similar to this file")] = None,
+    ref: Annotated[str | None, typer.Option(
+        "--ref", metavar="FILE|ID",
+        help="reference photo (file or library id) for a composed query: QUERY says what changes")] = None,
+    turn: Annotated[list[str] | None, typer.Option(
+        "--turn", metavar="ANSWER",
+        help="a dialogue answer, e.g. 'is it outdoors? yes' (repeatable; all turns stay in force)")] = None,
+    add: Annotated[list[str] | None, typer.Option(
+        "--add", "-a", metavar="TERM",
+        help="add a term to the query: text, WEIGHT:text (2:night), an image file or id:N (repeatable)")] = None,
+    subtract: Annotated[list[str] | None, typer.Option(
+        "--subtract", "-s", metavar="TERM",
+        help="subtract a term from the query (same forms as --add; repeatable)")] = None,
+    stages: Annotated[str | None, typer.Option(
+        "--stages", metavar="STAGES",
+        help="pipeline stages: 1, 1-2, 1-3 or encoder [default: encoder only]")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="show descriptions, propositions, answers, ranks")] = False,
-    llm: Annotated[str | None, typer.Option("--llm", help="chat model for --stages [default: the library's]")] = None,
-    vision: Annotated[str | None, typer.Option("--vision", help="vision model for --stages [default: the library's]")
-                      ] = None,
-    min_score: Annotated[float | None, typer.Option(help="hide results whose raw score is below this")] = None,
+    llm: Annotated[str | None, typer.Option(
+        "--llm", metavar="SPEC", help="chat model for --stages [default: the library's]")] = None,
+    vision: Annotated[str | None, typer.Option(
+        "--vision", metavar="SPEC", help="vision model for --stages [default: the library's]")] = None,
+    min_score: Annotated[float | None, typer.Option(
+        metavar="SCORE", help="hide results whose raw score is below this")] = None,
     min_relevance: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0, help="hide results whose calibrated relevance (0-1) is below this")] = None,
-    dedupe: Annotated[bool, typer.Option("--dedupe", help="fold copies and near-identical images into one result "
-                                         "(+N similar)")] = False,
-    path: Annotated[str | None, typer.Option("--path", help="only results under this folder")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON object: request, results (id, path, score, "
-                                          "relevance, rank, similar_count), stages, ...")] = False,
+        min=0.0, max=1.0, metavar="P", help="hide results whose calibrated relevance (0-1) is below this")] = None,
+    dedupe: Annotated[bool, typer.Option(
+        "--dedupe", help="fold copies and near-identical images into one result (+N similar)")] = False,
+    path: Annotated[str | None, typer.Option(
+        "--path", metavar="FOLDER", help="only results under this folder")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="JSON object: request, results (id, path, score, relevance, rank, similar_count), "
+        "stages, ...")] = False,
     paths: Annotated[bool, typer.Option("--paths", help="one path per line (for pipes)")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the model engines' own log lines (llama.cpp) "
-                                          "instead of writing them to <library>/logs/engines.log")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="show the model engines' own log lines (llama.cpp) instead of writing them to "
+        "<library>/logs/engines.log")] = False,
 ) -> None:
     """Search the library by text, by example (--image), by example plus a change (--ref), or with dialogue
     answers (--turn); --add/--subtract adjust the query; --stages 1-3 runs the language-guided pipeline
