@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
@@ -84,6 +83,3 @@ def describe(base: np.ndarray, queries: np.ndarray, sample: int = 1000) -> list[
         out.append([name, round(fn(r), 4), round(fn(t), 4)])
     return out
 
-
-def disk_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,3 +24,20 @@ def write_images(folder: Path, n: int, prefix: str = "img", start: int = 0) -> l
         noise_image(i).save(p, quality=90)
         out.append(p)
     return out
+
+
+def near_copies(src: Path, folder: Path) -> list[Path]:
+    """A byte-identical copy, a re-save at JPEG quality 35, a half-size re-save, and a 'next frame' (shifted by
+    two pixels, a little brighter) of `src`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    img = Image.open(src).convert("RGB")
+    copy = folder / "copy.jpg"
+    shutil.copyfile(src, copy)
+    low = folder / "low-quality.jpg"
+    img.save(low, quality=35)
+    small = folder / "small.png"
+    img.resize((img.width // 2, img.height // 2)).save(small)
+    frame = folder / "next-frame.jpg"
+    shifted = img.transform(img.size, Image.Transform.AFFINE, (1, 0, 2, 0, 1, 0))
+    shifted.point(lambda v: min(255, v + 4)).save(frame, quality=90)
+    return [copy, low, small, frame]

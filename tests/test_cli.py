@@ -20,7 +20,7 @@ def library(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_search_json_contract(library: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert main(["search", "a cup of coffee", "-k", "3", "--json", "--library", str(library)]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["results"]
     assert len(rows) == 3 and {"path", "score", "id", "rank"} <= set(rows[0])
     assert rows[0]["path"].endswith("coffee.jpg")
     assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
@@ -39,7 +39,7 @@ def test_search_paths_and_table(library: Path, capsys: pytest.CaptureFixture[str
 def test_search_by_image(library: Path, demo_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert main(["search", "--image", str(demo_folder / "cat.jpg"), "--json", "--library", str(library)]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["results"]
     assert rows and all(not r["path"].endswith("/cat.jpg") for r in rows)
 
 

@@ -343,11 +343,11 @@ def test_symlinks_not_followed_are_listed(tmp_path: Path) -> None:
 
 
 def test_schema_1_catalog_upgrades_or_is_read_as_is(tmp_path: Path) -> None:
-    """Libraries from before the `skips` table: opened writable they migrate to schema 2; opened read-only
+    """Libraries from before the `skips` table: opened writable they migrate to the current schema; opened read-only
     (a read-only mount) they are read as they are, with no skipped paths."""
     import sqlite3
 
-    from picscope.store.catalog import _v1
+    from picscope.store.catalog import SCHEMA_VERSION, _v1
 
     path = tmp_path / "catalog.sqlite"
     db = sqlite3.connect(path, isolation_level=None)
@@ -365,7 +365,7 @@ def test_schema_1_catalog_upgrades_or_is_read_as_is(tmp_path: Path) -> None:
         ro.set_meta("x", "y")
     ro.close()
     rw = Catalog(path)
-    assert rw.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert rw.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     with rw.transaction() as tx:
         rw.replace_skips(tx, b"/photos", {b"/photos/n.txt": (3, 5, "not an image (text file)")})
     assert [(p.path, p.status, p.reason) for p in rw.problems(b"/photos")] == [

@@ -216,3 +216,120 @@ def test_session_mark_two_relevant_and_refine(page: Any, session_server: str) ->
     page.click("#back-button")
     page.wait_for_function("() => document.getElementById('session-round').textContent === '0'")
     assert names(page) == round0
+
+
+# -- phone layout, controls per mode, the Why panel follows the request (issue 17) ---------------------------------
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture()
+def phone(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()
+    assert not errors, errors
+
+
+def overflow(page: Any) -> list[str]:
+    """Visible elements whose right edge is past the viewport, and the page's horizontal overflow."""
+    return list(page.evaluate("""() => {
+        const w = document.documentElement.clientWidth;
+        const out = [...document.querySelectorAll('header *, main *')]
+          .filter(e => e.offsetParent !== null && e.getBoundingClientRect().right > w + 1)
+          .map(e => `${e.tagName.toLowerCase()}#${e.id || ''}.${e.className || ''}`);
+        const sw = document.documentElement.scrollWidth;
+        if (sw > w + 1) out.push(`page scrollWidth ${sw} > ${w}`);
+        return out;
+    }"""))
+
+
+def test_phone_layout_fits_390_px(phone: Any, server: str) -> None:
+    search(phone, server, "a cat")
+    assert names(phone)[0] == "cat.jpg"
+    assert overflow(phone) == []
+    box = phone.locator("#pipeline").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    shot(phone, "7-phone-search")
+    phone.check("input[name=mode][value=session]")
+    assert phone.locator("#strategy").is_visible() and not phone.locator("#pipeline").is_visible()
+    assert overflow(phone) == []
+    shot(phone, "8-phone-session-mode")
+    phone.locator("#results .thumb").first.click()
+    phone.locator("#viewer").wait_for(state="visible")
+    page_width = phone.evaluate("document.getElementById('viewer').getBoundingClientRect().right")
+    assert page_width <= PHONE["width"]
+    shot(phone, "9-phone-photo")
+
+
+def test_controls_show_only_in_their_mode(page: Any, server: str) -> None:
+    search(page, server, "a cat")
+    assert page.locator("#pipeline").is_visible()
+    for control in ("#strategy", "#page-size", "#session-bar", "#results .marks", "#viewer-relevant"):
+        assert not page.locator(control).first.is_visible(), control
+    assert page.locator("#turn").is_visible()  # dialogue details belong to plain search
+    page.check("input[name=mode][value=session]")
+    assert page.locator("#strategy").is_visible() and page.locator("#page-size").is_visible()
+    assert not page.locator("#pipeline").is_visible() and not page.locator("#turn").is_visible()
+    page.check("input[name=mode][value=search]")
+    assert page.locator("#pipeline").is_visible() and not page.locator("#strategy").is_visible()
+
+
+def test_why_panel_names_the_current_reference(page: Any, server: str) -> None:
+    search(page, server, "a horse")
+    first = names(page)[0]
+    page.locator("#results .thumb").first.click()
+    page.click("#likebut-button")
+    panel = page.locator("#explain-body")
+    assert first in panel.inner_text() and "Next search" in panel.inner_text()
+    page.fill("#q", "a photo in colour")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.getElementById('message').textContent.includes('a photo in colour')")
+    assert first in page.locator("#explain-body .reference-name").inner_text()
+    second = names(page)[0]
+    assert second != first
+    page.locator("#results .thumb").first.click()  # "Like this, but…" on a new photo
+    page.click("#likebut-button")
+    text = panel.inner_text()
+    assert second in text and first not in text  # at once, before the next search
+    page.fill("#q", "at night")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.getElementById('message').textContent.includes('at night')")
+    named = page.locator("#explain-body .reference-name").inner_text()
+    assert second in named and first not in named
+    shot(page, "10-why-new-reference")
+    page.click("#reference-clear")
+    assert "No reference photo" in panel.inner_text()
+
+
+@pytest.fixture(scope="module")
+def dup_server(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A library holding the demo photos plus four near copies of cat.jpg (labels encoder: quick to index)."""
+    import shutil
+
+    from tests.helpers import near_copies
+
+    root = tmp_path_factory.mktemp("web-dups")
+    shutil.copytree(demo_folder, root / "photos")
+    near_copies(demo_folder / "cat.jpg", root / "photos" / "cat-copies")
+    lib = Library.open(root / "lib", encoder="labels")
+    lib.index(root / "photos")
+    with live_server(create_app(lib, ServerSettings())) as base:
+        yield base
+    lib.close()
+
+
+def test_copies_fold_into_one_card(page: Any, dup_server: str) -> None:
+    search(page, dup_server, "a cat")
+    first = page.locator("#results .card").first
+    assert first.locator(".similar").inner_text() == "+4 similar"
+    shown = names(page)
+    assert len(shown) == 17 and sum(n in ("cat.jpg", "copy.jpg", "low-quality.jpg", "small.png",
+                                         "next-frame.jpg") for n in shown) == 1
+    assert first.locator(".relevance").inner_text().endswith("%")  # labels has a calibration
+    ranks = page.locator("#explain-body tbody tr td:nth-child(2)").all_inner_texts()
+    assert ranks[:3] == shown[:3]  # the Why panel lists the folded ranking too
+    shot(page, "11-dedupe")

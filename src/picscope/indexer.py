@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from picscope.config import IndexConfig
+from picscope.dedupe import perceptual
 from picscope.diskspace import ensure_free
 from picscope.encoders.base import DualEncoder
 from picscope.errors import ImageDecodeError, LibraryError
@@ -87,6 +88,7 @@ class _Work:
     height: int | None = None
     prepared: Any = None
     reuse_id: int | None = None
+    phash: tuple[int, int] | None = None  # (dHash, mean colour) for near-duplicates, from the decoded image
     error: str | None = None
     skip: str | None = None  # seen but not an image: the reason (recorded in `skips`, not an error)
     retry: bool = False  # an OS-level failure: retry on every run
@@ -182,6 +184,7 @@ class Indexer:
                 data, max_pixels=self.config.max_pixels, target_size=self.encoder.image_size, name=entry.raw
             )
             work.width, work.height = image.info.get("original_size", image.size)
+            work.phash = perceptual(image)
             work.prepared = self.encoder.prepare_image(image)
         except ImageDecodeError as exc:
             work.error = str(exc)
@@ -351,6 +354,8 @@ class Indexer:
                         status="ok",
                         error=None,
                     )
+                    if w.hash and w.phash is not None:
+                        self.catalog.put_phash(db, w.hash, *w.phash)
                     ids.append(fid)
                     vecs.append(vec)
                     metas.append(FileMeta(display_path(raw), w.mtime_ns))

@@ -15,7 +15,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,20 @@ import numpy as np
 from PIL import Image
 
 from picscope import __version__
+from picscope.arithmetic import QueryTerm, TermValue, combine, parse_terms
+from picscope.calibration import Calibration, calibration_for
 from picscope.config import PicscopeConfig
+from picscope.dedupe import DEFAULT_MAX_DISTANCE, Fingerprint, collapse, groups_of, perceptual
 from picscope.diskspace import DiskFullError, ensure_mappable, free_bytes, is_enospc
 from picscope.encoders import DualEncoder, default_encoder_spec, make_encoder
-from picscope.errors import EncoderMismatchError, LibraryError, LibraryLockedError, LibraryReadOnlyError
+from picscope.errors import (
+    ConfigError,
+    EncoderMismatchError,
+    ImageDecodeError,
+    LibraryError,
+    LibraryLockedError,
+    LibraryReadOnlyError,
+)
 from picscope.imageio import load_image
 from picscope.indexer import RETRY_MTIME, Indexer, IndexReport, Progress
 from picscope.paths import default_library_path
@@ -45,11 +55,24 @@ LOCK = "write.lock"
 class SearchResult:
     id: int
     path: str
-    score: float
+    score: float  # raw cosine similarity (its scale depends on the encoder; see README "Scores")
     rank: int
+    relevance: float | None = None  # calibrated P(relevant), when the encoder has a calibration
+    similar_ids: tuple[int, ...] = ()  # near-duplicates collapsed into this result (search with dedupe)
+
+    @property
+    def similar_count(self) -> int:
+        return len(self.similar_ids)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["relevance"] = None if self.relevance is None else round(self.relevance, 4)
+        data["similar_ids"] = list(self.similar_ids)
+        data["similar_count"] = self.similar_count
+        return data
+
+
+Terms = Sequence["str | QueryTerm | TermValue"]
 
 
 @dataclass
@@ -481,15 +504,84 @@ class Library:
         query: str,
         k: int = 10,
         *,
+        add: Terms = (),
+        subtract: Terms = (),
         min_score: float | None = None,
+        min_relevance: float | None = None,
         path_prefix: str | None = None,
         exclude_ids: Sequence[int] = (),
+        dedupe: bool = False,
     ) -> list[SearchResult]:
-        """Text → images, best first, with cosine scores."""
+        """Text → images, best first, with cosine scores.
+
+        `add`/`subtract`: query arithmetic terms (text, `WEIGHT:text`, image paths, library ids, PIL images);
+        `min_relevance`: a calibrated P(relevant) threshold; `dedupe`: collapse near-duplicates into one result.
+        """
         if not query or not query.strip():
             raise ValueError("empty query")
         vec = self.embed_texts([query])[0]
-        return self.search_vector(vec, k, min_score=min_score, path_prefix=path_prefix, exclude_ids=exclude_ids)
+        vec, used = self.apply_terms(vec, add, subtract)
+        return self.search_vector(vec, k, min_score=min_score, min_relevance=min_relevance, path_prefix=path_prefix,
+                                  exclude_ids=[*exclude_ids, *used], dedupe=dedupe,
+                                  text_query=not add and not subtract)
+
+    def apply_terms(self, vector: np.ndarray, add: Terms = (), subtract: Terms = ()) -> tuple[np.ndarray, list[int]]:
+        """Query arithmetic (see `picscope.arithmetic`): the new vector and the library ids of added images."""
+        if not add and not subtract:
+            return vector, []
+        return combine(self, vector, parse_terms(add), parse_terms(subtract))
+
+    # -- scores and near-duplicates ------------------------------------------------------------
+    @property
+    def calibration(self) -> Calibration | None:
+        """The score → relevance calibration of this library's encoder, or None when it has none."""
+        return calibration_for(self.catalog.get_meta("encoder_name") or self.encoder.name)
+
+    def _score_floor(self, min_score: float | None, min_relevance: float | None, text_query: bool) -> float | None:
+        if min_relevance is None:
+            return min_score
+        if not text_query:
+            raise ConfigError("relevance is calibrated for text queries only (not for image, composed or "
+                              "--add/--subtract queries); filter raw scores with --min-score instead")
+        cal = self.calibration
+        if cal is None:
+            raise ConfigError(
+                f"encoder {self.catalog.get_meta('encoder_name') or self.encoder_spec!r} has no relevance "
+                "calibration, so --min-relevance cannot be used; filter raw scores with --min-score instead"
+            )
+        floor = cal.score_for(min_relevance)
+        return floor if min_score is None else max(floor, min_score)
+
+    def fingerprints(self, ids: Sequence[int]) -> dict[int, Fingerprint]:
+        """Content hash, dHash and mean colour per file id; those missing (older libraries) are computed and stored."""
+        records = self.catalog.get_many(ids)
+        known = self.catalog.phashes(r.hash for r in records.values() if r.hash)
+        missing = {r.hash: r for r in records.values() if r.hash and r.hash not in known and r.status == "ok"}
+        if missing:
+            computed: dict[str, tuple[int, int]] = {}
+            for h, rec in missing.items():
+                try:
+                    image = load_image(rec.raw, max_pixels=self.config.index.max_pixels, target_size=64)
+                    computed[h] = perceptual(image)
+                except (ImageDecodeError, OSError):
+                    continue  # unreadable now: compared by content hash only
+            if not self.readonly:  # a busy writer: compute them again next time
+                with contextlib.suppress(sqlite3.OperationalError), self.catalog.transaction() as db:
+                    for h, (d, c) in computed.items():
+                        self.catalog.put_phash(db, h, d, c)
+            known.update(computed)
+        out = {}
+        for fid, rec in records.items():
+            got = known.get(rec.hash) if rec.hash else None
+            out[fid] = Fingerprint(rec.hash, *got) if got is not None else Fingerprint(rec.hash, None, None)
+        return out
+
+    def duplicates(self, max_distance: int = DEFAULT_MAX_DISTANCE) -> list[list[FileRecord]]:
+        """Groups of byte-identical or near-identical indexed images (2+ each), largest first."""
+        records = self.catalog.all("ok")
+        prints = self.fingerprints([r.id for r in records])
+        fps = [prints[r.id] for r in records]
+        return [[records[i] for i in group] for group in groups_of(fps, max_distance)]
 
     def search_vector(
         self,
@@ -497,12 +589,18 @@ class Library:
         k: int = 10,
         *,
         min_score: float | None = None,
+        min_relevance: float | None = None,
         path_prefix: str | None = None,
         exclude_ids: Sequence[int] = (),
         allowed_ids: Sequence[int] | None = None,
+        dedupe: bool = False,
+        text_query: bool = False,
     ) -> list[SearchResult]:
+        """Nearest images to `vector`. `text_query`: the vector is a plain text embedding, so the results get a
+        calibrated `relevance` (the calibration was fitted on text→image scores only) and `min_relevance` works."""
         if k <= 0:
             raise ValueError("k must be positive")
+        min_score = self._score_floor(min_score, min_relevance, text_query)
         allowed: np.ndarray | None = None
         store_filter: MetaFilter | None = None
         if path_prefix:
@@ -515,7 +613,7 @@ class Library:
             a = np.asarray(list(allowed_ids), np.int64)
             allowed = a if allowed is None else np.intersect1d(allowed, a)
         excluded = set(int(i) for i in exclude_ids)
-        want = k + len(excluded) + 8
+        want = (4 * k + 32 if dedupe else k) + len(excluded) + 8  # dedupe: room for the collapsed copies
         query = np.asarray(vector, np.float32)[None, :]
         if store_filter is not None:
             hits = self.store.search(query, want, allowed, filter=store_filter).row(0)  # type: ignore[call-arg]
@@ -530,9 +628,30 @@ class Library:
             if min_score is not None and score < min_score:
                 break
             out.append(SearchResult(fid, rec.path, score, len(out) + 1))
-            if len(out) == k:
+            if len(out) == k and not dedupe:
                 break
-        return out
+        if dedupe:
+            out = self.collapse_duplicates(out)[:k]
+        return self.with_relevance(out) if text_query else out
+
+    def with_relevance(self, results: list[SearchResult]) -> list[SearchResult]:
+        """The same results with `relevance` filled in (when the encoder has a calibration)."""
+        cal = self.calibration if results else None
+        if cal is None:
+            return results
+        return [replace(r, relevance=cal.relevance(r.score)) for r in results]
+
+    def collapse_duplicates(self, results: list[SearchResult],
+                            max_distance: int = DEFAULT_MAX_DISTANCE) -> list[SearchResult]:
+        """Fold exact and near copies into the best-ranked one (`similar_ids`), then renumber the ranks."""
+        prints = self.fingerprints([r.id for r in results])
+        fps = [prints.get(r.id, Fingerprint(None, None)) for r in results]
+        kept: list[SearchResult] = []
+        for group in collapse(fps, max_distance):
+            head = results[group[0]]
+            similar = (*head.similar_ids, *(results[i].id for i in group[1:]))
+            kept.append(replace(head, rank=len(kept) + 1, similar_ids=similar))
+        return kept
 
     def resolve_image(self, image: str | os.PathLike[str] | int | Image.Image) -> tuple[np.ndarray, int | None]:
         """Vector for an image given as a library id, an indexed path, another file, or a PIL image."""
@@ -560,13 +679,19 @@ class Library:
         image: str | os.PathLike[str] | int | Image.Image,
         k: int = 10,
         *,
+        add: Terms = (),
+        subtract: Terms = (),
         min_score: float | None = None,
+        min_relevance: float | None = None,
         path_prefix: str | None = None,
+        dedupe: bool = False,
     ) -> list[SearchResult]:
-        """Image → similar images (the query image itself is left out)."""
+        """Image → similar images (the query image itself is left out); `add`/`subtract` as in `search`."""
         vec, self_id = self.resolve_image(image)
-        exclude = [self_id] if self_id is not None else []
-        return self.search_vector(vec, k, min_score=min_score, path_prefix=path_prefix, exclude_ids=exclude)
+        vec, used = self.apply_terms(vec, add, subtract)
+        exclude = [*used, *([self_id] if self_id is not None else [])]
+        return self.search_vector(vec, k, min_score=min_score, min_relevance=min_relevance, path_prefix=path_prefix,
+                                  exclude_ids=exclude, dedupe=dedupe)
 
     def get(self, file_id: int) -> FileRecord | None:
         return self.catalog.get(file_id)

@@ -12,7 +12,7 @@ from picscope.cli.app import app, run_app
 def _load_optional_commands() -> None:
     import importlib
 
-    for name in ("eval", "train", "models", "chat", "captions", "session", "serve", "scale"):
+    for name in ("eval", "train", "models", "chat", "captions", "session", "serve", "scale", "duplicates"):
         try:
             importlib.import_module(f"picscope.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -27,6 +27,7 @@ def chat(
     vision: Annotated[str | None, typer.Option("--vision", help="vision model [default: the library's]")] = None,
 ) -> None:
     """Search by dialogue: an opening description, then one detail or answer per line."""
+    from picscope.cli.engines import working
     from picscope.pipeline import Request, make_pipeline, parse_stages
     from picscope.pipeline.explain import print_explanation
 
@@ -81,7 +82,8 @@ def chat(
                 turns.append(line)
             if opening is None:
                 continue
-            last = pipe.run(Request(opening, reference=ref, turns=list(turns)), k)
+            with working("searching"):  # a spinner on a terminal while the models run
+                last = pipe.run(Request(opening, reference=ref, turns=list(turns)), k)
             if as_json:
                 print(json.dumps({"turn": len(turns), "request": opening, "turns": turns, "stages": last.stages,
                                   "results": [r.to_dict() for r in last.results],

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Annotated
+from types import SimpleNamespace
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from picscope.cli.app import LibraryOpt, app, err, out
+from picscope.cli.app import LibraryOpt, app, err, out, usage_error
 from picscope.config import DEFAULT_EXCLUDES
-from picscope.errors import LibraryReadOnlyError
+from picscope.errors import LibraryError, LibraryReadOnlyError
 from picscope.indexer import IndexReport, Progress
 from picscope.library import Library, SearchResult
 
@@ -112,6 +114,8 @@ def index(
     """Index FOLDER into the library: new, changed, renamed and deleted files are picked up.
 
     Every file is checked by content (not by its name); what is not indexed is listed with a reason."""
+    if not folder.is_dir():  # before opening: a mistyped folder must not create the library
+        raise LibraryError(f"not a folder: {folder} (nothing was changed)")
     lib = Library.open(library, encoder=None if rebuild else encoder, store=store)
     if lib.readonly:
         lib.close()
@@ -133,10 +137,8 @@ def index(
     print_report(report, as_json)
 
 
-def print_results(results: list[SearchResult], as_json: bool, paths: bool) -> None:
-    if as_json:
-        out.print_json(json.dumps([r.to_dict() for r in results]))
-        return
+def print_results(results: list[SearchResult], paths: bool) -> None:
+    """A table (rank, score, relevance when calibrated, +N similar when deduplicated, id, path) or bare paths."""
     if paths:
         for r in results:
             print(r.path)
@@ -144,66 +146,146 @@ def print_results(results: list[SearchResult], as_json: bool, paths: bool) -> No
     if not results:
         err.print("no results")
         return
+    show_relevance = any(r.relevance is not None for r in results)
+    show_similar = any(r.similar_ids for r in results)
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("score", justify="right")
+    if show_relevance:
+        table.add_column("relevance", justify="right")
     table.add_column("id", justify="right", style="dim")
+    if show_similar:
+        table.add_column("similar", justify="right", style="dim")
     table.add_column("path", overflow="fold")
     for r in results:
-        table.add_row(str(r.rank), f"{r.score:.3f}", str(r.id), r.path)
+        row = [str(r.rank), f"{r.score:.3f}"]
+        if show_relevance:
+            row.append("" if r.relevance is None else f"{r.relevance:.2f}")
+        row.append(str(r.id))
+        if show_similar:
+            row.append(f"+{r.similar_count}" if r.similar_ids else "")
+        table.add_row(*row, r.path)
     out.print(table)
+
+
+def search_json(request: dict[str, Any], pipeline: str, output: Any, explain: bool) -> str:
+    """The one JSON shape of `search --json`, whatever the request type; `--explain` only adds `explanation`."""
+    data: dict[str, Any] = {
+        "request": request,
+        "pipeline": pipeline,
+        "results": [r.to_dict() for r in output.results],
+        "stages": list(output.stages),
+        "model_calls": output.model_calls,
+        "tokens": output.tokens,
+        "seconds": round(output.seconds, 3),
+    }
+    if explain:
+        data["explanation"] = output.explanation
+    return json.dumps(data, default=str)
 
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(help="what you are looking for (with --ref: the change)")] = None,
+    ctx: typer.Context,
+    query: Annotated[str | None, typer.Argument(
+        metavar="QUERY", help="what you are looking for (with --ref: the change)")] = None,
     library: LibraryOpt = None,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="number of results")] = 10,
-    image: Annotated[Path | None, typer.Option("--image", help="find images similar to this file")] = None,
-    ref: Annotated[str | None, typer.Option("--ref", help="reference photo (file or library id) for a composed "
-                                            "query: QUERY says what changes")] = None,
-    turn: Annotated[list[str] | None, typer.Option("--turn", help="a dialogue answer, e.g. 'is it outdoors? yes' "
-                                                   "(repeatable; all turns stay in force)")] = None,
-    stages: Annotated[str | None, typer.Option("--stages", help="pipeline stages: 1, 1-2, 1-3 or encoder "
-                                               "[default: encoder only]")] = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="N", help="number of results")] = 10,
+    image: Annotated[Path | None, typer.Option(
+        "--image", metavar="FILE", help="find images similar to this file")] = None,
+    ref: Annotated[str | None, typer.Option(
+        "--ref", metavar="FILE|ID",
+        help="reference photo (file or library id) for a composed query: QUERY says what changes")] = None,
+    turn: Annotated[list[str] | None, typer.Option(
+        "--turn", metavar="ANSWER",
+        help="a dialogue answer, e.g. 'is it outdoors? yes' (repeatable; all turns stay in force)")] = None,
+    add: Annotated[list[str] | None, typer.Option(
+        "--add", "-a", metavar="TERM",
+        help="add a term to the query: text, WEIGHT:text (2:night), an image file or id:N (repeatable)")] = None,
+    subtract: Annotated[list[str] | None, typer.Option(
+        "--subtract", "-s", metavar="TERM",
+        help="subtract a term from the query (same forms as --add; repeatable)")] = None,
+    stages: Annotated[str | None, typer.Option(
+        "--stages", metavar="STAGES",
+        help="pipeline stages: 1, 1-2, 1-3 or encoder [default: encoder only]")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="show descriptions, propositions, answers, ranks")] = False,
-    llm: Annotated[str | None, typer.Option("--llm", help="chat model for --stages [default: the library's]")] = None,
-    vision: Annotated[str | None, typer.Option("--vision", help="vision model for --stages [default: the library's]")
-                      ] = None,
-    min_score: Annotated[float | None, typer.Option(help="hide results scoring below this")] = None,
-    path: Annotated[str | None, typer.Option("--path", help="only results under this folder")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON array: path, score, id, rank")] = False,
+    llm: Annotated[str | None, typer.Option(
+        "--llm", metavar="SPEC", help="chat model for --stages [default: the library's]")] = None,
+    vision: Annotated[str | None, typer.Option(
+        "--vision", metavar="SPEC", help="vision model for --stages [default: the library's]")] = None,
+    min_score: Annotated[float | None, typer.Option(
+        metavar="SCORE", help="hide results whose raw score is below this")] = None,
+    min_relevance: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, metavar="P", help="hide results whose calibrated relevance (0-1) is below this")] = None,
+    dedupe: Annotated[bool, typer.Option(
+        "--dedupe", help="fold copies and near-identical images into one result (+N similar)")] = False,
+    path: Annotated[str | None, typer.Option(
+        "--path", metavar="FOLDER", help="only results under this folder")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="JSON object: request, results (id, path, score, relevance, rank, similar_count), "
+        "stages, ...")] = False,
     paths: Annotated[bool, typer.Option("--paths", help="one path per line (for pipes)")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="show the model engines' own log lines (llama.cpp) instead of writing them to "
+        "<library>/logs/engines.log")] = False,
 ) -> None:
     """Search the library by text, by example (--image), by example plus a change (--ref), or with dialogue
-    answers (--turn); --stages 1-3 runs the language-guided pipeline (LLM + vision model)."""
-    if (query is None) == (image is None):
-        raise typer.BadParameter("give a text query or --image FILE (one of them)")
-    if image is not None and (ref or turn or stages):
-        raise typer.BadParameter("--image is plain similarity search; use --ref FILE 'change' for composed search")
-    with Library.open(library, create=False) as lib:
-        if image is not None:
-            print_results(lib.similar(image, k, min_score=min_score, path_prefix=path), as_json, paths)
-            return
-        assert query is not None
-        if not (ref or turn or stages or explain):
-            print_results(lib.search(query, k, min_score=min_score, path_prefix=path), as_json, paths)
-            return
-        from picscope.pipeline import Request, make_pipeline, parse_stages
+    answers (--turn); --add/--subtract adjust the query; --stages 1-3 runs the language-guided pipeline
+    (LLM + vision model)."""
+    from picscope.cli.engines import engine_logs, working
 
-        chosen = parse_stages(stages) if stages is not None else ()
-        if path or min_score is not None:
-            raise typer.BadParameter("--path and --min-score apply to plain searches only")
-        pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen, llm=llm, vision=vision)
-        result = pipe.run(Request(query, reference=ref, turns=list(turn or [])), k)
+    if (query is None) == (image is None):
+        raise usage_error(ctx, "give a text query or --image FILE (one of them)")
+    if query is not None and not query.strip():
+        raise usage_error(ctx, "the query is empty: say what you are looking for")
+    if as_json and paths:
+        raise usage_error(ctx, "--json and --paths exclude each other: choose one output format")
+    if image is not None and (ref or turn or stages):
+        raise usage_error(ctx, "--image is plain similarity search; use --ref FILE 'change' for composed search")
+    chosen: tuple[int, ...] = ()
+    if stages is not None:
+        from picscope.pipeline import parse_stages
+
+        chosen = parse_stages(stages) or ()
+    if chosen and (add or subtract):
+        raise usage_error(ctx, "--add/--subtract work with encoder search; leave out --stages")
+    pipelined = bool(ref or turn or chosen or (explain and image is None))
+    if pipelined and (path or min_score is not None or min_relevance is not None):
+        raise usage_error(ctx, "--path, --min-score and --min-relevance apply to plain searches (no --ref, --turn, "
+                          "--stages or --explain)")
+    request: dict[str, Any] = {"text": query, "image": str(image) if image is not None else None, "reference": ref,
+                               "turns": list(turn or []), "add": list(add or []), "subtract": list(subtract or [])}
+    with Library.open(library, create=False) as lib, engine_logs(
+            lib.path, verbose=verbose or bool(ctx.find_root().params.get("verbose"))):
+        if not pipelined:
+            t0 = time.perf_counter()
+            if image is not None:
+                hits = lib.similar(image, k, add=add or (), subtract=subtract or (), min_score=min_score,
+                                   min_relevance=min_relevance, path_prefix=path, dedupe=dedupe)
+                name = "similar"
+                explanation: dict[str, Any] = {"pipeline": "similar", "reference": {"path": str(image)},
+                                               "query_text": "images that look like the reference"}
+            else:
+                assert query is not None
+                hits = lib.search(query, k, add=add or (), subtract=subtract or (), min_score=min_score,
+                                  min_relevance=min_relevance, path_prefix=path, dedupe=dedupe)
+                name, explanation = "encoder", {"pipeline": "encoder", "query_text": query}
+            result: Any = SimpleNamespace(results=hits, stages=[], explanation=explanation, model_calls=0, tokens=0,
+                                          seconds=time.perf_counter() - t0)
+        else:
+            from picscope.pipeline import Request, make_pipeline, run_deduped
+
+            assert query is not None
+            pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen, llm=llm, vision=vision)
+            req = Request(query, reference=ref, turns=list(turn or []), add=list(add or []),
+                          subtract=list(subtract or []))
+            with working(f"running stages {', '.join(map(str, chosen))}" if chosen else "searching"):
+                result = run_deduped(lib, pipe, req, k) if dedupe else pipe.run(req, k)
+            name = pipe.name
     if as_json:
-        data = {"results": [r.to_dict() for r in result.results], "stages": result.stages,
-                "model_calls": result.model_calls, "tokens": result.tokens, "seconds": round(result.seconds, 3)}
-        if explain:
-            data["explanation"] = result.explanation
-        out.print_json(json.dumps(data, default=str))
+        out.print_json(search_json(request, name, result, explain))
         return
-    print_results(result.results, False, paths)
+    print_results(result.results, paths)
     if explain and not paths:
         from picscope.pipeline.explain import print_explanation
 

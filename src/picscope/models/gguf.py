@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 from picscope.errors import ConfigError
 from picscope.models.chat import BackendError, BaseChat
+
+_LIVE: weakref.WeakSet[GgufChat] = weakref.WeakSet()  # models whose llama.cpp server is running
+
+
+def close_all() -> None:
+    """Stop every running llama.cpp server now (it logs while shutting down: the CLI does this while the
+    engine log still captures fd 2, instead of at interpreter exit). A later call starts it again."""
+    for model in list(_LIVE):
+        model.close()
 
 
 class GgufChat(BaseChat):
@@ -48,6 +58,7 @@ class GgufChat(BaseChat):
                 self._server = xlc.Server(p)
             except Exception as exc:
                 raise ConfigError(f"could not load {self.path}: {exc}") from exc
+            _LIVE.add(self)
         return self._server
 
     def _schema_payload(self, payload: dict[str, Any], schema: dict[str, Any]) -> None:
@@ -69,3 +80,4 @@ class GgufChat(BaseChat):
     def close(self) -> None:
         with self._lock:
             self._server = None
+        _LIVE.discard(self)

@@ -16,7 +16,7 @@ from typing import Any
 from picscope.config import PipelineConfig
 from picscope.errors import ConfigError
 from picscope.library import Library
-from picscope.pipeline.base import Pipeline, PipelineOutput, Request
+from picscope.pipeline.base import Pipeline, PipelineOutput, Request, run_deduped
 from picscope.pipeline.encoder import EncoderPipeline
 from picscope.pipeline.imagescope import ImageScopePipeline
 
@@ -30,6 +30,7 @@ __all__ = [
     "make_pipeline",
     "parse_stages",
     "resolve_reasoner",
+    "run_deduped",
 ]
 
 

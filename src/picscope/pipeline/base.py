@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from picscope.library import SearchResult
+from picscope.library import Library, SearchResult
 
 
 @dataclass
@@ -21,6 +21,9 @@ class Request:
     text: str
     reference: int | str | Path | Image.Image | None = None  # library id, file path, or image
     turns: list[str] = field(default_factory=list)  # dialogue turns after the opening `text`
+    # query arithmetic (encoder pipeline): terms as `picscope.arithmetic.parse_term` reads them
+    add: list[Any] = field(default_factory=list)
+    subtract: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -31,6 +34,23 @@ class PipelineOutput:
     model_calls: int = 0
     tokens: int = 0
     seconds: float = 0.0
+
+
+def run_deduped(library: Library, pipeline: Pipeline, request: Request, k: int, *,
+                exclude_ids: tuple[int, ...] = (), stages: tuple[int, ...] | None = None) -> PipelineOutput:
+    """Run `pipeline` for more than `k` results, fold near-duplicates together (`similar_ids`), keep `k`."""
+    out = pipeline.run(request, 3 * k + 16, exclude_ids=exclude_ids, stages=stages)
+    out.results = library.collapse_duplicates(out.results)[:k]
+    kept = {r.id: r for r in out.results}
+    cands = out.explanation.get("candidates")
+    if isinstance(cands, list):  # the explanation describes the folded ranking, not the longer one behind it
+        shown = [c for c in cands if isinstance(c, dict) and c.get("id") in kept]
+        for c in shown:
+            r = kept[c["id"]]
+            c["ranks"] = {**c.get("ranks", {}), "final": r.rank}
+            c["similar_ids"] = list(r.similar_ids)
+        out.explanation["candidates"] = sorted(shown, key=lambda c: c["ranks"]["final"])
+    return out
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from picscope.arithmetic import parse_term
 from picscope.library import Library
 from picscope.pipeline.base import PipelineOutput, Request
 from picscope.pipeline.reference import resolve_reference
@@ -29,6 +30,8 @@ class EncoderPipeline:
         text = " ".join([request.text, *request.turns])
         vec = np.asarray(self.library.embed_texts([text])[0], np.float32)
         exclude = list(exclude_ids)
+        vec, used = self.library.apply_terms(vec, request.add, request.subtract)
+        exclude.extend(used)
         ref_info = None
         if request.reference is not None:
             ref = resolve_reference(self.library, request.reference)
@@ -37,8 +40,12 @@ class EncoderPipeline:
             if ref.id is not None:
                 exclude.append(ref.id)
             ref_info = ref.describe()
-        results = self.library.search_vector(vec, k, exclude_ids=exclude)
-        explanation = {"request": {"text": request.text, "turns": list(request.turns), "reference": ref_info},
+        plain_text = request.reference is None and not request.add and not request.subtract
+        results = self.library.search_vector(vec, k, exclude_ids=exclude, text_query=plain_text)
+        terms = {"add": [parse_term(t).describe() for t in request.add],
+                 "subtract": [parse_term(t).describe() for t in request.subtract]}
+        explanation = {"request": {"text": request.text, "turns": list(request.turns), "reference": ref_info,
+                                   **({"terms": terms} if request.add or request.subtract else {})},
                        "query_text": text, "stages": [], "pipeline": "encoder",
                        "candidates": [{"id": r.id, "path": r.path, "ranks": {"final": r.rank},
                                        "stage1": {"score": round(r.score, 4)}} for r in results]}

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from picscope.config import PipelineConfig
+from picscope.errors import ConfigError
 from picscope.library import Library, SearchResult
 from picscope.models.base import ChatModel, VisionModel
 from picscope.models.deadline import call_scope
@@ -135,6 +136,8 @@ class ImageScopePipeline:
             raise ValueError("empty request")
         if k <= 0:
             raise ValueError("k must be positive")
+        if request.add or request.subtract:
+            raise ConfigError("query arithmetic (add/subtract) works with encoder search only; leave out the stages")
         cfg = self.config
         wanted = sorted(set(stages if stages is not None else cfg.stages) | {1})
         budget = _Budget(cfg)

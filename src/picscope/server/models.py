@@ -64,6 +64,27 @@ class Reference(BaseModel):
         return self
 
 
+class QueryTermIn(BaseModel):
+    """A query-arithmetic term: text, a library image (`id`) or an uploaded photo (`upload`), with a weight."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str | None = Field(None, min_length=1, max_length=MAX_QUERY, pattern=r"\S")
+    id: int | None = Field(None, ge=1, le=2**62, description="library id of an indexed image")
+    upload: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="id returned by POST /api/uploads")
+    weight: float = Field(1.0, gt=0, le=100, description="how strongly the term pulls (added) or pushes (subtracted)")
+
+    @model_validator(mode="after")
+    def _one(self) -> QueryTermIn:
+        if sum(v is not None for v in (self.text, self.id, self.upload)) != 1:
+            raise ValueError("give exactly one of text, id or upload")
+        return self
+
+
+# A term is an object, or a string: "roof", "2:night" (weight 2) or "id:12" (never a file path on the server).
+TermIn = QueryTermIn | Annotated[str, Field(min_length=1, max_length=MAX_QUERY, pattern=r"\S")]
+
+
 class SearchRequest(BaseModel):
     """Any kind of search: text; text + reference photo ("like this, but …"); text + dialogue turns."""
 
@@ -79,11 +100,21 @@ class SearchRequest(BaseModel):
     pipeline: Literal["encoder", "imagescope"] | None = Field(None, description="default: the server's")
     stages: list[Literal[1, 2, 3]] | None = Field(None, max_length=3, description="imagescope stages to run")
     exclude_ids: list[LibraryId] = Field(default_factory=list, max_length=1000)
+    add: list[TermIn] = Field(default_factory=list, max_length=20,
+                              description="query arithmetic: terms added to the query (encoder pipeline)")
+    subtract: list[TermIn] = Field(default_factory=list, max_length=20,
+                                   description="query arithmetic: terms subtracted from the query")
+    min_relevance: float | None = Field(None, ge=0, le=1, description="hide results whose calibrated relevance "
+                                        "is below this (encoder pipeline; needs a calibrated encoder)")
+    dedupe: bool = Field(False, description="fold copies and near-identical images into one result")
 
 
 class ResultItem(BaseModel):
     id: int
-    score: float
+    score: float = Field(description="raw cosine similarity; its scale depends on the encoder")
+    relevance: float | None = Field(None, description="calibrated P(relevant), when the encoder has a calibration")
+    similar_count: int = Field(0, description="copies and near-identical images folded into this result")
+    similar_ids: list[int] = Field(default_factory=list)
     rank: int
     path: str
     name: str

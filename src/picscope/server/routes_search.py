@@ -9,7 +9,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from PIL import Image
 
-from picscope.server.models import MAX_K, MAX_QUERY, Digits, ErrorBody, Reference, SearchRequest, SearchResponse
+from picscope.arithmetic import QueryTerm, parse_term
+from picscope.errors import ConfigError
+from picscope.server.models import (
+    MAX_K,
+    MAX_QUERY,
+    Digits,
+    ErrorBody,
+    QueryTermIn,
+    Reference,
+    SearchRequest,
+    SearchResponse,
+)
 from picscope.server.state import AppState, get_state
 
 router = APIRouter(prefix="/api", tags=["search"])
@@ -64,8 +75,33 @@ def reference_value(state: AppState, ref: Reference | None) -> int | Image.Image
     return state.uploads.image(ref.upload)
 
 
+def query_terms(state: AppState, terms: list[QueryTermIn | str]) -> list[QueryTerm]:
+    """REST terms → query-arithmetic terms: text, `WEIGHT:text`, `id:N`, or objects; never a server file."""
+    out: list[QueryTerm] = []
+    for t in terms:
+        try:
+            check_text(state, t if isinstance(t, str) else t.text or "-")  # the server's length limit
+            if isinstance(t, str):
+                term = parse_term(t, files=False)
+                if isinstance(term.value, int):
+                    state.images.record(term.value)  # 404 for an unknown id
+                out.append(term)
+            elif t.text is not None:
+                out.append(QueryTerm(t.text, t.weight, "text"))
+            elif t.id is not None:
+                state.images.record(t.id)
+                out.append(QueryTerm(t.id, t.weight))
+            else:
+                assert t.upload is not None
+                out.append(QueryTerm(state.uploads.image(t.upload), t.weight))
+        except ConfigError as exc:
+            raise HTTPException(400, str(exc)) from None
+    return out
+
+
 def run_search(state: AppState, req: SearchRequest) -> SearchResponse:
     from picscope.pipeline import Request as PipelineRequest
+    from picscope.pipeline import run_deduped
 
     spec = req.pipeline or state.settings.default_pipeline
     if spec not in state.settings.pipelines:
@@ -74,12 +110,29 @@ def run_search(state: AppState, req: SearchRequest) -> SearchResponse:
     stages = tuple(sorted(set(req.stages))) if req.stages is not None else None
     if spec == "encoder" and stages:
         raise HTTPException(400, "stages apply to the imagescope pipeline; leave them out for encoder search")
+    if spec != "encoder" and (req.add or req.subtract or req.min_relevance is not None):
+        raise HTTPException(400, "add, subtract and min_relevance apply to the encoder pipeline")
+    if req.min_relevance is not None and state.library.calibration is None:
+        raise HTTPException(400, "this library's encoder has no relevance calibration; leave out min_relevance")
+    if req.min_relevance is not None and (req.reference is not None or req.add or req.subtract):
+        raise HTTPException(400, "relevance is calibrated for text queries only (no reference, add or subtract)")
     t0 = time.perf_counter()
     ref = reference_value(state, req.reference)
     pipe = state.pipeline(spec, stages)
-    out = pipe.run(PipelineRequest(req.text, reference=ref, turns=list(req.turns)), req.k + req.offset,
-                   exclude_ids=tuple(req.exclude_ids), stages=stages)
-    results = out.results[req.offset : req.offset + req.k]
+    preq = PipelineRequest(req.text, reference=ref, turns=list(req.turns), add=query_terms(state, req.add),
+                           subtract=query_terms(state, req.subtract))
+    want = req.k + req.offset
+    try:
+        if req.dedupe:
+            out = run_deduped(state.library, pipe, preq, want, exclude_ids=tuple(req.exclude_ids), stages=stages)
+        else:
+            out = pipe.run(preq, want, exclude_ids=tuple(req.exclude_ids), stages=stages)
+    except ConfigError as exc:  # e.g. terms that cancel the query out
+        raise HTTPException(400, str(exc)) from None
+    results = out.results
+    if req.min_relevance is not None:
+        results = [r for r in results if r.relevance is not None and r.relevance >= req.min_relevance]
+    results = results[req.offset : req.offset + req.k]
     return SearchResponse(results=state.items(results), query=req.text, pipeline=getattr(pipe, "name", spec),
                           stages=list(out.stages), model_calls=int(out.model_calls),
                           seconds=round(time.perf_counter() - t0, 4), explanation=jsonable(out.explanation))
@@ -94,6 +147,12 @@ async def search_get(
     offset: Annotated[int, Digits, Query(ge=0, le=MAX_K)] = 0,
     ref: Annotated[int | None, Digits, Query(ge=1, le=2**62, description="library id of a reference photo")] = None,
     upload: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$", description="uploaded reference photo")] = None,
+    add: Annotated[list[str] | None, Query(max_length=MAX_QUERY, description="query arithmetic: add a term "
+                                           "(text, WEIGHT:text or id:N; repeatable)")] = None,
+    subtract: Annotated[list[str] | None, Query(max_length=MAX_QUERY, description="query arithmetic: subtract a "
+                                                "term (repeatable)")] = None,
+    min_relevance: Annotated[float | None, Query(ge=0, le=1, description="calibrated relevance threshold")] = None,
+    dedupe: Annotated[bool, Query(description="fold copies and near-identical images into one result")] = False,
 ) -> SearchResponse:
     """`GET /api/search?q=TEXT&k=N` (encoder pipeline). With `ref` or `upload` it is a composed search."""
     text = check_text(state, q)
@@ -101,7 +160,10 @@ async def search_get(
     if ref is not None and upload is not None:
         raise HTTPException(400, "give ref or upload, not both")
     reference = Reference(id=ref) if ref is not None else Reference(upload=upload) if upload is not None else None
-    req = SearchRequest(text=text, k=k, offset=offset, reference=reference)
+    if len(add or []) + len(subtract or []) > 40:
+        raise HTTPException(400, "at most 20 added and 20 subtracted terms")
+    req = SearchRequest(text=text, k=k, offset=offset, reference=reference, add=list(add or []),
+                        subtract=list(subtract or []), min_relevance=min_relevance, dedupe=dedupe)
     if uses_models(state, req):
         return await state.run_models(request, run_search, state, req)
     return await state.work.run(run_search, state, req)

@@ -30,7 +30,7 @@ from typing import Any
 from picscope.diskspace import DiskFullError, free_bytes
 from picscope.errors import LibraryError, LibraryReadOnlyError, SchemaTooNewError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -81,8 +81,14 @@ def _v2(db: sqlite3.Connection) -> None:
     )
 
 
+def _v3_perceptual_hashes(db: sqlite3.Connection) -> None:
+    """Near-duplicates: a 64-bit dHash and the mean colour per content hash (byte-identical copies share them)."""
+    db.execute("CREATE TABLE IF NOT EXISTS perceptual_hashes (hash TEXT PRIMARY KEY, dhash INTEGER NOT NULL, "
+               "colour INTEGER NOT NULL)")
+
+
 # MIGRATIONS[i] brings a database from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3_perceptual_hashes]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -408,6 +414,30 @@ class Catalog:
     def roots(self) -> list[tuple[str, float | None]]:
         with self._lock:
             return [(r[0], r[1]) for r in self.db.execute("SELECT path, last_scan FROM roots ORDER BY path")]
+
+    # -- perceptual hashes (near-duplicates; picscope.dedupe) ----------------------------------------
+    def put_phash(self, db: sqlite3.Connection, content_hash: str, dhash: int, colour: int) -> None:
+        """Store dHash and mean colour of a content hash inside an open transaction (dHash kept as signed 64-bit)."""
+        signed = dhash - (1 << 64) if dhash >= (1 << 63) else dhash
+        db.execute("INSERT OR REPLACE INTO perceptual_hashes(hash, dhash, colour) VALUES (?, ?, ?)",
+                   (content_hash, signed, colour))
+
+    def phashes(self, content_hashes: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """content hash -> (unsigned 64-bit dHash, mean colour 0xRRGGBB), for the hashes that have them."""
+        keys = list(dict.fromkeys(content_hashes))
+        out: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for start in range(0, len(keys), 900):
+                chunk = keys[start : start + 900]
+                try:
+                    rows = self.db.execute(
+                        f"SELECT hash, dhash, colour FROM perceptual_hashes WHERE hash IN "
+                        f"({','.join('?' * len(chunk))})", chunk,
+                    ).fetchall()
+                except sqlite3.OperationalError:  # an older catalog opened read-only: no such table (yet)
+                    return {}
+                out.update({h: (d & ((1 << 64) - 1), c) for h, d, c in rows})
+        return out
 
     def close(self) -> None:
         with self._lock:

@@ -2,7 +2,7 @@
 // Plain ES modules, no build step. State lives in `state`; every view is re-rendered from it.
 
 import { api, ApiError } from "./api.js";
-import { el, renderSearchExplanation, renderSessionExplanation } from "./explain.js";
+import { el, renderPendingExplanation, renderSearchExplanation, renderSessionExplanation } from "./explain.js";
 
 const PAGE = 24;
 const $ = (id) => document.getElementById(id);
@@ -20,6 +20,7 @@ const state = {
   viewerIndex: -1,
   focusIndex: 0,
   busy: false,
+  requestReference: null, // the reference label of the request the grid shows (for the Why panel)
 };
 
 // ---- messages ----------------------------------------------------------------------------------------------
@@ -82,12 +83,18 @@ function card(item, index) {
   }));
   const meta = el("div", { class: "card-meta" },
     el("span", { class: "rank", text: `#${index + 1}` }),
-    el("span", { class: "score", title: "cosine score", text: item.score.toFixed(3) }),
+    el("span", { class: "score", title: "cosine score (its scale depends on the encoder)", text: item.score.toFixed(3) }),
+    typeof item.relevance === "number"
+      ? el("span", { class: "relevance", title: "calibrated relevance: estimated chance that the photo matches", text: `${Math.round(item.relevance * 100)}%` })
+      : null,
     el("span", { class: "name", title: item.path, text: item.name }));
+  const similar = item.similar_count
+    ? el("div", { class: "similar", title: `${item.similar_count} copies or near-identical photos folded into this one`, text: `+${item.similar_count} similar` })
+    : null;
   const classes = ["card"];
   if (item.mark === true) classes.push("is-relevant");
   if (item.mark === false) classes.push("is-irrelevant");
-  return el("li", { class: classes.join(" "), "data-id": String(item.id) }, open, meta,
+  return el("li", { class: classes.join(" "), "data-id": String(item.id) }, open, meta, similar,
     state.kind === "session" ? markButtons(item, index) : null);
 }
 
@@ -97,7 +104,7 @@ function renderGrid() {
   $("results-heading").textContent = state.items.length ? `Results (${state.items.length})` : "Results";
   $("more-button").hidden = state.kind === "session" || state.items.length === 0 || state.items.length % PAGE !== 0;
   $("session-bar").hidden = state.kind !== "session";
-  $("turns").hidden = state.kind !== "search";
+  $("turns").hidden = state.kind !== "search" || state.mode !== "search";
   renderTurns();
 }
 
@@ -120,8 +127,9 @@ function columns() {
 
 // ---- searching ---------------------------------------------------------------------------------------------
 function searchRequest(text) {
-  const request = { text, k: PAGE, offset: 0, turns: [...state.turns], pipeline: $("pipeline").value };
+  const request = { text, k: PAGE, offset: 0, turns: [...state.turns], pipeline: $("pipeline").value, dedupe: true };
   if (state.reference) request.reference = state.reference.id ? { id: state.reference.id } : { upload: state.reference.upload };
+  state.requestReference = state.reference ? state.reference.label : null;
   return request;
 }
 
@@ -129,7 +137,7 @@ function showSearch(response, append) {
   state.kind = "search";
   state.items = append ? [...state.items, ...response.results] : response.results;
   renderGrid();
-  renderSearchExplanation($("explain-body"), response);
+  renderSearchExplanation($("explain-body"), response, state.requestReference);
   const n = response.results.length;
   say(n ? `${state.items.length} photos for “${response.query}” (${response.seconds.toFixed(2)} s)` : "No photos found.");
 }
@@ -175,7 +183,7 @@ async function similar(ref) {
     state.focusIndex = 0;
     renderGrid();
     $("more-button").hidden = response.results.length < PAGE;
-    renderSearchExplanation($("explain-body"), response);
+    renderSearchExplanation($("explain-body"), response, ref.label || null);
     say(`${response.results.length} photos like ${ref.label || "the reference"}`);
   });
   focusCard(0);
@@ -192,11 +200,22 @@ function setReference(ref) {
     $("reference-label").textContent = `Like ${ref.label}, but…`;
     $("q-label").textContent = "What should be different?";
     $("q").placeholder = "e.g. at night, with two people";
+    renderPendingExplanation($("explain-body"), [`Reference photo: ${ref.label}.`,
+      "Type what should be different and press Search, or choose Find similar."]);
   } else {
     $("reference-thumb").removeAttribute("src");
     $("q-label").textContent = "Describe the photo you mean";
     $("q").placeholder = "e.g. two dogs playing in the snow";
+    if (state.kind) renderPendingExplanation($("explain-body"), ["No reference photo: the next search uses your words only."]);
   }
+}
+
+// Controls belong to a mode: the pipeline to plain search, feedback and page size to sessions.
+function setMode(mode) {
+  state.mode = mode;
+  for (const node of document.querySelectorAll(".search-only")) node.hidden = mode !== "search";
+  for (const node of document.querySelectorAll(".session-only")) node.hidden = mode !== "session";
+  $("turns").hidden = state.kind !== "search" || mode !== "search";
 }
 
 async function uploadFile(file) {
@@ -382,7 +401,7 @@ function init() {
     runSearch();
   });
   for (const radio of document.querySelectorAll('input[name="mode"]')) {
-    radio.addEventListener("change", () => { state.mode = radio.value; });
+    radio.addEventListener("change", () => setMode(radio.value));
   }
   $("upload").addEventListener("change", (e) => uploadFile(e.target.files[0]));
   $("reference-clear").addEventListener("click", () => { setReference(null); $("q").focus(); });
@@ -409,6 +428,7 @@ function init() {
   $("viewer-irrelevant").addEventListener("click", () => mark(state.viewerIndex, false));
   $("viewer").addEventListener("close", () => { if (state.viewerIndex >= 0) focusCard(state.viewerIndex); });
   document.addEventListener("keydown", onKey);
+  setMode(document.querySelector('input[name="mode"]:checked').value);
   const params = new URLSearchParams(location.search);
   if (params.get("q")) { $("q").value = params.get("q"); runSearch(); }
   loadStatus();

@@ -24,7 +24,13 @@ function section(title, ...content) {
   return el("section", { class: "explain-section" }, el("h3", { text: title }), ...content);
 }
 
-export function renderSearchExplanation(target, response) {
+// Before the next search runs: what it will be (so the panel never describes a request that is no longer current).
+export function renderPendingExplanation(target, lines) {
+  target.replaceChildren(el("div", { class: "pending" }, el("h3", { text: "Next search" }),
+    ...lines.map((line) => el("p", { text: line }))));
+}
+
+export function renderSearchExplanation(target, response, referenceLabel = null) {
   const ex = response.explanation || {};
   const parts = [];
   const meta = [`pipeline: ${response.pipeline}`];
@@ -36,7 +42,8 @@ export function renderSearchExplanation(target, response) {
   const req = ex.request || {};
   if (req.reference || ex.reference) {
     const ref = req.reference || ex.reference;
-    parts.push(section("Reference photo", el("p", { text: ref.source || (ref.id ? `library id ${ref.id}` : "an uploaded photo") }),
+    const source = ref.source || (ref.id ? `library id ${ref.id}` : "an uploaded photo");
+    parts.push(section("Reference photo", el("p", { class: "reference-name", text: referenceLabel ? `${referenceLabel} (${source})` : source }),
       req.reference_caption ? el("p", { class: "dim", text: `seen as: ${req.reference_caption}` }) : null));
   }
   if (req.turns && req.turns.length) {
