@@ -28,6 +28,37 @@ LibraryOpt = Annotated[
 ]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from picscope import __version__
+
+        out.print(f"picscope {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Find the picture you mean: index folders, search by text or example, refine with feedback."""
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """click's exception base, from click itself and from the copy typer vendors (`typer._click`)."""
+    import click
+
+    types: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        types.append(VendoredClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def run_app(argv: list[str]) -> int:
     try:
         rc = app(args=argv, prog_name="picscope", standalone_mode=False)
@@ -45,11 +76,9 @@ def run_app(argv: list[str]) -> int:
         err.print("interrupted")
         return 130
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+        if isinstance(exc, _usage_error_types()):
+            exc.show()  # type: ignore[attr-defined]
+            return int(exc.exit_code)  # type: ignore[attr-defined]
         if os.environ.get("PICSCOPE_DEBUG"):
             raise
         err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set PICSCOPE_DEBUG=1 for a traceback)")

@@ -88,6 +88,11 @@ class BundledEncoder(BaseEncoder):
         pin = sums[heads_file] if version == "bundled-v1" else hashlib.sha256(
             (sums[heads_file] + sums[memory_file]).encode()).hexdigest()
         self.name = f"{version}@{pin[:12]}"
+        if folder is None or Path(folder).resolve() == WEIGHTS_DIR:  # keyed by the pinned weights and the towers
+            from picscope.encoders.labels import label_cache_key
+            from picscope.paths import cache_dir
+
+            self.model.bank_cache = cache_dir() / f"bank-{version}-{pin[:12]}-{label_cache_key()}.npy"
 
     def prepare_image(self, image: Image.Image) -> Any:
         arr = towers.prepare_efficientnet(image)
