@@ -1,0 +1,79 @@
+"""What a new `picscope` process imports: a search never imports torch/transformers/sentence-transformers, and
+`--help`, `--version` and `status` import no model code at all. Each case runs in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import picscope
+from picscope.cli import main
+
+TORCH = ("torch", "transformers", "sentence_transformers")
+MODEL_CODE = (*TORCH, "onnxruntime", "onnx", "tokenizers", "picscope.encoders.towers", "picscope.encoders.minilm",
+              "scipy", "efficientnet_lite_pytorch")
+
+DRIVER = """
+import json, sys
+from picscope.cli import main
+rc = main(json.loads(sys.argv[1]))
+watch = json.loads(sys.argv[2])
+print("MODULES " + json.dumps({"rc": rc, "loaded": [m for m in watch if m in sys.modules]}), file=sys.stderr)
+"""
+
+
+def _run(args: list[str], watch: tuple[str, ...]) -> tuple[int, list[str], str]:
+    env = dict(os.environ)
+    src = str(Path(picscope.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(args), json.dumps(list(watch))],
+                          capture_output=True, text=True, env=env, timeout=300)
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES "))
+    data = json.loads(line[len("MODULES "):])
+    return int(data["rc"]), list(data["loaded"]), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def small_library(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four demo photos indexed with the default encoder."""
+    base = tmp_path_factory.mktemp("startup")
+    photos = base / "photos"
+    photos.mkdir()
+    for name in ("cat.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg"):
+        if (demo_folder / name).exists():
+            shutil.copy(demo_folder / name, photos / name)
+    lib = base / "lib"
+    assert main(["index", str(photos), "--library", str(lib), "--quiet"]) == 0
+    return lib
+
+
+def test_text_search_imports_no_torch(small_library: Path) -> None:
+    rc, loaded, out = _run(["search", "a tabby cat", "-k", "2", "--json", "--library", str(small_library)],
+                           (*TORCH, "picscope.encoders.towers"))
+    assert rc == 0
+    assert json.loads(out)[0]["path"].endswith("cat.jpg")
+    assert loaded == ["picscope.encoders.towers"]  # the text tower ran, without torch
+
+
+def test_image_search_imports_no_torch(small_library: Path, demo_folder: Path) -> None:
+    photo = demo_folder / "horse.png"  # not in the library, so the image tower runs
+    rc, loaded, out = _run(["search", "--image", str(photo), "--json", "--library", str(small_library)],
+                           (*TORCH, "onnxruntime"))
+    assert rc == 0 and len(json.loads(out)) == 4
+    assert loaded == ["onnxruntime"]  # the image tower ran, without torch
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["status"]])
+def test_help_version_and_status_import_no_model_code(args: list[str], small_library: Path) -> None:
+    argv = [*args, "--library", str(small_library)] if args == ["status"] else args
+    rc, loaded, out = _run(argv, MODEL_CODE)
+    assert rc == 0 and out.strip()
+    assert loaded == []
+    if args == ["--version"]:
+        assert out.strip() == f"picscope {picscope.__version__}"
