@@ -77,3 +77,54 @@ def test_help_version_and_status_import_no_model_code(args: list[str], small_lib
     assert loaded == []
     if args == ["--version"]:
         assert out.strip() == f"picscope {picscope.__version__}"
+
+
+BLOCKER = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "transformers", "sentence_transformers", "efficientnet_lite_pytorch",
+                                  "torchvision", "scipy"}:
+            raise ImportError(f"{name} is blocked: this process plays a base install without torch")
+        return None
+sys.meta_path.insert(0, Block())
+from picscope.cli import main
+for argv in json.loads(sys.argv[1]):
+    rc = main(argv)
+    if rc:
+        sys.exit(rc)
+"""
+
+
+@pytest.mark.slow  # builds both ONNX models, the label embeddings and the hubness bank from scratch (~30 s)
+def test_a_fresh_install_without_torch_indexes_and_searches(demo_folder: Path, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(picscope.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PICSCOPE_CACHE"] = str(tmp_path / "cache")  # nothing built yet
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat.jpg", "coffee.jpg", "rocket.jpg", "horse.png"):
+        shutil.copy(demo_folder / name, photos / name)
+    lib = str(tmp_path / "lib")
+    steps = [["index", str(photos), "--library", lib],
+             ["search", "a tabby cat", "-k", "1", "--paths", "--library", lib],
+             ["search", "--image", str(demo_folder / "astronaut.jpg"), "-k", "1", "--paths", "--library", lib]]
+    proc = subprocess.run([sys.executable, "-c", BLOCKER, json.dumps(steps)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    text_hit, image_hit = proc.stdout.strip().splitlines()[-2:]
+    assert text_hit == str(photos / "cat.jpg") and Path(image_hit).parent == photos
+    assert "preparing the image model (once)…" in proc.stderr
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir() if p.suffix == ".onnx") == [".onnx", ".onnx"]
+
+
+@pytest.mark.parametrize("spec", ["hf:openai/clip-vit-base-patch32", "open-clip:ViT-B-32/laion2b_s34b_b79k"])
+def test_torch_encoders_without_torch_name_the_extra(spec: str, demo_folder: Path, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(picscope.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    steps = [["index", str(demo_folder), "--library", str(tmp_path / "lib"), "--encoder", spec]]
+    proc = subprocess.run([sys.executable, "-c", BLOCKER, json.dumps(steps)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 2
+    message = " ".join(proc.stderr.split())  # rich wraps long lines
+    assert "pip install 'picscope[train]'" in message and "Traceback" not in message

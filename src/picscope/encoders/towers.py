@@ -33,7 +33,10 @@ _lock = threading.Lock()
 
 def configure_torch_threads() -> None:
     """Use `$PICSCOPE_THREADS` threads (default: all cores) for torch (the `hf:`/`open-clip:` encoders)."""
-    import torch
+    try:
+        import torch
+    except ImportError as exc:
+        raise EncoderError(f"this encoder needs torch: pip install 'picscope[train]' ({exc})") from exc
 
     from picscope.encoders.onnxcache import threads
 
