@@ -102,12 +102,33 @@ class EfficientNetTower:
                 raise EncoderError(f"cannot build EfficientNet-Lite0 from {weights}: {exc}") from exc
 
         self._ort: Any = onnxcache.session(build(), rebuild=build)
+        self._weights = weights
+        self._net: Any = None
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, 3, 224, 224) -> (pooled (n, 1280), logits (n, 1000))."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._ort is None:  # benchmarks set `_ort = None` to time the PyTorch reference
+            return self._torch_forward(x)
         pooled, logits = self._ort.run(None, {"x": x})
         return np.asarray(pooled, np.float32), np.asarray(logits, np.float32)
+
+    def _torch_forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The original PyTorch network (needs the `train` extra)."""
+        from picscope.encoders.effnet import torch_reference
+
+        try:
+            import torch
+
+            if self._net is None:
+                configure_torch_threads()
+                self._net = torch_reference(self._weights)
+        except ImportError as exc:
+            raise EncoderError(f"the PyTorch reference needs torch: pip install 'picscope[train]' ({exc})") from exc
+        with torch.inference_mode():
+            pooled = self._net.extract_features(torch.from_numpy(x)).mean(dim=(2, 3))
+            logits = self._net._fc(pooled)
+        return pooled.numpy().astype(np.float32), logits.numpy().astype(np.float32)
 
 
 class MiniLMTower:
