@@ -2,7 +2,8 @@
 
     python benchmarks/bench_cli.py [--repeat 7] [--library PATH] [--query TEXT] [--image FILE] [--first-repeat 3]
 
-Each command runs as a new process (`python -m picscope ...`), N times, round-robin (so a change in machine load
+Each command runs as a new process (`python -m picscope ...`, with bytecode caching on, as after an install),
+N times, round-robin (so a change in machine load
 hits every command alike); the table gives p50/p95 wall seconds and the ratio to the floor,
 `python -c "import numpy, onnxruntime"`. Commands: `--help`, `status`, `search TEXT`, `search --image FILE` on a
 library (default: the demo photos, indexed once before timing; `--library` for a bigger one), and the README's
@@ -29,6 +30,7 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: modules load from .pyc (written by the warm-up run)
     env.update(extra or {})
     return env
 

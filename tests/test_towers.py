@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from picscope.demo import sample_images
-from picscope.encoders import effnet, onnxcache, towers
+from picscope.encoders import effnet, modelcache, towers
 from picscope.encoders.numerics import erf, gelu
 
 TEXTS = [
@@ -134,21 +134,21 @@ def test_model_cache_builds_once_with_a_note_and_rebuilds_a_corrupt_file(
         calls.append(1)
         return _tiny_model()
 
-    path = onnxcache.cached_model("tiny", weights, "v1", build, "preparing the tiny model (once)…")
+    path = modelcache.cached_model("tiny", weights, "v1", build, "preparing the tiny model (once)…")
     assert path.parent == tmp_path / "cache" and path.exists() and calls == [1]
     captured = capsys.readouterr()
     assert "preparing the tiny model (once)…" in captured.err and captured.out == ""
-    assert onnxcache.cached_model("tiny", weights, "v1", build, "note") == path and calls == [1]
+    assert modelcache.cached_model("tiny", weights, "v1", build, "note") == path and calls == [1]
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # atomic: no leftovers
-    out = onnxcache.session(path).run(None, {"x": np.array([1.5], np.float32)})[0]
+    out = modelcache.session(path).run(None, {"x": np.array([1.5], np.float32)})[0]
     assert out.tolist() == [3.0]
     # other weights or another builder version: another file
-    assert onnxcache.cached_model("tiny", weights, "v2", build, "note") != path and calls == [1, 1]
+    assert modelcache.cached_model("tiny", weights, "v2", build, "note") != path and calls == [1, 1]
     weights.write_bytes(b"weights v2, longer")
-    assert onnxcache.cached_model("tiny", weights, "v1", build, "note") != path
+    assert modelcache.cached_model("tiny", weights, "v1", build, "note") != path
     # a corrupt cache entry is deleted and rebuilt
     path.write_bytes(b"not onnx")
-    sess = onnxcache.session(path, rebuild=lambda: onnxcache.cached_model("tiny2", weights, "v1", build, "n"))
+    sess = modelcache.session(path, rebuild=lambda: modelcache.cached_model("tiny2", weights, "v1", build, "n"))
     assert sess.run(None, {"x": np.array([1.0], np.float32)})[0].tolist() == [2.0]
     assert not path.exists()
 

