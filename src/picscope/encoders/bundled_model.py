@@ -353,6 +353,10 @@ class BundledModel:
                         return self._bank
                 except (OSError, ValueError):
                     pass
+            if self.bank_cache is not None:
+                from picscope.encoders.modelcache import progress
+
+                progress("preparing the caption bank (once)…")
             self._bank = self.text_main(self.values)
             if self.bank_cache is not None:
                 import io

@@ -17,7 +17,7 @@ from PIL import Image
 
 from picscope.encoders import towers
 from picscope.encoders.base import BaseEncoder
-from picscope.encoders.modelcache import atomic_write
+from picscope.encoders.modelcache import atomic_write, progress
 from picscope.paths import cache_dir
 
 
@@ -52,6 +52,7 @@ class LabelSpaceEncoder(BaseEncoder):
                 if emb.shape != (1000, towers.MiniLMTower.dim):
                     raise ValueError("stale cache")
             except (OSError, ValueError):
+                progress("preparing the label embeddings (once)…")
                 prompts = [f"a photo of a {c}" for c in towers.imagenet_classes()]
                 emb = towers.minilm().encode(prompts)
                 buf = io.BytesIO()

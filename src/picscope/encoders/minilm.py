@@ -73,7 +73,10 @@ class NumpyMiniLM:
             p = f"encoder.layer.{i}."
 
             def proj(h: np.ndarray, name: str, p: str = p) -> np.ndarray:
-                return h @ w[p + name + ".weight"].T + w[p + name + ".bias"]
+                weight = w[p + name + ".weight"]
+                if len(h) <= 32:  # a query: W·hᵀ reads the row-major weight in order (2x faster than h·Wᵀ here)
+                    return (weight @ h.T).T + w[p + name + ".bias"]
+                return h @ weight.T + w[p + name + ".bias"]
 
             q = proj(x, "attention.self.query").reshape(n, length, self.heads, hd).transpose(0, 2, 1, 3)
             k = proj(x, "attention.self.key").reshape(n, length, self.heads, hd).transpose(0, 2, 3, 1)
