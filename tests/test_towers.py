@@ -160,3 +160,33 @@ def test_erf_and_gelu_are_exact_to_float32() -> None:
     assert np.abs(erf(x.astype(np.float32)) - ref).max() < 1e-6 and erf(x.astype(np.float32)).dtype == np.float32
     ref_gelu = 0.5 * x * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x]))
     assert np.abs(gelu(x.astype(np.float32)) - ref_gelu).max() < 5e-6
+
+
+def test_single_threaded_blas_is_restored_after_concurrent_users() -> None:
+    import threading
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from picscope.encoders.numerics import single_threaded_blas
+
+    def blas_threads() -> int:
+        infos = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        if not infos:
+            pytest.skip("numpy reports no BLAS thread pool")
+        return int(infos[0]["num_threads"])
+
+    before = blas_threads()
+    seen: list[int] = []
+
+    def work() -> None:
+        for _ in range(20):
+            with single_threaded_blas():
+                seen.append(blas_threads())
+                _ = np.ones((64, 64), np.float32) @ np.ones((64, 64), np.float32)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(seen) == {1}
+    assert blas_threads() == before

@@ -6,6 +6,7 @@ import contextlib
 import json
 import mmap
 import struct
+import threading
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -74,12 +75,29 @@ def _blas_controller() -> Any:
     return ThreadpoolController()
 
 
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_restore: Any = None
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Run the enclosed numpy matrix products on one BLAS thread (process-wide while it lasts)."""
+    """Run the enclosed numpy matrix products on one BLAS thread. The limit is process-wide, so concurrent users
+    (server threads) share it: the first one in sets it, the last one out restores the previous setting."""
+    global _blas_users, _blas_restore
     controller = _blas_controller()
     if controller is None:
         yield
         return
-    with controller.limit(limits=1, user_api="blas"):
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_restore = controller.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_restore is not None:
+                _blas_restore.restore_original_limits()
+                _blas_restore = None
