@@ -1,4 +1,4 @@
-"""Small numpy kernels shared by the torch-free model runtimes (no scipy: it costs ~0.3 s to import)."""
+"""Small numpy kernels shared by the torch-free model runtimes (scipy is not imported at query time)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-# Abramowitz & Stegun 7.1.26 is only good to 1.5e-7 absolute; this is W. J. Cody's rational Chebyshev
-# approximation as used by Numerical Recipes' `erfc` (erfcc): relative error < 1.2e-7 everywhere, i.e. exact
-# to float32 precision.
+# Numerical Recipes' `erfcc` (a Chebyshev fit of erfc): fractional error < 1.2e-7 everywhere, i.e. exact to float32
+# precision (Abramowitz & Stegun 7.1.26 would give only 1.5e-7 absolute). Measured against math.erf in the tests.
 _ERFC_COEF = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
               0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
 
