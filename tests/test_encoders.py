@@ -111,21 +111,3 @@ def test_open_clip_missing_is_a_clear_error() -> None:
             make_encoder("open-clip:ViT-B-32/laion2b_s34b_b79k")
     else:  # pragma: no cover - only where open_clip is installed
         pytest.skip("open_clip is installed here")
-
-
-def test_onnx_runtime_matches_the_pytorch_reference() -> None:
-    from picscope.encoders import towers
-
-    tower = towers.efficientnet()
-    if tower.runtime != "onnxruntime":
-        pytest.skip("onnxruntime/onnx not installed: PyTorch is the only runtime")
-    x = np.stack([towers.prepare_efficientnet(im) for im, _ in list(sample_images().values())[:4]])
-    pooled, logits = tower.forward(x)
-    saved, tower._ort = tower._ort, None
-    try:
-        ref_pooled, ref_logits = tower.forward(x)
-    finally:
-        tower._ort = saved
-    np.testing.assert_allclose(pooled, ref_pooled, atol=1e-4)
-    np.testing.assert_allclose(logits, ref_logits, atol=1e-3)
-    assert (logits.argmax(1) == ref_logits.argmax(1)).all()

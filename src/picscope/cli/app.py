@@ -115,7 +115,9 @@ def run_app(argv: list[str]) -> int:
         if isinstance(rc, int) and rc:  # click returns a typer.Exit code instead of raising in this mode
             return rc
     except PicscopeError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)  # the text is not markup
         return 2
     except typer.Exit as exc:
         return int(exc.exit_code or 0)

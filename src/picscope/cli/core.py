@@ -9,8 +9,6 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from picscope.cli.app import LibraryOpt, app, err, out, usage_error
@@ -24,6 +22,17 @@ class RichIndexProgress(Progress):
     """A progress bar with count, rate and ETA, on stderr."""
 
     def __init__(self, label: str = "indexing") -> None:
+        # imported here: rich.progress costs ~0.1 s, and only `index` draws a bar
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskID,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
         self.bar = RichProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

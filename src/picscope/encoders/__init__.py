@@ -12,7 +12,8 @@ from functools import lru_cache
 from picscope.encoders.base import BaseEncoder, DualEncoder, l2_normalise
 from picscope.errors import EncoderError
 
-__all__ = ["BaseEncoder", "DualEncoder", "default_encoder_spec", "l2_normalise", "make_encoder", "register"]
+__all__ = ["BaseEncoder", "DualEncoder", "default_encoder_spec", "l2_normalise", "make_encoder", "prepare",
+           "register"]
 
 _BUILDERS: dict[str, Callable[[str], DualEncoder]] = {}
 
@@ -84,6 +85,16 @@ def _split(spec: str) -> tuple[str, str]:
             return prefix, spec[len(prefix) + 1 :]
     known = ", ".join(sorted(_BUILDERS))
     raise EncoderError(f"unknown encoder spec {spec!r}; known: {known}")
+
+
+def prepare(spec: str | None = None) -> None:
+    """Build everything an encoder caches on first use (ONNX graphs, label embeddings, caption bank), so that the
+    first `index`/`search` does not wait for it. `scripts/setup.sh` runs this once for the default encoder."""
+    encoder = make_encoder(spec or default_encoder_spec())
+    encoder.embed_texts(["warm up"] * 9)  # more than a query's worth: the batch runtime too
+    from PIL import Image
+
+    encoder.embed_images([Image.new("RGB", (64, 64))])
 
 
 @lru_cache(maxsize=8)

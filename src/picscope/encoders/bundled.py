@@ -10,6 +10,7 @@ caption memory (`encoders/weights/bundled-v2-*.npz`, SHA-256 pinned in `bundled-
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from PIL import Image
 
 from picscope.encoders import towers
 from picscope.encoders.base import BaseEncoder
-from picscope.encoders.bundled_model import BundledModel
+from picscope.encoders.bundled_model import BundledModel, MemoryConfig
+from picscope.encoders.modelcache import file_digest, load_arrays, save_arrays
 from picscope.errors import EncoderError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -59,13 +61,42 @@ def _verified(folder: Path, version: str) -> dict[str, str]:
         path = folder / name
         if not path.exists():
             raise EncoderError(f"bundled encoder: weights file {path} is missing")
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        actual = file_digest(path)  # remembered by (path, size, mtime): a later process only stats the file
         if actual != expected.get(name):
             raise EncoderError(
                 f"bundled encoder: {path} is corrupt (SHA-256 {actual[:16]}… does not match the pinned "
                 f"{expected.get(name, '?')[:16]}…); reinstall picscope or re-run `picscope train-encoder`"
             )
     return expected
+
+
+def _load_model(root: Path, version: str, heads_file: str, memory_file: str, digest: str) -> BundledModel:
+    """The model from its (verified) files. Unpacking the 4-bit heads and 8-bit memory takes ~0.3 s, so the
+    unpacked float32 arrays are kept in the cache folder and memory-mapped by later processes."""
+    from picscope.paths import cache_dir
+
+    cached = cache_dir() / f"{version}-{digest[:16]}-unpacked"
+    loaded = load_arrays(cached)
+    if loaded is not None:
+        arrays, meta = loaded
+        try:
+            members = [{k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"h{j}.")}
+                       for j in range(int(meta["members"]))]
+            keys = [arrays[f"keys{j}"] for j in range(int(meta["keys"]))]
+            return BundledModel(members, keys, arrays["values"], MemoryConfig.from_json(meta["config"]))
+        except (KeyError, ValueError, TypeError):
+            pass  # a cache from another layout: rebuilt below
+    try:
+        with np.load(root / heads_file) as h, np.load(root / memory_file) as m:
+            model = BundledModel.from_arrays({k: h[k] for k in h.files}, {k: m[k] for k in m.files})
+    except (OSError, ValueError, KeyError) as exc:
+        raise EncoderError(f"bundled encoder: cannot read weights in {root}: {exc}") from exc
+    flat = {f"h{j}.{k}": v for j, w in enumerate(model.members) for k, v in w.items()}
+    flat.update({f"keys{j}": k for j, k in enumerate(model.keys)})
+    flat["values"] = model.values
+    meta = {"members": len(model.members), "keys": len(model.keys), "config": json.dumps(model.mem.__dict__)}
+    save_arrays(cached, flat, meta)
+    return model
 
 
 class BundledEncoder(BaseEncoder):
@@ -76,11 +107,8 @@ class BundledEncoder(BaseEncoder):
         version = _version_in(root)
         sums = _verified(root, version)
         heads_file, memory_file, _ = _files(version)
-        try:
-            with np.load(root / heads_file) as h, np.load(root / memory_file) as m:
-                self.model = BundledModel.from_arrays({k: h[k] for k in h.files}, {k: m[k] for k in m.files})
-        except (OSError, ValueError, KeyError) as exc:
-            raise EncoderError(f"bundled encoder: cannot read weights in {root}: {exc}") from exc
+        self.model = _load_model(root, version, heads_file, memory_file,
+                                 hashlib.sha256((sums[heads_file] + sums[memory_file]).encode()).hexdigest())
         self.dim = self.model.dim
         self.vector_parts = self.model.parts()
         self.version = version
@@ -90,6 +118,11 @@ class BundledEncoder(BaseEncoder):
         pin = sums[heads_file] if version == "bundled-v1" else hashlib.sha256(
             (sums[heads_file] + sums[memory_file]).encode()).hexdigest()
         self.name = f"{version}@{pin[:12]}"
+        if folder is None or Path(folder).resolve() == WEIGHTS_DIR:  # keyed by the pinned weights and the towers
+            from picscope.encoders.labels import label_cache_key
+            from picscope.paths import cache_dir
+
+            self.model.bank_cache = cache_dir() / f"bank-{version}-{pin[:12]}-{label_cache_key()}.npy"
 
     def prepare_image(self, image: Image.Image) -> Any:
         arr = towers.prepare_efficientnet(image)

@@ -26,8 +26,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from math import sqrt
+from pathlib import Path
 
 import numpy as np
+
+from picscope.encoders.numerics import gelu  # exact (erf) GELU, numpy only
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,6 @@ class MemoryConfig:
 
 
 # -- heads ---------------------------------------------------------------------------------------------------
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    from scipy.special import erf
-
-    return (0.5 * x * (1.0 + erf(x / sqrt(2.0)))).astype(np.float32)
 
 
 def apply_head(w: dict[str, np.ndarray], prefix: str, x: np.ndarray) -> np.ndarray:
@@ -219,6 +216,7 @@ class BundledModel:
         self.text_dim = int(values.shape[1])
         self._label_emb = label_embeddings
         self._bank: np.ndarray | None = None
+        self.bank_cache: Path | None = None  # where `bank()` is kept between processes (set by BundledEncoder)
 
     @property
     def dim(self) -> int:
@@ -344,9 +342,30 @@ class BundledModel:
         return _normalised([main * sqrt(scale), coord, pad])
 
     def bank(self) -> np.ndarray:
-        """The texts hubness is measured against: the memory values (mean train-caption embeddings)."""
+        """The texts hubness is measured against: the memory values (mean train-caption embeddings). Computing it
+        takes seconds, so it is kept in `bank_cache` when that is set."""
         if self._bank is None:
+            if self.bank_cache is not None:
+                try:
+                    bank = np.asarray(np.load(self.bank_cache, mmap_mode="r"))
+                    if bank.shape == (len(self.values), self.dim - (2 if self.mem.hub else 0)):
+                        self._bank = bank.astype(np.float32, copy=False)
+                        return self._bank
+                except (OSError, ValueError):
+                    pass
+            if self.bank_cache is not None:
+                from picscope.encoders.modelcache import progress
+
+                progress("preparing the caption bank (once)…")
             self._bank = self.text_main(self.values)
+            if self.bank_cache is not None:
+                import io
+
+                from picscope.encoders.modelcache import atomic_write
+
+                buf = io.BytesIO()
+                np.save(buf, self._bank)
+                atomic_write(self.bank_cache, buf.getvalue())
         return self._bank
 
 

@@ -37,7 +37,7 @@ class HFDualEncoder(BaseEncoder):
             import torch
             from transformers import AutoModel, AutoProcessor
         except ImportError as exc:  # pragma: no cover
-            raise EncoderError(f"hf: needs transformers and torch: {exc}") from exc
+            raise EncoderError(f"hf: needs transformers and torch: pip install 'picscope[train]' ({exc})") from exc
         configure_torch_threads()
         local_only = os.environ.get("PICSCOPE_ALLOW_DOWNLOAD") != "1"
         try:

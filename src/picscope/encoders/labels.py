@@ -8,7 +8,7 @@ distributions, in [0, 1]. It knows only the 1000 ImageNet classes.
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +17,7 @@ from PIL import Image
 
 from picscope.encoders import towers
 from picscope.encoders.base import BaseEncoder
+from picscope.encoders.modelcache import atomic_write, progress
 from picscope.paths import cache_dir
 
 
@@ -24,6 +25,14 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = x - x.max(axis=axis, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def label_cache_key() -> str:
+    """Names the cached label-prompt embeddings: the MiniLM weights' digest (remembered, so a new process only
+    stats the weights file)."""
+    from picscope.encoders.modelcache import file_digest
+
+    return f"minilm-{file_digest(towers.minilm_folder() / 'model.safetensors')[:12]}"
 
 
 class LabelSpaceEncoder(BaseEncoder):
@@ -37,17 +46,18 @@ class LabelSpaceEncoder(BaseEncoder):
 
     def label_embeddings(self) -> np.ndarray:
         if self._label_emb is None:
-            cache = cache_dir() / "labels-minilm-l6-v1.npy"
+            cache = cache_dir() / f"labels-{label_cache_key()}.npy"
             try:
                 emb = np.load(cache)
                 if emb.shape != (1000, towers.MiniLMTower.dim):
                     raise ValueError("stale cache")
             except (OSError, ValueError):
+                progress("preparing the label embeddings (once)…")
                 prompts = [f"a photo of a {c}" for c in towers.imagenet_classes()]
                 emb = towers.minilm().encode(prompts)
-                tmp = cache.with_suffix(f".{os.getpid()}.npy")
-                np.save(tmp, emb)
-                os.replace(tmp, cache)
+                buf = io.BytesIO()
+                np.save(buf, emb)
+                atomic_write(cache, buf.getvalue())
             self._label_emb = emb
         return self._label_emb
 

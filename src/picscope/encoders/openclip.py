@@ -28,8 +28,8 @@ def _import_open_clip() -> Any:
         import open_clip
     except Exception as exc:
         raise EncoderError(
-            "open-clip: needs `open-clip-torch` (install it together with `torch==2.13.0` in the same pip "
-            f"command so pip does not replace torch): {type(exc).__name__}: {exc}"
+            "open-clip: needs `open-clip-torch` and torch (pip install 'picscope[train]' open-clip-torch "
+            f"torch==2.13.0 in one command so pip does not replace torch): {type(exc).__name__}: {exc}"
         ) from exc
     return open_clip
 

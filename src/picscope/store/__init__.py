@@ -48,8 +48,9 @@ def make_store(spec: str, folder: Path, dim: int, *, readonly: bool = False) -> 
 
     `readonly`: a library on a read-only folder or mount (the exact store maps its files read-only;
     other stores open as usual)."""
-    _load_optional()
     prefix, _, arg = spec.partition(":")
+    if prefix not in _BUILDERS:
+        _load_optional()  # the optional backends register on import (not needed, nor imported, for `exact`)
     if readonly and prefix == "exact":
         from picscope.store.exact import ExactStore
 

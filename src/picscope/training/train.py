@@ -78,7 +78,12 @@ def train(
     cfg: TrainConfig,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    import torch
+    try:
+        import torch
+    except ImportError as exc:
+        from picscope.errors import EncoderError
+
+        raise EncoderError(f"training needs torch: pip install 'picscope[train]' ({exc})") from exc
 
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,195 @@
+"""The torch-free towers: MiniLM (numpy + ONNX Runtime) and EfficientNet-Lite0 (ONNX graph built from the .pth)
+against their PyTorch references, the checkpoint reader, the model cache, and the erf they rely on."""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from picscope.demo import sample_images
+from picscope.encoders import effnet, modelcache, towers
+from picscope.encoders.numerics import erf, gelu
+
+TEXTS = [
+    "", " ", "a", "a tabby cat", "A TABBY CAT", "two dogs playing in the snow", "a red car parked on a street",
+    "Ein Hund läuft über die Wiese", "naïve café — résumé", "東京の夜景", "кошка на окне", "🐱🐶🚗", "?!.,;:'\"()[]",
+    "a man riding a bike, wearing a helmet; it's raining!", "C'est la vie", "e-mail re: pre-order #42 @ 5pm",
+    "word " * 300,  # > 256 tokens: truncated exactly as sentence-transformers truncates
+    "supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "x" * 300, "\t tabs\nand\nnewlines \r\n", "a photo of a golden retriever", "a photo of a space shuttle",
+    "the same scene but at night", "only one dog, and it is black", "   leading and trailing spaces   ",
+    "1234567890", "3.14159 is pi", "UPPER lower MiXeD", "a dog " * 20, "a " + "very " * 40 + "long query",
+] + [f"a photo of a {c}" for c in towers.imagenet_classes()[:20:1]]
+
+
+def _st_model():  # type: ignore[no-untyped-def]
+    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers (the `train` extra) is absent")
+    return st.SentenceTransformer(str(towers.minilm_folder()), device="cpu")
+
+
+@pytest.mark.slow  # importing sentence-transformers alone takes 12-20 s here
+def test_minilm_matches_sentence_transformers_both_runtimes() -> None:
+    assert len(TEXTS) >= 50
+    ref = np.asarray(_st_model().encode(TEXTS, batch_size=16, normalize_embeddings=True), np.float32)
+    tower = towers.minilm()
+    numpy_out = tower.numpy.encode(TEXTS, batch_size=16)
+    onnx_out = tower.encode_onnx(TEXTS, batch_size=16)
+    assert numpy_out.shape == onnx_out.shape == (len(TEXTS), 384)
+    assert np.abs(numpy_out - ref).max() <= 1e-4
+    assert np.abs(onnx_out - ref).max() <= 1e-4
+    # the router: a query runs in numpy, a batch on ONNX Runtime; both give the same vectors
+    np.testing.assert_allclose(tower.encode(TEXTS[:3]), ref[:3], atol=1e-4)
+    np.testing.assert_allclose(tower.encode(TEXTS), ref, atol=1e-4)
+
+
+def test_minilm_numpy_and_onnx_runtimes_agree() -> None:
+    """Two independent implementations of the network (numpy code, an ONNX graph) on the same weights."""
+    tower = towers.minilm()
+    a = tower.numpy.encode(TEXTS, batch_size=16)
+    b = tower.encode_onnx(TEXTS, batch_size=16)
+    assert np.abs(a - b).max() <= 1e-5
+    sims = a @ a.T
+    assert sims[TEXTS.index("a tabby cat"), TEXTS.index("A TABBY CAT")] > 0.999  # uncased, as the model is
+    assert sims[TEXTS.index("a tabby cat"), TEXTS.index("a red car parked on a street")] < 0.5
+
+
+def test_minilm_truncates_at_max_seq_length_and_keeps_input_order() -> None:
+    tower = towers.minilm()
+    assert tower.numpy.max_len == 256
+    ids = tower.numpy.tokenize(["word " * 400, "a cat"])
+    assert len(ids[0]) == 256 and ids[0][0] == 101 and ids[0][-1] == 102  # [CLS] … [SEP]
+    # the same text encodes the same alone and in a batch sorted by length
+    alone = tower.numpy.encode(["a cat"])
+    batch = tower.numpy.encode(["word " * 400, "a cat", "a dog on a beach"])
+    np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    assert tower.encode([]).shape == (0, 384)
+
+
+def test_efficientnet_onnx_graph_matches_the_pytorch_network() -> None:
+    torch = pytest.importorskip("torch", reason="torch (the `train` extra) is absent")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    x = np.stack([towers.prepare_efficientnet(im) for im, _ in list(sample_images().values())[:6]])
+    pooled, logits = towers.efficientnet().forward(x)
+    net = effnet.torch_reference(towers.efficientnet_weights())
+    with torch.inference_mode():
+        ref_pooled = net.extract_features(torch.from_numpy(x)).mean(dim=(2, 3))
+        ref_logits = net._fc(ref_pooled)
+    ref_pooled, ref_logits = ref_pooled.numpy(), ref_logits.numpy()
+    assert pooled.shape == (6, 1280) and logits.shape == (6, 1000)
+    np.testing.assert_allclose(pooled, ref_pooled, rtol=1e-4, atol=1e-4 * np.abs(ref_pooled).max())
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4 * np.abs(ref_logits).max())
+    assert (logits.argmax(1) == ref_logits.argmax(1)).all()
+
+
+def test_checkpoint_reader_reads_every_tensor_and_refuses_code(tmp_path: Path) -> None:
+    sd = effnet.read_torch_checkpoint(towers.efficientnet_weights())
+    assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3) and sd["_fc.weight"].shape == (1000, 1280)
+    assert sum(k.endswith("running_var") for k in sd) == 49 and all(np.isfinite(v).all() for v in sd.values())
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            import os
+
+            return (os.system, ("echo pwned",))
+
+    bad = tmp_path / "evil.pth"
+    buf = io.BytesIO()
+    for obj in (effnet._LEGACY_MAGIC, 1001, {"little_endian": True}):
+        pickle.dump(obj, buf, protocol=2)
+    pickle.dump({"w": Evil()}, buf, protocol=2)
+    bad.write_bytes(buf.getvalue())
+    with pytest.raises(pickle.UnpicklingError, match=r"(posix|os)\.system"):
+        effnet.read_torch_checkpoint(bad)
+    (tmp_path / "junk.pth").write_bytes(pickle.dumps(123))
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        effnet.read_torch_checkpoint(tmp_path / "junk.pth")
+
+
+def _tiny_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    from picscope.encoders.onnxgraph import Graph
+
+    g = Graph()
+    g.op("Mul", "x", g.const(np.array([2.0], np.float32)), name="y")
+    return g.model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])], "tiny")
+
+
+def test_model_cache_builds_once_with_a_note_and_rebuilds_a_corrupt_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PICSCOPE_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"weights v1")
+    calls: list[int] = []
+
+    def build() -> bytes:
+        calls.append(1)
+        return _tiny_model()
+
+    path = modelcache.cached_model("tiny", weights, "v1", build, "preparing the tiny model (once)…")
+    assert path.parent == tmp_path / "cache" and path.exists() and calls == [1]
+    captured = capsys.readouterr()
+    assert "preparing the tiny model (once)…" in captured.err and captured.out == ""
+    assert modelcache.cached_model("tiny", weights, "v1", build, "note") == path and calls == [1]
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # atomic: no leftovers
+    out = modelcache.session(path).run(None, {"x": np.array([1.5], np.float32)})[0]
+    assert out.tolist() == [3.0]
+    # other weights or another builder version: another file
+    assert modelcache.cached_model("tiny", weights, "v2", build, "note") != path and calls == [1, 1]
+    weights.write_bytes(b"weights v2, longer")
+    assert modelcache.cached_model("tiny", weights, "v1", build, "note") != path
+    # a corrupt cache entry is deleted and rebuilt
+    path.write_bytes(b"not onnx")
+    sess = modelcache.session(path, rebuild=lambda: modelcache.cached_model("tiny2", weights, "v1", build, "n"))
+    assert sess.run(None, {"x": np.array([1.0], np.float32)})[0].tolist() == [2.0]
+    assert not path.exists()
+
+
+def test_erf_and_gelu_are_exact_to_float32() -> None:
+    x = np.linspace(-7, 7, 20001)
+    ref = np.array([math.erf(v) for v in x])
+    assert np.abs(erf(x) - ref).max() < 2e-7
+    assert np.abs(erf(x.astype(np.float32)) - ref).max() < 1e-6 and erf(x.astype(np.float32)).dtype == np.float32
+    ref_gelu = 0.5 * x * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x]))
+    assert np.abs(gelu(x.astype(np.float32)) - ref_gelu).max() < 5e-6
+
+
+def test_single_threaded_blas_is_restored_after_concurrent_users() -> None:
+    import threading
+
+    pytest.importorskip("threadpoolctl")
+    from picscope.encoders.numerics import _blas_controller, single_threaded_blas
+
+    def blas_threads() -> int:  # the BLAS numpy itself links (scipy/torch may have loaded others)
+        infos = [i for i in _blas_controller().info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+        if not infos:
+            pytest.skip("numpy reports no BLAS thread pool")
+        return int(infos[0]["num_threads"])
+
+    before = blas_threads()
+    with single_threaded_blas():  # read on this thread: from worker threads the value read back was not reliable
+        assert blas_threads() == 1
+        with single_threaded_blas():
+            assert blas_threads() == 1
+        assert blas_threads() == 1  # the inner user leaving does not lift the outer user's limit
+    assert blas_threads() == before
+
+    def work() -> None:
+        for _ in range(20):
+            with single_threaded_blas():
+                _ = np.ones((64, 64), np.float32) @ np.ones((64, 64), np.float32)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert blas_threads() == before  # the last user out restored the setting
