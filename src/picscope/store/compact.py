@@ -41,7 +41,7 @@ CODEC_FILE = "codec.npz"
 class VectorCodec:
     name: str
     mean: np.ndarray  # μ: (dim,)
-    encode_matrix: np.ndarray  # A: (code_dim, dim)
+    encode_stored: np.ndarray  # A: (code_dim, dim) as stored (float16 or float32; see `encode_matrix`)
     query_matrix: np.ndarray  # B: (code_dim, dim)
     scan_dim: int  # coarse (float32) part of a code; the rest is the fine (int8) part
     fine_scale: np.ndarray  # (code_dim − scan_dim,) value of one int8 step per fine dimension
@@ -52,13 +52,18 @@ class VectorCodec:
         return int(self.mean.shape[0])
 
     @cached_property
+    def encode_matrix(self) -> np.ndarray:
+        """A as float32, converted on first use: a search never needs it (only writes and reads do)."""
+        return np.asarray(self.encode_stored, np.float32)
+
+    @cached_property
     def decode_matrix(self) -> np.ndarray:
         """D: (dim, code_dim), the least-norm read-back (A D = I); computed on first use (only reads need it)."""
         return np.linalg.pinv(self.encode_matrix.astype(np.float64)).astype(np.float32)
 
     @property
     def code_dim(self) -> int:
-        return int(self.encode_matrix.shape[0])
+        return int(self.encode_stored.shape[0])
 
     @property
     def fine_dim(self) -> int:
@@ -106,20 +111,21 @@ class VectorCodec:
         return out
 
     @staticmethod
-    def _matrix(arrays: dict[str, np.ndarray], key: str) -> np.ndarray | None:
+    def _matrix(arrays: dict[str, np.ndarray], key: str, dtype: type[np.floating] | None = np.float32
+                ) -> np.ndarray | None:
         if key in arrays:
-            return np.asarray(arrays[key], np.float32)
+            return np.asarray(arrays[key], dtype) if dtype is not None else arrays[key]
         if f"{key}_q" in arrays:
             return (arrays[f"{key}_q"].astype(np.float32) * arrays[f"{key}_scale"]).astype(np.float32)
         return None
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], name: str | None = None) -> VectorCodec:
-        a = cls._matrix(arrays, "encode")
+        a = cls._matrix(arrays, "encode", dtype=None)  # kept as stored until a write needs it
         if a is None:
             raise StoreError("codec arrays hold no encode matrix")
         b = cls._matrix(arrays, "query")
-        b = a if b is None else b
+        b = np.asarray(a, np.float32) if b is None else b
         mean = np.asarray(arrays["mean"], np.float32)
         scan = int(arrays["scan_dim"][0]) if "scan_dim" in arrays else a.shape[0]
         scale = np.asarray(arrays.get("fine_scale", np.zeros(0)), np.float32)
