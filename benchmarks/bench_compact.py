@@ -31,21 +31,21 @@ from bundled_data import describe, real_vectors, tiled
 from common import machine, percentiles, table
 
 from picscope.encoders import make_encoder
-from picscope.store.compact import VectorCodec
+from picscope.store.compact import VectorCodec, coarse_dim, lifted
 from picscope.store.exact import ExactStore
 
 SEARCHER = r"""
 import json, sys, time
 import numpy as np
 from pathlib import Path
-from picscope.store.compact import VectorCodec, compact
+from picscope.store.compact import VectorCodec, coarse_dim, compact
 from picscope.store.exact import ExactStore
 args = json.loads(sys.argv[1])
 codec = VectorCodec.load(Path(args["codec"]))
 folder = Path(args["folder"])
 if args["kind"] == "ann":
     from picscope.store.ann import AnnOptions, AnnStore
-    inner = AnnStore(folder / "ann", codec.scan_dim, AnnOptions(ef_search=args["ef"], exact_below=0))
+    inner = AnnStore(folder / "ann", coarse_dim(codec, True), AnnOptions(ef_search=args["ef"], exact_below=0))
 elif args["kind"] == "full":
     inner = None
 else:
@@ -53,7 +53,7 @@ else:
 if inner is None:
     store = ExactStore(folder / "full", codec.dim)
 else:
-    store = compact(inner, ExactStore(folder / "fine", codec.fine_dim, np.int8), codec)
+    store = compact(inner, ExactStore(folder / "fine", codec.fine_dim, np.int8), codec, lift=args["kind"] == "ann")
 queries = np.load(args["queries"])
 store.search(queries[0], args["k"])
 times, ids = [], []
@@ -100,7 +100,7 @@ def build(n: int, base: np.ndarray, queries: np.ndarray, codec: VectorCodec, fol
     if ann:
         from picscope.store.ann import AnnOptions, AnnStore
 
-        ann_store = AnnStore(folder / "ann", codec.scan_dim, AnnOptions(checkpoint_rows=10**9))
+        ann_store = AnnStore(folder / "ann", coarse_dim(codec, True), AnnOptions(checkpoint_rows=10**9))
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.zeros((len(queries), k), np.int64)
     t_ingest = 0.0
@@ -116,7 +116,7 @@ def build(n: int, base: np.ndarray, queries: np.ndarray, codec: VectorCodec, fol
         fine.upsert(ids, f)
         coarse.upsert(ids, c)
         if ann_store is not None:
-            ann_store.upsert(ids, c)
+            ann_store.upsert(ids, lifted(c, codec.coarse_norm, data=True))  # as the library's ann store keeps them
         t_ingest += time.perf_counter() - t0
         if full is not None:
             full.upsert(ids, rows)

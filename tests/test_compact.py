@@ -204,3 +204,26 @@ def test_a_reader_follows_a_compact_writer(tmp_path: Path) -> None:
     hit = reader.search(more[4000], 1).row(0)[0]
     assert hit[0] == 4011
     np.testing.assert_allclose(reader.get(np.array([4011])) @ more[4000], 1.0, atol=0.05)
+
+
+@needs_codec
+def test_ann_library_keeps_lifted_codes_and_ranks_like_exact(
+    demo_libraries: tuple[Path, Path], demo_folder: Path, tmp_path: Path
+) -> None:
+    """A compact library on the HNSW store: its coarse codes carry the lifting number (one norm for the graph),
+    and search and read-back give what the exact store gives."""
+    pytest.importorskip("faiss")
+    compact_path, _ = demo_libraries
+    with Library.open(tmp_path / "ann", encoder="bundled", store="ann") as lib, Library.open(compact_path) as ref:
+        lib.index(demo_folder)
+        codec = lib.codec()
+        assert codec is not None and codec.coarse_norm > 0
+        inner = lib.store.inner  # type: ignore[attr-defined]
+        assert inner.dim == codec.scan_dim + 1
+        stored = inner.get(inner.ids())
+        np.testing.assert_allclose(np.linalg.norm(stored, axis=1), codec.coarse_norm, rtol=1e-4)
+        for q in QUERIES[:4]:
+            assert lib.search(q, k=1)[0].path == ref.search(q, k=1)[0].path, q
+            assert abs(lib.search(q, k=1)[0].score - ref.search(q, k=1)[0].score) < 1e-4
+        some = ref.search("a tabby cat", k=1)[0]
+        np.testing.assert_allclose(lib.vectors([some.id]), ref.vectors([some.id]), atol=1e-5)

@@ -17,7 +17,7 @@ import pytest
 
 from picscope.errors import ConfigError, StoreError
 from picscope.store import VectorStore, make_store
-from picscope.store.compact import VectorCodec, compact
+from picscope.store.compact import VectorCodec, coarse_dim, compact
 from picscope.store.meta import FileMeta, MetaFilter, SupportsMeta
 
 DIM = 32
@@ -32,7 +32,8 @@ def _codec(dim: int = DIM, scan_dim: int = 24) -> VectorCodec:
     rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
     arrays = {"mean": np.full(dim, 0.01, np.float32), "encode": rotation.astype(np.float32),
               "query": rotation.astype(np.float32), "scan_dim": np.array([scan_dim], np.int32),
-              "fine_scale": np.full(dim - scan_dim, 0.6 / 127, np.float32), "rescore": np.array([64], np.int32)}
+              "fine_scale": np.full(dim - scan_dim, 0.6 / 127, np.float32), "rescore": np.array([64], np.int32),
+              "coarse_norm": np.array([1.5], np.float32)}
     return VectorCodec.from_arrays(arrays, "test-codec")
 
 
@@ -47,9 +48,9 @@ def _factory(name: str) -> Factory:
         from picscope.store.exact import ExactStore
 
         codec = _codec()
-        inner_dim = codec.scan_dim
-        base = _inner_factory(name.removeprefix("compact-"), inner_dim)
-        return lambda folder: compact(base(folder), ExactStore(folder / "fine", codec.fine_dim, np.int8), codec)
+        lift = name == "compact-ann"  # graph stores get coarse codes lifted to one norm, as in a library
+        base = _inner_factory(name.removeprefix("compact-"), coarse_dim(codec, lift))
+        return lambda folder: compact(base(folder), ExactStore(folder / "fine", codec.fine_dim, np.int8), codec, lift)
     return _inner_factory(name, DIM)
 
 

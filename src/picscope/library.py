@@ -42,7 +42,7 @@ from picscope.indexer import RETRY_MTIME, Indexer, IndexReport, Progress
 from picscope.paths import default_library_path
 from picscope.store import VectorStore, make_store
 from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord, Problem, is_disk_full
-from picscope.store.compact import CODEC_FILE, FULL, VectorCodec, compact
+from picscope.store.compact import CODEC_FILE, FULL, VectorCodec, coarse_dim, compact
 from picscope.store.meta import MetaFilter
 
 CATALOG = "catalog.sqlite"
@@ -339,9 +339,10 @@ class Library:
             return make_store(spec, folder, dim, readonly=self.readonly)
         from picscope.store.exact import ExactStore
 
-        inner = make_store(spec, folder, codec.scan_dim, readonly=self.readonly)
+        lift = spec != "exact"  # graph indexes (ann, Milvus HNSW) want codes of one norm: see CompactStore
+        inner = make_store(spec, folder, coarse_dim(codec, lift), readonly=self.readonly)
         fine = ExactStore(fine_folder, codec.fine_dim, np.int8, readonly=self.readonly) if codec.fine_dim else None
-        return compact(inner, fine, codec)
+        return compact(inner, fine, codec, lift)
 
     def migrate_vectors(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Rewrite a full-vector library in its encoder's compact format (write lock held). Returns the number of

@@ -46,6 +46,7 @@ class VectorCodec:
     scan_dim: int  # coarse (float32) part of a code; the rest is the fine (int8) part
     fine_scale: np.ndarray  # (code_dim − scan_dim,) value of one int8 step per fine dimension
     rescore: int = 256  # candidates whose fine part is read per query
+    coarse_norm: float = 0.0  # > 0: graph stores get coarse codes lifted to this norm (see `CompactStore`)
 
     @property
     def dim(self) -> int:
@@ -99,7 +100,7 @@ class VectorCodec:
         """The codec as named arrays; A and B as float32, float16 (`matrix_bits=16`) or int8 rows with float32 row
         scales (`matrix_bits=8`)."""
         out = {"mean": self.mean, "scan_dim": np.array([self.scan_dim], np.int32), "fine_scale": self.fine_scale,
-               "rescore": np.array([self.rescore], np.int32),
+               "rescore": np.array([self.rescore], np.int32), "coarse_norm": np.array([self.coarse_norm], np.float32),
                "name": np.frombuffer(self.name.split("@")[0].encode(), np.uint8)}
         for key, m in (("encode", self.encode_matrix), ("query", self.query_matrix)):
             if matrix_bits == 8:
@@ -134,7 +135,8 @@ class VectorCodec:
                              f"scan_dim {scan}, fine_scale {scale.shape}")
         label = name or (bytes(arrays["name"]).decode() if "name" in arrays else "linear")
         rescore = int(arrays["rescore"][0]) if "rescore" in arrays else 256
-        return cls(label, mean, a, b, scan, scale, rescore)
+        norm = float(arrays["coarse_norm"][0]) if "coarse_norm" in arrays else 0.0
+        return cls(label, mean, a, b, scan, scale, rescore, norm)
 
     @staticmethod
     def files(path: Path) -> list[Path]:
@@ -193,14 +195,20 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
 
 class CompactStore:
     """A `VectorStore` of full-size vectors that keeps coarse codes in `inner` (any backend, built with
-    `codec.scan_dim`) and fine codes in `fine` (an int8 exact store). Ids, deletes, filters and metadata are
-    the inner store's; a fine row is written before and deleted after its coarse row, so every id a search can
-    return has one."""
+    `coarse_dim(codec, lift)`) and fine codes in `fine` (an int8 exact store). Ids, deletes, filters and metadata
+    are the inner store's; a fine row is written before and deleted after its coarse row, so every id a search can
+    return has one.
 
-    def __init__(self, inner: VectorStore, fine: VectorStore | None, codec: VectorCodec) -> None:
-        if inner.dim != codec.scan_dim or (fine is not None and fine.dim != codec.fine_dim):
+    `lift` (for graph indexes such as HNSW): coarse codes are not unit vectors, and a graph built on their inner
+    products misses neighbours (measured: 0.79 of the true candidates at ef 256 on 200k photos). Each code gets one
+    more number, √(M² − ‖z‖²) with M = `codec.coarse_norm`, so that all have the same norm, and queries get 0
+    there: inner products are unchanged, and the graph is built on what is now a sphere (0.98 at ef 256)."""
+
+    def __init__(self, inner: VectorStore, fine: VectorStore | None, codec: VectorCodec, lift: bool = False) -> None:
+        self.lift = lift and codec.coarse_norm > 0
+        if inner.dim != coarse_dim(codec, self.lift) or (fine is not None and fine.dim != codec.fine_dim):
             raise StoreError(f"store dims {inner.dim}/{fine.dim if fine else 0} do not match the codec's "
-                             f"{codec.scan_dim}/{codec.fine_dim}")
+                             f"{coarse_dim(codec, self.lift)}/{codec.fine_dim}")
         if fine is None and codec.fine_dim:
             raise StoreError("this codec needs a store for its fine codes")
         self.inner = inner
@@ -216,11 +224,14 @@ class CompactStore:
             raise StoreError(f"vector dim {vecs.shape[1]} does not match the store's {self.dim}")
         return self.codec.encode(vecs)
 
+    def _lifted(self, coarse: np.ndarray, data: bool) -> np.ndarray:
+        return lifted(coarse, self.codec.coarse_norm, data) if self.lift else coarse
+
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         coarse, fine = self._codes(ids, vectors)
         if self.fine is not None:
             self.fine.upsert(ids, fine)
-        self.inner.upsert(ids, coarse)
+        self.inner.upsert(ids, self._lifted(coarse, data=True))
 
     def delete(self, ids: np.ndarray) -> None:
         self.inner.delete(ids)
@@ -243,7 +254,7 @@ class CompactStore:
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64).ravel()
-        return self.codec.decode(self.inner.get(ids), self._fine_rows(ids))
+        return self.codec.decode(self.inner.get(ids)[:, : self.codec.scan_dim], self._fine_rows(ids))
 
     def ids(self) -> np.ndarray:
         return self.inner.ids()
@@ -256,7 +267,7 @@ class CompactStore:
         with single_threaded_blas():  # a few small products: threads only add waiting (8 ms → 0.5 ms, measured)
             q_coarse, q_fine, offset = self.codec.queries(q)
         fetch = max(k, self.codec.rescore) if self.codec.fine_dim else k
-        hits = self.inner.search(q_coarse, fetch, allowed_ids, **kwargs)
+        hits = self.inner.search(self._lifted(q_coarse, data=False), fetch, allowed_ids, **kwargs)
         if not self.codec.fine_dim:
             scores = np.where(np.isfinite(hits.scores), hits.scores + offset[:, None], hits.scores)
             return Hits(hits.ids[:, :k], scores[:, :k].astype(np.float32))
@@ -313,14 +324,28 @@ class CompactMetaStore(CompactStore):
         coarse, fine = self._codes(ids, vectors)
         if self.fine is not None:
             self.fine.upsert(ids, fine)
-        self.inner.upsert_with_meta(ids, coarse, meta)  # type: ignore[attr-defined]
+        self.inner.upsert_with_meta(ids, self._lifted(coarse, data=True), meta)  # type: ignore[attr-defined]
 
     def get_meta(self, ids: np.ndarray) -> Any:
         return self.inner.get_meta(ids)  # type: ignore[attr-defined]
 
 
-def compact(inner: VectorStore, fine: VectorStore | None, codec: VectorCodec) -> CompactStore:
+def lifted(coarse: np.ndarray, norm: float, data: bool) -> np.ndarray:
+    """Coarse codes with one more number: √(norm² − ‖z‖²) for stored codes (all then have `norm`), 0 for queries."""
+    if data:
+        extra = np.sqrt(np.maximum(norm**2 - np.einsum("ij,ij->i", coarse, coarse), 0.0))
+    else:
+        extra = np.zeros(len(coarse), np.float32)
+    return np.ascontiguousarray(np.column_stack([coarse, extra]), dtype=np.float32)
+
+
+def coarse_dim(codec: VectorCodec, lift: bool) -> int:
+    """The inner store's dimension: the coarse codes, plus the lifting number for graph stores."""
+    return codec.scan_dim + (1 if lift and codec.coarse_norm > 0 else 0)
+
+
+def compact(inner: VectorStore, fine: VectorStore | None, codec: VectorCodec, lift: bool = False) -> CompactStore:
     from picscope.store.meta import SupportsMeta
 
     cls = CompactMetaStore if isinstance(inner, SupportsMeta) else CompactStore
-    return cls(inner, fine, codec)
+    return cls(inner, fine, codec, lift)

@@ -27,6 +27,7 @@ class CodecRecipe:
     ridge: float = 1e-5  # added to both covariances' eigenvalues
     rescore: int = 256
     clip_percentile: float = 99.9
+    coarse_norm_margin: float = 1.25  # graph stores lift coarse codes to this × the largest train norm
 
 
 def _sqrt_and_inverse(c: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
@@ -49,11 +50,13 @@ def fit_codec(images: np.ndarray, texts: np.ndarray, recipe: CodecRecipe, name: 
     d = recipe.scan_dim + recipe.fine_dim
     a = ((s[:d, None] * wt[:d]) @ lv_inv).astype(np.float32)
     b = (u[:, :d].T @ lq_inv).astype(np.float32)
-    z = (x @ a.T)[:, recipe.scan_dim :]
+    codes = x @ a.T
+    norm = float(recipe.coarse_norm_margin * np.linalg.norm(codes[:, : recipe.scan_dim], axis=1).max())
+    z = codes[:, recipe.scan_dim :]
     scale = np.maximum(np.percentile(np.abs(z), recipe.clip_percentile, axis=0) / 127.0, 1e-8).astype(np.float32)
     arrays = {"mean": mean.astype(np.float32), "encode": a, "query": b,
               "scan_dim": np.array([recipe.scan_dim], np.int32), "fine_scale": scale,
-              "rescore": np.array([recipe.rescore], np.int32)}
+              "rescore": np.array([recipe.rescore], np.int32), "coarse_norm": np.array([norm], np.float32)}
     return VectorCodec.from_arrays(arrays, name)
 
 
