@@ -69,6 +69,67 @@ def test_image_search_imports_no_torch(small_library: Path, demo_folder: Path) -
     assert loaded == ["onnxruntime"]  # the image tower ran, without torch
 
 
+# What a text search has no use for: other commands' modules, the server and pipeline, the indexer and image
+# decoding (PIL, HEIF), query arithmetic and near-duplicates (only with --add/--subtract, --dedupe), HTTP clients.
+NOT_FOR_TEXT_SEARCH = (
+    "picscope.cli.eval", "picscope.cli.train", "picscope.cli.models", "picscope.cli.chat", "picscope.cli.captions",
+    "picscope.cli.session", "picscope.cli.serve", "picscope.cli.scale", "picscope.cli.duplicates",
+    "picscope.cli.progress", "picscope.server", "picscope.pipeline", "picscope.pipeline.imagescope",
+    "picscope.indexer", "picscope.imageio", "picscope.scan", "picscope.arithmetic", "picscope.dedupe",
+    "picscope.models", "picscope.feedback", "picscope.sessions", "PIL", "PIL.Image", "pillow_heif", "httpx",
+    "uvicorn", "fastapi", "rich.progress", "onnxruntime",
+)
+
+
+def test_text_search_imports_only_what_it_uses(small_library: Path) -> None:
+    rc, loaded, out = _run(["search", "a tabby cat", "-k", "1", "--paths", "--library", str(small_library)],
+                           (*NOT_FOR_TEXT_SEARCH, "picscope.cli.core", "picscope.library"))
+    assert rc == 0 and out.strip().endswith("cat.jpg")
+    assert loaded == ["picscope.cli.core", "picscope.library"]  # the watch list works: these two are needed
+
+
+def test_the_command_table_matches_the_registered_commands() -> None:
+    """`COMMANDS` (which module a new process imports for a command) names every command of every module."""
+    code = """
+import json
+from picscope.cli import COMMANDS, MODULES, load_commands
+from picscope.cli.app import app
+load_commands()
+seen = {}
+for info in app.registered_commands:
+    seen[info.name or info.callback.__name__.replace("_", "-")] = info.callback.__module__
+for group in app.registered_groups:
+    seen[group.name] = group.typer_instance.registered_commands[0].callback.__module__
+print(json.dumps({"seen": seen, "table": COMMANDS, "modules": list(MODULES)}))
+"""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(picscope.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert {name: f"picscope.cli.{mod}" for name, mod in data["table"].items()} == data["seen"]
+    assert set(data["table"].values()) == set(data["modules"])
+
+
+@pytest.mark.parametrize("argv", [["search", "--help"], ["--verbose", "cache", "--help"], ["nosuch"]])
+def test_one_command_module_or_all(argv: list[str]) -> None:
+    """A named command loads its own module only; an unknown name loads them all, so click can list them."""
+    rc, loaded, out = _run(argv, ("picscope.cli.core", "picscope.cli.serve", "picscope.cli.eval"))
+    if argv == ["nosuch"]:
+        assert rc == 2 and loaded == ["picscope.cli.core", "picscope.cli.serve", "picscope.cli.eval"]
+    else:
+        assert rc == 0 and loaded == ["picscope.cli.core"] and "Usage: picscope" in out
+
+
+def test_help_lists_every_command() -> None:
+    rc, _, out = _run(["--help"], ())
+    assert rc == 0
+    from picscope.cli import COMMANDS
+
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()}
+    assert set(COMMANDS) <= listed
+
+
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["status"]])
 def test_help_version_and_status_import_no_model_code(args: list[str], small_library: Path) -> None:
     argv = [*args, "--library", str(small_library)] if args == ["status"] else args

@@ -17,16 +17,13 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from picscope import __version__
-from picscope.arithmetic import QueryTerm, TermValue, combine, parse_terms
 from picscope.calibration import Calibration, calibration_for
 from picscope.config import PicscopeConfig
-from picscope.dedupe import DEFAULT_MAX_DISTANCE, Fingerprint, collapse, groups_of, perceptual
 from picscope.diskspace import DiskFullError, ensure_mappable, free_bytes, is_enospc
 from picscope.encoders import DualEncoder, default_encoder_spec, make_encoder
 from picscope.errors import (
@@ -37,13 +34,19 @@ from picscope.errors import (
     LibraryLockedError,
     LibraryReadOnlyError,
 )
-from picscope.imageio import load_image
-from picscope.indexer import RETRY_MTIME, Indexer, IndexReport, Progress
-from picscope.paths import default_library_path
 from picscope.store import VectorStore, make_store
 from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord, Problem, is_disk_full
 from picscope.store.compact import CODEC_FILE, FULL, VectorCodec, coarse_dim, compact
 from picscope.store.meta import MetaFilter
+
+# Imported where used, so that a text search (a new process per query) loads none of them: PIL and the image
+# decoders (imageio), the indexer, query arithmetic, near-duplicate fingerprints, platformdirs.
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from picscope.arithmetic import QueryTerm, TermValue
+    from picscope.dedupe import Fingerprint
+    from picscope.indexer import IndexReport, Progress
 
 CATALOG = "catalog.sqlite"
 CONFIG = "config.toml"
@@ -145,6 +148,8 @@ class Library:
         `readonly`: open without writing anything (search, status, serve work; index refuses). The default
         (None) opens read-only exactly when the library folder is not writable (a read-only mount, say).
         """
+        from picscope.paths import default_library_path
+
         lib_path = Path(path).expanduser() if path is not None else default_library_path()
         exists = (lib_path / CATALOG).exists()
         if not exists and not create:
@@ -444,6 +449,8 @@ class Library:
             _ = self.store  # creates it with the encoder's dim
             self.reconcile()
             self.migrate_vectors()  # a library of full vectors moves to its encoder's compact format, once
+            from picscope.indexer import Indexer
+
             indexer = Indexer(self.catalog, self.store, self.encoder, self.config.index, progress)
             return indexer.run(folder)
 
@@ -476,6 +483,8 @@ class Library:
         if len(orphans):
             self.store.delete(orphans)
         if len(missing):
+            from picscope.indexer import RETRY_MTIME
+
             with self.catalog.transaction() as db:
                 for start in range(0, len(missing), 900):
                     chunk = missing[start : start + 900].tolist()
@@ -526,6 +535,8 @@ class Library:
         """Query arithmetic (see `picscope.arithmetic`): the new vector and the library ids of added images."""
         if not add and not subtract:
             return vector, []
+        from picscope.arithmetic import combine, parse_terms
+
         return combine(self, vector, parse_terms(add), parse_terms(subtract))
 
     # -- scores and near-duplicates ------------------------------------------------------------
@@ -551,6 +562,9 @@ class Library:
 
     def fingerprints(self, ids: Sequence[int]) -> dict[int, Fingerprint]:
         """Content hash, dHash and mean colour per file id; those missing (older libraries) are computed and stored."""
+        from picscope.dedupe import Fingerprint, perceptual
+        from picscope.imageio import load_image
+
         records = self.catalog.get_many(ids)
         known = self.catalog.phashes(r.hash for r in records.values() if r.hash)
         missing = {r.hash: r for r in records.values() if r.hash and r.hash not in known and r.status == "ok"}
@@ -573,12 +587,16 @@ class Library:
             out[fid] = Fingerprint(rec.hash, *got) if got is not None else Fingerprint(rec.hash, None, None)
         return out
 
-    def duplicates(self, max_distance: int = DEFAULT_MAX_DISTANCE) -> list[list[FileRecord]]:
-        """Groups of byte-identical or near-identical indexed images (2+ each), largest first."""
+    def duplicates(self, max_distance: int | None = None) -> list[list[FileRecord]]:
+        """Groups of byte-identical or near-identical indexed images (2+ each), largest first (`max_distance`:
+        dHash bits; default `picscope.dedupe.DEFAULT_MAX_DISTANCE`)."""
+        from picscope.dedupe import DEFAULT_MAX_DISTANCE, groups_of
+
         records = self.catalog.all("ok")
         prints = self.fingerprints([r.id for r in records])
         fps = [prints[r.id] for r in records]
-        return [[records[i] for i in group] for group in groups_of(fps, max_distance)]
+        groups = groups_of(fps, DEFAULT_MAX_DISTANCE if max_distance is None else max_distance)
+        return [[records[i] for i in group] for group in groups]
 
     def search_vector(
         self,
@@ -639,12 +657,14 @@ class Library:
         return [replace(r, relevance=cal.relevance(r.score)) for r in results]
 
     def collapse_duplicates(self, results: list[SearchResult],
-                            max_distance: int = DEFAULT_MAX_DISTANCE) -> list[SearchResult]:
+                            max_distance: int | None = None) -> list[SearchResult]:
         """Fold exact and near copies into the best-ranked one (`similar_ids`), then renumber the ranks."""
+        from picscope.dedupe import DEFAULT_MAX_DISTANCE, Fingerprint, collapse
+
         prints = self.fingerprints([r.id for r in results])
         fps = [prints.get(r.id, Fingerprint(None, None)) for r in results]
         kept: list[SearchResult] = []
-        for group in collapse(fps, max_distance):
+        for group in collapse(fps, DEFAULT_MAX_DISTANCE if max_distance is None else max_distance):
             head = results[group[0]]
             similar = (*head.similar_ids, *(results[i].id for i in group[1:]))
             kept.append(replace(head, rank=len(kept) + 1, similar_ids=similar))
@@ -652,6 +672,10 @@ class Library:
 
     def resolve_image(self, image: str | os.PathLike[str] | int | Image.Image) -> tuple[np.ndarray, int | None]:
         """Vector for an image given as a library id, an indexed path, another file, or a PIL image."""
+        from PIL import Image
+
+        from picscope.imageio import load_image
+
         if isinstance(image, Image.Image):
             return self.embed_images([image])[0], None
         if isinstance(image, int | np.integer):

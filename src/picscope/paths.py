@@ -15,9 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 APP = "picscope"
+
+
+def _platformdirs() -> Any:
+    """platformdirs, imported when a default folder is needed (not when $PICSCOPE_LIBRARY/$PICSCOPE_CACHE say)."""
+    import platformdirs
+
+    return platformdirs
 
 
 def default_library_path() -> Path:
@@ -25,13 +30,13 @@ def default_library_path() -> Path:
     env = os.environ.get("PICSCOPE_LIBRARY")
     if env:
         return Path(env).expanduser()
-    return Path(platformdirs.user_data_dir(APP)) / "library"
+    return Path(_platformdirs().user_data_dir(APP)) / "library"
 
 
 def cache_dir() -> Path:
     """`$PICSCOPE_CACHE`, else a per-user cache directory (model caches, assembled GGUF files, ...)."""
     env = os.environ.get("PICSCOPE_CACHE")
-    path = Path(env).expanduser() if env else Path(platformdirs.user_cache_dir(APP))
+    path = Path(env).expanduser() if env else Path(_platformdirs().user_cache_dir(APP))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -39,7 +44,7 @@ def cache_dir() -> Path:
 def cache_path() -> Path:
     """Where `cache_dir()` is, without creating it."""
     env = os.environ.get("PICSCOPE_CACHE")
-    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir(APP))
+    return Path(env).expanduser() if env else Path(_platformdirs().user_cache_dir(APP))
 
 
 @dataclass(frozen=True)

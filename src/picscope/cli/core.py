@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,54 +14,11 @@ from rich.table import Table
 from picscope.cli.app import LibraryOpt, app, err, out, usage_error
 from picscope.config import DEFAULT_EXCLUDES
 from picscope.errors import LibraryError, LibraryReadOnlyError
-from picscope.indexer import IndexReport, Progress
-from picscope.library import Library, SearchResult
+from picscope.library import Library
 
-
-class RichIndexProgress(Progress):
-    """A progress bar with count, rate and ETA, on stderr."""
-
-    def __init__(self, label: str = "indexing") -> None:
-        # imported here: rich.progress costs ~0.1 s, and only `index` draws a bar
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TaskID,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RichProgress
-
-        self.bar = RichProgress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=err,
-            transient=False,
-        )
-        self.label = label
-        self.task: TaskID | None = None
-
-    def start(self, total: int) -> None:
-        if total == 0:
-            return
-        self.bar.start()
-        self.task = self.bar.add_task(self.label, total=total, rate="")
-
-    def advance(self, n: int = 1) -> None:
-        if self.task is None:
-            return
-        self.bar.advance(self.task, n)
-        speed = self.bar.tasks[0].speed
-        self.bar.update(self.task, rate=f"{speed:.1f} img/s" if speed else "")
-
-    def finish(self) -> None:
-        if self.task is not None:
-            self.bar.stop()
+if TYPE_CHECKING:
+    from picscope.indexer import IndexReport
+    from picscope.library import SearchResult
 
 
 def _problem_table(rows: list[tuple[str, str, str]], title: str, limit: int) -> Table:
@@ -139,6 +96,8 @@ def index(
             lib.config.index.exclude = [*DEFAULT_EXCLUDES, *exclude]
         lib.save_config()
     try:
+        from picscope.cli.progress import RichIndexProgress  # the indexer and rich.progress: only `index` needs them
+
         progress = None if (quiet or as_json) else RichIndexProgress()
         report = lib.index(folder, progress=progress, rebuild=rebuild, encoder=encoder)
     finally:

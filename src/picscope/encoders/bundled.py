@@ -13,16 +13,18 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from picscope.encoders import towers
 from picscope.encoders.base import BaseEncoder
 from picscope.encoders.bundled_model import BundledModel, MemoryConfig
 from picscope.encoders.modelcache import file_digest, load_arrays, save_arrays
 from picscope.errors import EncoderError
+
+if TYPE_CHECKING:
+    from PIL import Image  # imported where an image is prepared: a text search never loads PIL
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 VERSIONS = ("bundled-v2", "bundled-v1")  # newest first

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from picscope.encoders import towers
 from picscope.encoders.base import BaseEncoder
 from picscope.encoders.modelcache import atomic_write, progress
 from picscope.paths import cache_dir
+
+if TYPE_CHECKING:
+    from PIL import Image  # imported where an image is prepared: a text search never loads PIL
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -13,12 +13,14 @@ import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from picscope.errors import EncoderError
+
+if TYPE_CHECKING:
+    from PIL import Image  # imported where an image is prepared: a text search never loads PIL
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,6 +49,8 @@ def configure_torch_threads() -> None:
 
 def prepare_efficientnet(image: Image.Image) -> np.ndarray:
     """RGB image -> (3, 224, 224) float32 in [-1, 1], as EfficientNet-Lite was trained."""
+    from PIL import Image
+
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != (IMAGE_SIZE, IMAGE_SIZE):
