@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from picscope.cli.app import LibraryOpt, app, err, out, usage_error
 from picscope.config import DEFAULT_EXCLUDES
@@ -17,11 +16,15 @@ from picscope.errors import LibraryError, LibraryReadOnlyError
 from picscope.library import Library
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from picscope.indexer import IndexReport
     from picscope.library import SearchResult
 
 
 def _problem_table(rows: list[tuple[str, str, str]], title: str, limit: int) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False)
     table.add_column("path", overflow="fold")
     table.add_column("status")
@@ -116,6 +119,8 @@ def print_results(results: list[SearchResult], paths: bool) -> None:
         return
     show_relevance = any(r.relevance is not None for r in results)
     show_similar = any(r.similar_ids for r in results)
+    from rich.table import Table  # not for --paths or --json
+
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("score", justify="right")
@@ -279,6 +284,8 @@ def status(
         data["problems"] = [p.to_dict() for p in problems]
         out.print_json(json.dumps(data))
         return
+    from rich.table import Table
+
     table = Table(show_header=False, show_edge=False, pad_edge=False)
     for key, value in st.to_dict().items():
         if key == "caches":
@@ -294,6 +301,8 @@ def status(
 
 
 def _cache_table(caches: list[dict[str, object]]) -> Table:
+    from rich.table import Table
+
     table = Table(title="caches (`picscope cache clear` empties the results caches; --all the models too)")
     for col in ("name", "size", "kind", "where"):
         table.add_column(col, overflow="fold")
