@@ -752,5 +752,7 @@ class Library:
     def _bytes_per_photo(self) -> int | None:
         if self.dim is None:
             return None
-        codec = self.codec()
+        codec = getattr(self._store, "codec", None)  # the open store's: loading a codec again costs ~0.08 s
+        if not isinstance(codec, VectorCodec) or codec.name != self.vector_format:
+            codec = self.codec()
         return codec.bytes_per_vector if codec is not None else self.dim * 4
