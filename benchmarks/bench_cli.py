@@ -1,6 +1,7 @@
 """Whole-process CLI latency: what a user (or a shell script) waits for, against an import floor in the same run.
 
     python benchmarks/bench_cli.py [--repeat 7] [--library PATH] [--query TEXT] [--image FILE] [--first-repeat 3]
+                                   [--compare SRC]
 
 Each command runs as a new process (`python -m picscope ...`, with bytecode caching on, as after an install),
 N times, round-robin (so a change in machine load
@@ -8,7 +9,9 @@ hits every command alike); the table gives p50/p95 wall seconds and the ratio to
 `python -c "import numpy, onnxruntime"`. Commands: `--help`, `status`, `search TEXT`, `search --image FILE` on a
 library (default: the demo photos, indexed once before timing; `--library` for a bigger one), and the README's
 first command (`demo` → `index` → `search`) on a fresh folder and library, with the model cache already built
-("after setup") and, `--cold-cache`, with an empty one (the very first run on a machine).
+("after setup") and, `--cold-cache`, with an empty one (the very first run on a machine). `--compare SRC` also
+times each command with another checkout's `src` folder (e.g. `/work/main/src`), in the same rounds: a before/after
+that the machine's load moves alike.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, percentiles, table
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def _env(extra: dict[str, str] | None = None, src: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = src or str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: modules load from .pyc (written by the warm-up run)
     env.update(extra or {})
@@ -52,6 +55,7 @@ def main() -> None:
     ap.add_argument("--image", type=Path, help="query photo for --image (default: a mirrored demo photo)")
     ap.add_argument("--first-repeat", type=int, default=3, help="runs of the README's first command (0: skip)")
     ap.add_argument("--cold-cache", action="store_true", help="also time the first command with an empty cache")
+    ap.add_argument("--compare", type=Path, metavar="SRC", help="also time each command with this src folder")
     args = ap.parse_args()
 
     py = sys.executable
@@ -79,13 +83,19 @@ def main() -> None:
             f"picscope search {args.query!r}": [py, "-m", "picscope", "search", args.query, *lib],
             "picscope search --image FILE": [py, "-m", "picscope", "search", "--image", str(image), *lib],
         }
-        for cmd in commands.values():  # one untimed run each: page cache and .pyc files warm
-            _timed(cmd, env)
+        envs = {name: env for name in commands}
+        if args.compare is not None:
+            other = _env(src=str(args.compare.resolve()))
+            for name, cmd in list(commands.items())[1:]:
+                commands[f"{name} [{args.compare}]"] = cmd
+                envs[f"{name} [{args.compare}]"] = other
+        for name, cmd in commands.items():  # one untimed run each: page cache and .pyc files warm
+            _timed(cmd, envs[name])
         samples: dict[str, list[float]] = {name: [] for name in commands}
         load_before = machine()
         for _ in range(args.repeat):
             for name, cmd in commands.items():
-                samples[name].append(_timed(cmd, env))
+                samples[name].append(_timed(cmd, envs[name]))
 
         first: dict[str, list[float]] = {}
         variants = [("README first command (model cache built)", {})]
