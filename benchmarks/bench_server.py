@@ -115,6 +115,15 @@ class Server:
             c.close()
         return r.status, body
 
+    def connect(self) -> http.client.HTTPConnection:
+        """A keep-alive connection for one load client."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+
+    def search_ok(self, con: object, q: object, k: int) -> bool:
+        """`GET /api/search` on `con`: answered with k results."""
+        status, body = self.get(f"/api/search?q={quote(str(q))}&k={k}", con)  # type: ignore[arg-type]
+        return status == 200 and len(json.loads(body)["results"]) == k
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -265,12 +274,10 @@ def run_faults(args: argparse.Namespace) -> None:
     server = Server(lib_path, args.port)
     stop = threading.Event()
     try:
-        def connect() -> http.client.HTTPConnection:
-            return http.client.HTTPConnection("127.0.0.1", args.port, timeout=120)
+        connect = server.connect
 
         def http_search(con: object, q: object) -> bool:
-            status, body = server.get(f"/api/search?q={quote(str(q))}&k={args.k}", con)  # type: ignore[arg-type]
-            return status == 200 and len(json.loads(body)["results"]) == args.k
+            return server.search_ok(con, q, args.k)
 
         def http_status(con: object, _: object) -> bool:
             return server.get("/api/status", con)[0] == 200  # type: ignore[arg-type]
@@ -397,12 +404,10 @@ def main() -> None:
     shutil.rmtree(lib_path / "thumbs", ignore_errors=True)
     server = Server(lib_path, args.port)
     try:
-        def connect() -> http.client.HTTPConnection:
-            return http.client.HTTPConnection("127.0.0.1", args.port, timeout=120)
+        connect = server.connect
 
         def http_search(con: object, q: object) -> bool:
-            status, body = server.get(f"/api/search?q={quote(str(q))}&k={args.k}", con)  # type: ignore[arg-type]
-            return status == 200 and len(json.loads(body)["results"]) == args.k
+            return server.search_ok(con, q, args.k)
 
         def http_thumb(con: object, fid: object) -> bool:
             status, body = server.get(f"/api/images/{fid}/thumbnail", con)  # type: ignore[arg-type]
