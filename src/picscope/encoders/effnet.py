@@ -6,7 +6,8 @@
 mirrors `efficientnet_lite_pytorch.EfficientNet` for `efficientnet-lite0` at 224×224: a 3×3/2 stem, 16 MBConv
 blocks (expand 1×1, depthwise k×k, project 1×1, no squeeze-excitation, identity skip when the shape allows), a
 1×1 head to 1280 channels, ReLU6 throughout, TensorFlow "SAME" padding (the extra pixel on the bottom/right),
-then global average pooling (`pooled`) and the classifier (`logits`). Batch norms (eps 1e-3) are folded into
+then global average pooling (`pooled`) and the classifier (`logits`); the 7×7 head cells before pooling
+are a third output (`grid`), read by the vision models. Batch norms (eps 1e-3) are folded into
 the convolutions.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-ONNX_VERSION = "effnet-lite0-onnx-1"  # bump when the graph below changes (part of the cache key)
+ONNX_VERSION = "effnet-lite0-onnx-2"  # bump when the graph below changes (part of the cache key)
 IMAGE_SIZE = 224
 BN_EPS = 1e-3
 
@@ -142,7 +143,8 @@ def _fold(w: np.ndarray, sd: dict[str, np.ndarray], bn: str) -> tuple[np.ndarray
 
 
 def build_onnx(weights: str | Path) -> bytes:
-    """The ONNX graph: `x` (n, 3, 224, 224) float32 in, `pooled` (n, 1280) and `logits` (n, 1000) out."""
+    """The ONNX graph: `x` (n, 3, 224, 224) float32 in; `pooled` (n, 1280), `logits` (n, 1000) and `grid`
+    (n, 1280, 7, 7), the head's cells before pooling, out."""
     from onnx import TensorProto, helper
 
     from picscope.encoders.onnxgraph import Graph
@@ -177,12 +179,14 @@ def build_onnx(weights: str | Path) -> bytes:
                 x = g.op("Add", x, inp)
             index += 1
     x, size = conv(x, size, "_conv_head.weight", "_bn1", 1, 1, True)
-    pooled = g.op("Flatten", g.op("GlobalAveragePool", x), axis=1, name="pooled")
+    grid = g.op("Identity", x, name="grid")
+    pooled = g.op("Flatten", g.op("GlobalAveragePool", grid), axis=1, name="pooled")
     g.op("Gemm", pooled, g.const(sd["_fc.weight"].astype(np.float32)), g.const(sd["_fc.bias"].astype(np.float32)),
          transB=1, name="logits")
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE])]
     outputs = [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 1280]),
-               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])]
+               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000]),
+               helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["batch", 1280, size, size])]
     return g.model(inputs, outputs, "efficientnet_lite0")
 
 

@@ -60,6 +60,12 @@ class NumpyMiniLM:
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(n, L) token ids and mask -> (n, dim) pooled (not yet normalised)."""
+        x = self.hidden(ids, mask)
+        summed = np.einsum("nld,nl->nd", x, mask)
+        return summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
+
+    def hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(n, L) token ids and float mask -> (n, L, dim) last-layer token states (the vision models read them)."""
         w = self.w
         n, length = ids.shape
         x = w["embeddings.word_embeddings.weight"][ids]
@@ -91,9 +97,7 @@ class NumpyMiniLM:
             h = gelu(proj(x, "intermediate.dense"))
             x = _layer_norm(proj(h, "output.dense") + x, w[p + "output.LayerNorm.weight"],
                             w[p + "output.LayerNorm.bias"], self.eps)
-        x = x.reshape(n, length, self.dim)
-        summed = np.einsum("nld,nl->nd", x, mask)
-        return summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
+        return x.reshape(n, length, self.dim)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """(n, dim) float32 embeddings; output in input order. BLAS runs on one thread: the matrices of a query

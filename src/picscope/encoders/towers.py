@@ -114,8 +114,15 @@ class EfficientNetTower:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if self._ort is None:  # benchmarks set `_ort = None` to time the PyTorch reference
             return self._torch_forward(x)
-        pooled, logits = self._ort.run(None, {"x": x})
+        pooled, logits = self._ort.run(["pooled", "logits"], {"x": x})
         return np.asarray(pooled, np.float32), np.asarray(logits, np.float32)
+
+    def grid(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 3, 224, 224) -> (n, 49, 1280): the 7×7 head cells before pooling, row-major (the vision models)."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        (cells,) = self._ort.run(["grid"], {"x": x})
+        cells = np.asarray(cells, np.float32)
+        return np.ascontiguousarray(cells.reshape(len(x), cells.shape[1], -1).transpose(0, 2, 1))
 
     def _torch_forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The original PyTorch network (needs the `train` extra)."""
