@@ -8,6 +8,7 @@ and the socratic vision model, no doubles.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,14 +110,48 @@ def names(results: Sequence[Any]) -> list[str]:
 def test_rules_reasoner_handles_negation_and_keeps_every_dialogue_turn() -> None:
     it = rules_intent("a girl in a pink dress, no stairs")
     assert [(o.kind, o.text) for o in it.operations] == [("add", "a girl in a pink dress"), ("remove", "stairs")]
-    assert [p.expected for p in it.propositions] == [True, False]
+    assert [(p.question, p.expected) for p in it.propositions] == [
+        ("Is there a girl in a pink dress?", True), ("Is there a girl?", True), ("Is the girl in a pink dress?", True),
+        ("Are there stairs?", False)]
     assert all("stairs" not in d for d in it.descriptions[:1])
     dlg = rules_intent("a man on a bike", ["is he wearing a helmet? yes", "is it raining? no", "what colour is the "
                                            "bike? red"])
     kinds = {o.text: o.kind for o in dlg.operations}
     assert kinds["wearing a helmet"] == "add" and kinds["raining"] == "remove"
     assert any("red" in o.text for o in dlg.operations)
-    assert any("helmet" in d for d in dlg.descriptions) and len(dlg.propositions) == 4
+    assert any("helmet" in d for d in dlg.descriptions)
+    questions = {p.question: p.expected for p in dlg.propositions}
+    assert questions["Is someone wearing a helmet?"] is True and questions["Is it raining?"] is False
+    assert questions["Is the bike red?"] is True and questions["Is the man on a bike?"] is True
+
+
+FRAGMENT = re.compile(r"^(?:Is|Are) there (?:in|on|at|and|with|is|are|the scene)\b|\b(?:is|are) (?:is|are)\b", re.I)
+GRAMMAR = re.compile(r"^(?:Is|Are) (?:there (?:a|an|two|three|some|several|many|people|the|only|\w+)\b|the scene "
+                     r"\w+|it \w+|the photo \w+|someone \w+ing|(?:a|an|the|two|three|some|people|\w+) .+)")
+
+
+@pytest.mark.parametrize("request_text", [
+    "a dog running in the snow", "in the snow", "two dogs fighting on a road", "A little girl in a pink dress is "
+    "climbing the stairs .", "people walking along the beach at sunset", "the dog is in the snow, at night",
+    "a black dog and no people", "only one dog, and it is black", "like this one but red", "running on grass",
+    "A man in a red jacket is standing on a rock near the ocean ."])
+def test_rules_propositions_are_grammatical_yes_no_questions(request_text: str) -> None:
+    props = rules_intent(request_text).propositions
+    assert props
+    for p in props:
+        assert p.question.endswith("?") and p.question[0].isupper(), p.question
+        assert not FRAGMENT.search(p.question), p.question  # the old "Is there in the snow?"
+        assert GRAMMAR.match(p.question), p.question
+    assert len({p.question for p in props}) == len(props)  # no repeats
+
+
+def test_rules_propositions_split_a_caption_into_its_facts() -> None:
+    qs = [p.question for p in rules_intent("a dog running in the snow").propositions]
+    assert qs == ["Is there a dog running in the snow?", "Is there a dog?", "Is the dog running?",
+                  "Is the dog running in the snow?"]
+    assert [p.question for p in rules_intent("in the snow").propositions] == ["Is the scene in the snow?"]
+    assert [p.question for p in rules_intent("only one dog, and it is black").propositions] == [
+        "Is there only one dog?", "Is it black?"]
 
 
 def test_unparsable_llm_answer_falls_back_to_the_instruction_not_a_blank() -> None:

@@ -90,7 +90,8 @@ def _strip_deictic(clause: str) -> str:
 
 
 def _clauses(text: str) -> list[str]:
-    parts = [_strip_deictic(p.strip(" .!?")) for p in _SPLIT.split(text) if p and p.strip(" .!?")]
+    parts = [_strip_deictic(re.sub(r"^(?:and|also|plus)\s+", "", p.strip(" .!?"), flags=re.I))
+             for p in _SPLIT.split(text) if p and p.strip(" .!?")]
     return [p for p in parts if len(p) > 1]
 
 
@@ -108,9 +109,95 @@ def _turn_fact(turn: str) -> tuple[str, bool] | None:
     return f"{subject} {a}".strip(), True
 
 
+_PREP = ("in", "on", "at", "under", "near", "beside", "behind", "through", "across", "over", "into", "along",
+         "inside", "outside", "next to", "in front of", "during", "around", "toward", "towards", "onto", "past")
+_PREP_RE = re.compile(r"\b(?:" + "|".join(sorted((re.escape(x) for x in _PREP), key=len, reverse=True)) + r")\b", re.I)
+_PRONOUN = re.compile(r"^(it|this|that|they|he|she|the photo|the image|the picture|the scene)\b", re.I)
+_PLURAL_START = re.compile(r"^(?:two|three|four|five|six|several|many|some|few|a few|a group of|groups? of|people|men|"
+                           r"women|children|kids|(?!\w+ss\b)\w+s)\b", re.I)
+_IMPERSONAL = re.compile(r"^(?:raining|snowing|sunny|night|daytime|dark|cloudy|foggy|windy)\b", re.I)
+_ADJECTIVE_ONLY = re.compile(r"^(?:very\s+)?(?:black and white|sunny|dark|bright|snowy|rainy|foggy|"
+                             r"colou?rful|blurry|(?:black|white|red|blue|green|yellow|orange|pink|purple|brown|grey|"
+                             r"gray)(?:\s+and\s+\w+)?)$", re.I)
+_NOT_VERB = {"something", "anything", "nothing", "everything", "building", "clothing", "ceiling", "evening",
+             "morning", "king", "ring", "wing", "thing", "string", "spring", "ping", "sibling", "railing", "ding",
+             "wedding", "painting", "bing", "sing", "bring"}
+_VERB = re.compile(r"\b(?:(?:is|are)\s+)?(\w+ing)\b", re.I)
+
+
 def _question(fact: str) -> str:
-    fact = fact.strip(" .?!")
-    return f"Is there {fact}?" if not re.match(r"^(it|this|they|the photo|the image)\b", fact, re.I) else f"Is {fact}?"
+    """A grammatical yes/no question for one fact: 'a dog running' -> 'Is there a dog running?', 'in the snow' ->
+    'Is the scene in the snow?', 'running' -> 'Is someone running?', 'red' -> 'Is the photo red?', 'it is black'
+    -> 'Is it black?', 'the bike red' -> 'Is the bike red?'."""
+    fact = " ".join(fact.split()).strip(" .?!,")
+    fact = re.sub(r"^(A|An|The|Two|Three|Some|Several|Many|People)\b", lambda m: m.group(1).lower(), fact)
+    m = re.match(r"^(.+?)\s+(is|are|was|were)\s+(.+)$", fact, re.I)
+    if m:  # a sentence: 'a girl is climbing stairs' -> 'Is a girl climbing stairs?'
+        return f"{m.group(2).capitalize()} {m.group(1)} {m.group(3)}?"
+    if _PRONOUN.match(fact):
+        return f"Is {fact}?"
+    if _IMPERSONAL.match(fact):
+        return f"Is it {fact}?"
+    low = fact.lower()
+    if any(low == p or low.startswith(p + " ") for p in _PREP):
+        return f"Is the scene {fact}?"
+    if re.match(r"^\w+ing\b", fact) and fact.split()[0].lower() not in _NOT_VERB:
+        return f"Is someone {fact}?"
+    if _ADJECTIVE_ONLY.match(fact):
+        return f"Is the photo {fact}?"
+    plural = bool(_PLURAL_START.match(re.sub(r"^the\s+", "", fact, flags=re.I)))
+    if re.match(r"^the\s+", fact, re.I) and len(fact.split()) >= 3:
+        return f"{'Are' if plural else 'Is'} {fact}?"  # 'the bike red', 'the dog in the snow'
+    return f"{'Are' if plural else 'Is'} there {fact}?"
+
+
+def _definite(phrase: str) -> str:
+    return re.sub(r"^(?:a|an|one|some)\s+", "the ", phrase, flags=re.I)
+
+
+def _phrases(text: str) -> list[str]:
+    """Each prepositional phrase of `text` ('in the snow at night' -> ['in the snow', 'at night'])."""
+    starts = [m.start() for m in _PREP_RE.finditer(text)]
+    pieces = [text[a:b].strip(" ,") for a, b in zip(starts, [*starts[1:], len(text)], strict=False)]
+    return [p for p in pieces if len(p.split()) >= 2]
+
+
+def atoms(clause: str) -> list[str]:
+    """The facts inside one clause, the whole clause first: 'a dog running in the snow' -> ['a dog running in the
+    snow', 'a dog', 'the dog running', 'the dog in the snow'] (subject, action, each place or relation)."""
+    clause = " ".join(clause.split()).strip(" .?!,")
+    if len(clause.split()) < 3:
+        return [clause]
+    verb = next((m for m in _VERB.finditer(clause) if m.group(1).lower() not in _NOT_VERB and m.start() > 0), None)
+    head = clause[: verb.start()].strip() if verb else clause
+    tail = clause[verb.end():] if verb else ""
+    cut = _PREP_RE.search(head)
+    subject = head[: cut.start()].strip() if cut and cut.start() > 0 else head
+    subject = re.sub(r"\s+(?:is|are)$", "", subject, flags=re.I)
+    own = _phrases(head[cut.start():] if cut and cut.start() > 0 else "")  # "a girl in a pink dress"
+    after = _phrases(tail)  # "running through the grass"
+    out = [clause]
+    if subject and subject != clause and len(subject.split()) <= 5:
+        the = _definite(subject)
+        out.append(subject)
+        if verb:
+            out.append(f"{the} {verb.group(1)}")
+        definite = the.lower().startswith("the ")
+        out.extend(f"{the} {pp}" if definite else pp for pp in own)
+        out.extend(f"{the} {verb.group(1)} {pp}" if definite and verb else pp for pp in after)
+    else:
+        out.extend(own + after)
+    seen: set[str] = set()
+    return [x for x in out if x and not (x.lower() in seen or seen.add(x.lower()))]  # type: ignore[func-returns-value]
+
+
+def fact_propositions(ops: list[Operation]) -> list[Proposition]:
+    """Rules propositions: for each wanted fact its atoms (expected yes), for each removal the fact (expected no)."""
+    props: list[Proposition] = []
+    for o in ops:
+        facts = [o.text] if o.kind == "remove" else atoms(o.text)
+        props.extend(Proposition(_question(f), o.kind != "remove") for f in facts)
+    return _dedupe_props(props)
 
 
 def rules_intent(text: str, turns: list[str] | tuple[str, ...] = (), reference_caption: str | None = None,
@@ -134,7 +221,7 @@ def rules_intent(text: str, turns: list[str] | tuple[str, ...] = (), reference_c
     else:
         detailed = text.strip()
     full = f"{reference_caption.rstrip('.')}, {core}" if reference_caption else detailed
-    props = [Proposition(_question(o.text), o.kind != "remove") for o in ops]
+    props = fact_propositions(ops)
     return Intent(descriptions=_dedupe([core, detailed.strip(", "), full])[:granularities] or [text],
                   operations=ops, propositions=props, source="rules", propositions_source="rules")
 
@@ -236,7 +323,7 @@ def _dedupe_props(props: list[Proposition]) -> list[Proposition]:
 
 def rules_propositions(intent: Intent, limit: int = 6) -> Intent:
     if not intent.propositions:
-        intent.propositions = [Proposition(_question(o.text), o.kind != "remove") for o in intent.operations]
+        intent.propositions = fact_propositions(intent.operations)
         intent.propositions_source = "rules"
     intent.propositions = intent.propositions[:limit]
     return intent
