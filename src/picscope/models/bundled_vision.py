@@ -1,0 +1,141 @@
+"""`bundled`: the offline VisionModel built from our own trained models, no LLM and no download.
+
+- `verify` and `judge` use the image–text matching verifier (`picscope.models.verifier`): each word of a statement
+  attends to the photo's 7×7 cells, so it sees evidence the pooled dual encoder does not.
+- `caption` uses the bundled captioner (`picscope.models.captioner`).
+
+Explanations say what the verifier measured (its match probability and the words that matched best and worst),
+never invented prose. Cell features of recently seen images are kept in memory, so stage 2 and stage 3 compute
+them once per candidate.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from picscope.models.base import Verdict
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from picscope.models.verifier import TextFeatures, Verifier
+
+CELL_CACHE = 128
+_QUESTION = re.compile(
+    r"^(?:is|are|does|do|can|was|were|has|have)\s+(?:there\s+|it\s+|this\s+|the photo\s+|the image\s+)?", re.I)
+_ANSWERS_HEADER = "Answers to follow-up questions"
+
+
+def statement(question: str) -> str:
+    """'Is there a dog running in the snow?' -> 'a dog running in the snow' (what the verifier reads)."""
+    text = " ".join(question.split()).strip(" ?.!")
+    text = _QUESTION.sub("", text).strip() or text
+    return re.sub(r"^the (?:scene|photo|image|picture)\s+", "", text, flags=re.I) or text
+
+
+def request_parts(instruction: str) -> list[str]:
+    """The request text and each dialogue answer as separate texts (see `pipeline.intent.request_text`)."""
+    parts = []
+    for line in instruction.splitlines():
+        line = line.strip().removeprefix("- ").strip()
+        if line and not line.startswith(_ANSWERS_HEADER):
+            parts.append(line)
+    return parts or [instruction]
+
+
+class BundledVision:
+    """VisionModel on the bundled verifier and captioner."""
+
+    spec = "bundled"
+    answers_from_encoder = False  # its answers are new evidence, so stage 2 may weigh them
+
+    def __init__(self, verifier: Verifier | None = None, captioner: Any = None) -> None:
+        self._verifier = verifier
+        self._captioner = captioner
+        self._lock = threading.Lock()
+        self._cells: OrderedDict[int, tuple[Any, np.ndarray]] = OrderedDict()
+
+    @property
+    def verifier(self) -> Verifier:
+        if self._verifier is None:
+            from picscope.models.verifier import load_verifier
+
+            self._verifier = load_verifier()
+        return self._verifier
+
+    @property
+    def name(self) -> str:
+        return self.verifier.name
+
+    # -- features -----------------------------------------------------------------------------------------
+    def cells(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, 50, d) cell vectors, computed once per image object while it is alive and recent."""
+        todo = []
+        with self._lock:
+            for im in images:
+                hit = self._cells.get(id(im))
+                if hit is None or hit[0]() is not im:
+                    todo.append(im)
+        if todo:
+            fresh = self.verifier.image_cells(todo)
+            with self._lock:
+                for im, c in zip(todo, fresh, strict=True):
+                    self._cells[id(im)] = (weakref.ref(im), c)
+                    self._cells.move_to_end(id(im))
+                while len(self._cells) > CELL_CACHE:
+                    self._cells.popitem(last=False)
+        with self._lock:
+            return np.stack([self._cells[id(im)][1] for im in images])
+
+    def _texts(self, texts: Sequence[str]) -> list[TextFeatures]:
+        return self.verifier.text_features(list(texts))
+
+    # -- VisionModel ---------------------------------------------------------------------------------------
+    def caption(self, image: Image.Image, style: str = "short") -> str:
+        if self._captioner is None:
+            from picscope.models.captioner import load_captioner
+
+            self._captioner = load_captioner()
+        return str(self._captioner.caption_images([image])[0])
+
+    def verify(self, image: Image.Image, questions: Sequence[str],
+               reference: Image.Image | None = None) -> list[float]:
+        """P(yes) per question: the verifier's calibrated match probability of the question's statement. A
+        question about the reference is judged on the candidate alone (the verifier compares text with one photo)."""
+        if not questions:
+            return []
+        cells = self.cells([image])
+        scores = [float(self.verifier.score(cells, t)[0]) for t in self._texts([statement(q) for q in questions])]
+        return [float(p) for p in self.verifier.probability(np.array(scores))]
+
+    def judge(self, instruction: str, candidates: Sequence[Image.Image],
+              reference: Image.Image | None = None) -> list[Verdict]:
+        """Listwise: each candidate's verifier score for the request (dialogue answers scored one by one and
+        averaged), with the words that matched best and worst as the reason."""
+        if not candidates:
+            return []
+        cells = self.cells(candidates)
+        parts = request_parts(instruction)
+        feats = self._texts(parts)
+        scores = np.mean([self.verifier.score(cells, t) for t in feats], axis=0)
+        probs = self.verifier.probability(scores)
+        order = np.argsort(-scores, kind="stable")
+        ranks = np.empty(len(order), np.int64)
+        ranks[order] = np.arange(1, len(order) + 1)
+        words = self.verifier.word_evidence(cells, feats[0])
+        return [Verdict(float(p), _reason(float(p), w), int(r)) for p, w, r in zip(probs, words, ranks, strict=True)]
+
+
+def _reason(p: float, words: list[tuple[str, float]]) -> str:
+    if not words:
+        return f"verifier match {p:.2f}"
+    best = ", ".join(w for w, _ in words[:3])
+    worst = words[-1][0] if len(words) > 3 else ""
+    return f"verifier match {p:.2f}; best-matched words: {best}" + (f"; weakest: {worst}" if worst else "")

@@ -1,0 +1,185 @@
+"""The `bundled` image–text matching verifier: numpy inference (no torch), weights shipped in the package.
+
+It reads what the pooled dual encoder throws away: EfficientNet-Lite0's 7×7 head cells (`EfficientNetTower.grid`)
+and MiniLM's token states (`NumpyMiniLM.hidden`). Each word attends to the image cells; a small matching head
+scores each word against what it attended to; word scores are pooled with learned weights. The architecture and
+its training are in `picscope.training.verifier`; the model card is `weights/MODEL_CARD_VERIFIER.md`.
+
+`score(cells, tokens)` gives raw match scores (higher = better match; comparable across images for one text).
+`probability` turns a score into P(match) with a logistic calibration fitted on dev at training time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from picscope.encoders.numerics import gelu, single_threaded_blas
+from picscope.errors import EncoderError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+VERSION = "verifier-v1"
+MAX_TOKENS = 32
+_lock = threading.Lock()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, x)
+
+
+STOP_WORDS = frozenset({"a", "an", "the", "of", "in", "on", "at", "to", "with", "and", "or", "is", "are", "it",
+                        "its", "this", "that", "there", "some", "his", "her", "their", "while", "for", "by", "from",
+                        "into"})
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """One text's token vectors (T, d) in the cell space, their pooling weights (T,) summing to 1, and its words
+    (each with the token positions it spans) for explanations."""
+
+    q: np.ndarray
+    w: np.ndarray
+    words: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+
+class Verifier:
+    """P(match | image, text) from cell features and token states. Thread-safe (read-only weights)."""
+
+    def __init__(self, weights: dict[str, np.ndarray], meta: dict[str, object], name: str) -> None:
+        self.w = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        self.lam = float(meta["lam"])  # type: ignore[arg-type]
+        self.calibration = tuple(float(x) for x in meta.get("calibration", (1.0, 0.0)))  # type: ignore[union-attr]
+        self.meta = meta
+        self.name = name
+
+    # -- features ------------------------------------------------------------------------------------------
+    def cells(self, grid: np.ndarray) -> np.ndarray:
+        """(n, 49, 1280) head cells -> (n, 50, d) unit cell vectors (the 50th is the mean cell)."""
+        w = self.w
+        c = (np.asarray(grid, np.float32) - w["pca_mean"]) @ w["pca"].T
+        c = np.concatenate([c, c.mean(axis=1, keepdims=True)], axis=1)
+        return _unit(c).astype(np.float32)
+
+    def tokens(self, states: np.ndarray) -> TextFeatures:
+        """(T, 384) MiniLM token states of one text -> its token vectors and weights."""
+        w = self.w
+        h = np.asarray(states[:MAX_TOKENS], np.float32)
+        q = gelu(h @ w["t1.weight"].T + w["t1.bias"]) @ w["t2.weight"].T + w["t2.bias"] + h @ w["tskip.weight"].T
+        weight = _softplus(h @ w["tw.weight"].T + w["tw.bias"])[:, 0]
+        return TextFeatures(_unit(q).astype(np.float32), (weight / max(float(weight.sum()), 1e-6)).astype(np.float32))
+
+    # -- scoring -------------------------------------------------------------------------------------------
+    def parts(self, cells: np.ndarray, text: TextFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 50, d) cells, one text -> (s_li, s_x), each (n,)."""
+        w = self.w
+        sim = np.einsum("td,ncd->ntc", text.q, cells)
+        att = np.exp(self.lam * (sim - sim.max(-1, keepdims=True)))
+        att /= att.sum(-1, keepdims=True)
+        s_li = ((att * sim).sum(-1) * text.w).sum(-1)
+        mix = att @ cells  # (n, T, d)
+        q = np.broadcast_to(text.q, mix.shape)
+        feats = np.concatenate([q, mix, q * mix], axis=-1)
+        x = gelu(feats @ w["h1.weight"].T + w["h1.bias"]) @ w["h2.weight"].T + w["h2.bias"]
+        s_x = (x[..., 0] * text.w).sum(-1)
+        return s_li, s_x
+
+    def word_evidence(self, cells: np.ndarray, text: TextFeatures) -> list[list[tuple[str, float]]]:
+        """Per image: the text's content words with how well each matched the cells it attended to (cosine of the
+        attended mix), best first."""
+        sim = np.einsum("td,ncd->ntc", text.q, cells)
+        att = np.exp(self.lam * (sim - sim.max(-1, keepdims=True)))
+        att /= att.sum(-1, keepdims=True)
+        tok = (att * sim).sum(-1)  # (n, T)
+        words = [(w, idx) for w, idx in text.words if w.lower() not in STOP_WORDS and idx]
+        out = []
+        for row in tok:
+            scored = [(w, float(row[list(idx)].mean())) for w, idx in words]
+            out.append(sorted(scored, key=lambda x: -x[1]))
+        return out
+
+    def score(self, cells: np.ndarray, text: TextFeatures) -> np.ndarray:
+        """(n, 50, d) cells, one text -> (n,) match scores."""
+        with single_threaded_blas():
+            s_li, s_x = self.parts(cells, text)
+        return (s_li * float(self.w["scale"]) + s_x).astype(np.float32)
+
+    def probability(self, scores: np.ndarray) -> np.ndarray:
+        a, b = self.calibration
+        return (1.0 / (1.0 + np.exp(-(a * np.asarray(scores, np.float64) + b)))).astype(np.float32)
+
+    # -- convenience: from images and strings -------------------------------------------------------------
+    def text_features(self, texts: Sequence[str]) -> list[TextFeatures]:
+        from picscope.encoders import towers
+
+        model = towers.minilm().numpy
+        cleaned = [" ".join(t.split()) for t in texts]
+        out = []
+        with single_threaded_blas():
+            for text, enc in zip(cleaned, model.tokenizer.encode_batch(cleaned), strict=True):
+                tok = np.asarray([enc.ids], np.int64)
+                feats = self.tokens(model.hidden(tok, np.ones(tok.shape, np.float32))[0])
+                out.append(TextFeatures(feats.q, feats.w, _words(text, enc)))
+        return out
+
+    def image_cells(self, images: Sequence[Image.Image]) -> np.ndarray:
+        from picscope.encoders import towers
+
+        if not images:
+            return np.zeros((0, 50, int(self.w["pca"].shape[0])), np.float32)
+        batch = np.stack([towers.prepare_efficientnet(im) for im in images])
+        return self.cells(towers.efficientnet().grid(batch))
+
+
+def _words(text: str, encoding: object) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The words of `text` with the token positions (below MAX_TOKENS) each spans."""
+    spans: dict[int, list[int]] = {}
+    word_ids = getattr(encoding, "word_ids", [])
+    for pos, wid in enumerate(word_ids):
+        if wid is not None and pos < MAX_TOKENS:
+            spans.setdefault(int(wid), []).append(pos)
+    offsets = getattr(encoding, "offsets", [])
+    out = []
+    for idx in spans.values():
+        start, end = offsets[idx[0]][0], offsets[idx[-1]][1]
+        out.append((text[start:end], tuple(idx)))
+    return tuple(out)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_from(folder: Path, version: str = VERSION) -> Verifier:
+    weights_file, meta_file = folder / f"{version}.npz", folder / f"{version}.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+        with np.load(weights_file) as z:
+            weights = {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise EncoderError(f"cannot load the verifier from {folder}: {exc}") from exc
+    pin = meta.get("sha256")
+    digest = _digest(weights_file)
+    if pin and pin != digest:
+        raise EncoderError(f"{weights_file} does not match its recorded checksum (reinstall picscope)")
+    return Verifier(weights, meta, f"{version}@{digest[:12]}")
+
+
+@lru_cache(maxsize=1)
+def load_verifier() -> Verifier:
+    with _lock:
+        return load_from(WEIGHTS_DIR)
