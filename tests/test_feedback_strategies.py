@@ -70,16 +70,41 @@ def test_caption_appends_relevant_captions_caps_length_and_reuses_them(lib: Libr
     assert float(nxt.query_vector @ green) > float(st.query_vector @ green)
 
 
+def test_captions_are_made_once_on_the_safe_stored_path(lib: Library, monkeypatch: pytest.MonkeyPatch) -> None:
+    import picscope.pipeline.captions as captions
+    from picscope.pipeline.captions import CaptionStore
+
+    views: list[int] = []
+    real_view = captions.load_view
+
+    def counted_view(library: Library, fid: int) -> object:
+        views.append(fid)
+        return real_view(library, fid)
+
+    monkeypatch.setattr(captions, "load_view", counted_view)
+    fresh = _ids(lib, "blue")[3:5]  # no other test marks these
+    first = ColourCaptionerTestDouble()
+    nxt = make_strategy("caption", lib, vision=first).update(_state(lib, "bright colour"), fresh, [])
+    assert first.calls == 2 == nxt.model_calls and views == fresh  # decoded by load_view (pixel limit, shrunk)
+    stored = CaptionStore.for_library(lib).get_many(fresh, first.spec, "short")
+    assert set(stored) == set(fresh) and all(c.startswith("a blue square") for c in stored.values())
+    second = ColourCaptionerTestDouble()  # a new session, another process: the stored captions are reused
+    again = make_strategy("caption", lib, vision=second).update(_state(lib, "bright colour"), fresh, [])
+    assert second.calls == 0 == again.model_calls and again.query_text == nxt.query_text
+
+
 def test_rewrite_uses_the_llm_answer_and_explains_it(lib: Library) -> None:
     llm = ScriptedChatTestDouble(
         [_answer(query="bright colour, blue", shared_details=["blue"], dropped=["cat"], avoid=["red"])]
     )
-    strat = make_strategy("rewrite", lib, llm=llm, vision=ColourCaptionerTestDouble())
+    vision = ColourCaptionerTestDouble()
+    strat = make_strategy("rewrite", lib, llm=llm, vision=vision)
     nxt = strat.update(_state(lib, "bright colour"), _ids(lib, "blue")[:3], _ids(lib, "red")[:1])
     assert nxt.query_text == "bright colour, blue"
     assert nxt.fallback is None and "added shared details: blue" in nxt.notes[-1] and "cat" in nxt.notes[-1]
     assert nxt.negative_propositions == ["The image shows red."]
-    assert nxt.model_calls == 4 + 1  # 4 captions + 1 LLM call
+    assert 3 <= vision.calls <= 4  # 4 captions, less any stored by an earlier test (the red image)
+    assert nxt.model_calls == vision.calls + 1  # + 1 LLM call
     prompt = llm.calls[0][1].content
     assert "bright colour" in prompt and "a blue square" in prompt and "a red square" in prompt
 

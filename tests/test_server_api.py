@@ -105,7 +105,20 @@ def test_search_contract_thumbnails_and_images(client: TestClient, lib: Library)
     assert info["path"] == rec.path and info["width"] == 24
 
 
-def test_pages_offset_and_limits(client: TestClient) -> None:
+def test_image_info_shows_the_newest_stored_caption(client: TestClient, lib: Library) -> None:
+    from picscope.pipeline.captions import CaptionStore
+
+    first, second = (r.id for r in lib.catalog.all("ok")[:2])
+    assert client.get(f"/api/images/{first}/info").json()["caption"] is None  # no caption store yet
+    store = CaptionStore.for_library(lib)
+    store.put(first, "test-model", "short", "an older caption")
+    store.put(first, "test-model", "dense", "the newest caption")
+    store.close()
+    assert client.get(f"/api/images/{first}/info").json()["caption"] == "the newest caption"
+    assert client.get(f"/api/images/{second}/info").json()["caption"] is None
+
+
+
     first = client.get("/api/search", params={"q": "green", "k": 4}).json()["results"]
     second = client.get("/api/search", params={"q": "green", "k": 4, "offset": 4}).json()["results"]
     assert not {x["id"] for x in first} & {x["id"] for x in second}

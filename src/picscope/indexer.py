@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,10 +36,11 @@ from picscope.errors import ImageDecodeError, LibraryError
 from picscope.imageio import SNIFF_BYTES, NotRegularFileError, decode_image, is_image_name, open_regular, sniff
 from picscope.scan import ScanEntry, ScanResult, scan
 from picscope.store.base import VectorStore
-from picscope.store.catalog import Catalog, display_path
+from picscope.store.catalog import RETRY_MTIME, Catalog, Known, display_path
 from picscope.store.meta import FileMeta, SupportsMeta
 
-RETRY_MTIME = -1  # recorded for read errors so the next run retries them whatever the stat says
+if TYPE_CHECKING:
+    from sqlite3 import Connection
 
 
 @dataclass
@@ -92,6 +93,29 @@ class _Work:
     error: str | None = None
     skip: str | None = None  # seen but not an image: the reason (recorded in `skips`, not an error)
     retry: bool = False  # an OS-level failure: retry on every run
+
+
+@dataclass
+class _Written:
+    """The vectors of one committed chunk, with their ids and the metadata for stores that filter."""
+
+    ids: list[int] = field(default_factory=list)
+    vecs: list[np.ndarray] = field(default_factory=list)
+    metas: list[FileMeta] = field(default_factory=list)
+
+    def add(self, fid: int, vec: np.ndarray, meta: FileMeta) -> None:
+        self.ids.append(fid)
+        self.vecs.append(vec)
+        self.metas.append(meta)
+
+
+def _count_indexed(report: IndexReport, w: _Work, prev: Known | None) -> None:
+    if w.reuse_id is not None:
+        report.reused += 1
+    elif prev is None or prev.status == "error":
+        report.added += 1
+    else:
+        report.updated += 1
 
 
 def _hash(data: bytes) -> str:
@@ -215,7 +239,7 @@ class Indexer:
         ):
             report.scanned += 1
             prev = known.get(entry.raw)
-            if prev is not None and prev[1] == entry.size and prev[2] == entry.mtime_ns:
+            if prev is not None and prev.size == entry.size and prev.mtime_ns == entry.mtime_ns:
                 seen.add(entry.raw)
                 report.unchanged += 1
                 continue
@@ -248,7 +272,7 @@ class Indexer:
         return report
 
     def _iter_work(
-        self, todo: list[ScanEntry], hashes: dict[str, int], known: dict[bytes, tuple[int, int, int, str, str | None]]
+        self, todo: list[ScanEntry], hashes: dict[str, int], known: dict[bytes, Known]
     ) -> Iterator[_Work]:
         prefetch = max(2 * self.config.batch_size, 8)
         with ThreadPoolExecutor(max_workers=self.config.decode_workers, thread_name_prefix="decode") as pool:
@@ -265,7 +289,7 @@ class Indexer:
         self,
         todo: list[ScanEntry],
         hashes: dict[str, int],
-        known: dict[bytes, tuple[int, int, int, str, str | None]],
+        known: dict[bytes, Known],
         skips: dict[bytes, tuple[int, int, str]],
         report: IndexReport,
     ) -> None:
@@ -308,98 +332,95 @@ class Indexer:
         chunk: list[_Work],
         vectors: dict[int, np.ndarray],
         hashes: dict[str, int],
-        known: dict[bytes, tuple[int, int, int, str, str | None]],
+        known: dict[bytes, Known],
         report: IndexReport,
     ) -> None:
+        """One transaction for a chunk: catalog rows for every file, then its vectors (written before the commit)."""
         if not chunk:
             return
-        # vectors (rows of dim float32 + an int64 id, in whole pages) and catalog rows with their WAL copy
-        rows = sum(1 for w in chunk if w.skip is None)
-        ensure_free(self.catalog.path.parent, rows * (self.encoder.dim * 4 + 8 + 2048) + 2 * 4096)
-        ids: list[int] = []
-        vecs: list[np.ndarray] = []
-        metas: list[FileMeta] = []
-        reuse = [w.reuse_id for w in chunk if w.reuse_id is not None]
-        reuse_vecs: dict[int, np.ndarray] = {}
-        if reuse:
-            unique = sorted(set(reuse))
-            try:
-                got = self.store.get(np.array(unique, np.int64))
-                reuse_vecs = dict(zip(unique, got, strict=True))
-            except KeyError:
-                for rid in unique:  # some source vanished from the store: fall back one by one
-                    with contextlib.suppress(KeyError):
-                        reuse_vecs[rid] = self.store.get(np.array([rid], np.int64))[0]
+        self._ensure_space(chunk)
+        reuse_vecs = self._reused_vectors(chunk)
+        out = _Written()
         with self.catalog.transaction() as db:
             for i, w in enumerate(chunk):
                 if w.skip is not None:
                     continue  # recorded in `skips` at the end of the run
-                raw = w.entry.raw
-                prev = known.get(raw)
-                vec = vectors.get(i)
-                if vec is None and w.reuse_id is not None:
-                    vec = reuse_vecs.get(w.reuse_id)
-                    if vec is None:
-                        w.error = "vector to reuse is missing; it will be re-encoded on the next run"
-                        w.retry = True
-                if vec is not None and w.error is None:
-                    fid = self.catalog.upsert_file(
-                        db,
-                        raw=raw,
-                        size=w.size,
-                        mtime_ns=w.mtime_ns,
-                        hash=w.hash,
-                        width=w.width,
-                        height=w.height,
-                        status="ok",
-                        error=None,
-                    )
-                    if w.hash and w.phash is not None:
-                        self.catalog.put_phash(db, w.hash, *w.phash)
-                    ids.append(fid)
-                    vecs.append(vec)
-                    metas.append(FileMeta(display_path(raw), w.mtime_ns))
-                    if w.hash:
-                        hashes.setdefault(w.hash, fid)
-                    if w.reuse_id is not None:
-                        report.reused += 1
-                    elif prev is None or prev[3] == "error":
-                        report.added += 1
-                    else:
-                        report.updated += 1
+                prev = known.get(w.entry.raw)
+                vec = self._vector_for(w, vectors.get(i), reuse_vecs)
+                if vec is None or w.error is not None:
+                    report.failed += 1
+                    self._record_failure(db, w, prev)
                     continue
-                report.failed += 1
-                reason = w.error or "unknown error"
-                mtime = RETRY_MTIME if w.retry else w.mtime_ns
-                if prev is not None and prev[3] == "ok":
-                    # keep the previous vector; remember why it could not be refreshed
-                    db.execute(
-                        "UPDATE files SET error=?, mtime_ns=? WHERE id=?",
-                        (f"kept previous version: {reason}", RETRY_MTIME, prev[0]),
-                    )
-                else:
-                    self.catalog.upsert_file(
-                        db,
-                        raw=raw,
-                        size=w.size,
-                        mtime_ns=mtime,
-                        hash=w.hash,
-                        width=None,
-                        height=None,
-                        status="error",
-                        error=reason,
-                    )
-            if ids:
-                id_arr, vec_arr = np.array(ids, np.int64), np.stack(vecs).astype(np.float32)
-                if isinstance(self.store, SupportsMeta):  # stores that filter by path/date on their side
-                    self.store.upsert_with_meta(id_arr, vec_arr, metas)
-                else:
-                    self.store.upsert(id_arr, vec_arr)
+                fid = self._record_ok(db, w)
+                out.add(fid, vec, FileMeta(display_path(w.entry.raw), w.mtime_ns))
+                if w.hash:
+                    hashes.setdefault(w.hash, fid)
+                _count_indexed(report, w, prev)
+            if out.ids:
+                self._write_vectors(out)
+
+    def _ensure_space(self, chunk: list[_Work]) -> None:
+        """Free space for the vectors (rows of dim float32 + an int64 id, in whole pages) and the catalog rows
+        with their WAL copy."""
+        rows = sum(1 for w in chunk if w.skip is None)
+        ensure_free(self.catalog.path.parent, rows * (self.encoder.dim * 4 + 8 + 2048) + 2 * 4096)
+
+    def _reused_vectors(self, chunk: list[_Work]) -> dict[int, np.ndarray]:
+        """The stored vectors of the files that renamed or copied files reuse, by source id."""
+        unique = sorted({w.reuse_id for w in chunk if w.reuse_id is not None})
+        if not unique:
+            return {}
+        try:
+            got = self.store.get(np.array(unique, np.int64))
+            return dict(zip(unique, got, strict=True))
+        except KeyError:
+            out: dict[int, np.ndarray] = {}
+            for rid in unique:  # some source vanished from the store: fall back one by one
+                with contextlib.suppress(KeyError):
+                    out[rid] = self.store.get(np.array([rid], np.int64))[0]
+            return out
+
+    @staticmethod
+    def _vector_for(w: _Work, encoded: np.ndarray | None, reuse_vecs: dict[int, np.ndarray]) -> np.ndarray | None:
+        """The file's new vector, or the one it reuses; a reused vector that is gone becomes a retried error."""
+        if encoded is not None or w.reuse_id is None:
+            return encoded
+        vec = reuse_vecs.get(w.reuse_id)
+        if vec is None:
+            w.error = "vector to reuse is missing; it will be re-encoded on the next run"
+            w.retry = True
+        return vec
+
+    def _record_ok(self, db: Connection, w: _Work) -> int:
+        fid = self.catalog.upsert_file(
+            db, raw=w.entry.raw, size=w.size, mtime_ns=w.mtime_ns, hash=w.hash, width=w.width, height=w.height,
+            status="ok", error=None,
+        )
+        if w.hash and w.phash is not None:
+            self.catalog.put_phash(db, w.hash, *w.phash)
+        return fid
+
+    def _record_failure(self, db: Connection, w: _Work, prev: Known | None) -> None:
+        reason = w.error or "unknown error"
+        if prev is not None and prev.status == "ok":
+            self.catalog.keep_previous(db, prev.id, reason)  # keep the vector; remember why it was not refreshed
+            return
+        self.catalog.upsert_file(
+            db, raw=w.entry.raw, size=w.size, mtime_ns=RETRY_MTIME if w.retry else w.mtime_ns, hash=w.hash,
+            width=None, height=None, status="error", error=reason,
+        )
+
+    def _write_vectors(self, out: _Written) -> None:
+        id_arr, vec_arr = np.array(out.ids, np.int64), np.stack(out.vecs).astype(np.float32)
+        if isinstance(self.store, SupportsMeta):  # stores that filter by path/date on their side
+            self.store.upsert_with_meta(id_arr, vec_arr, out.metas)
+        else:
+            self.store.upsert(id_arr, vec_arr)
 
     def _remove_missing(
         self,
         root_raw: bytes,
-        known: dict[bytes, tuple[int, int, int, str, str | None]],
+        known: dict[bytes, Known],
         seen: set[bytes],
         result: ScanResult,
     ) -> int:
@@ -408,7 +429,7 @@ class Indexer:
         if any(d == root_raw.rstrip(b"/") + b"/" for d in protected):
             return 0  # the root itself could not be listed: remove nothing
         gone = [
-            (raw, info[0])
+            (raw, info.id)
             for raw, info in known.items()
             if raw not in seen and not any(raw.startswith(p) or raw == p for p in protected)
         ]
@@ -416,8 +437,6 @@ class Indexer:
             return 0
         ids = np.array([i for _, i in gone], np.int64)
         with self.catalog.transaction() as db:
-            for start in range(0, len(ids), 900):
-                chunk = ids[start : start + 900].tolist()
-                db.execute(f"DELETE FROM files WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            self.catalog.delete_files(db, ids.tolist())
             self.store.delete(ids)
         return len(gone)

@@ -34,6 +34,11 @@ from picscope.errors import (
     LibraryLockedError,
     LibraryReadOnlyError,
 )
+from picscope.layout import CATALOG as CATALOG  # re-exported: older callers import the names from here
+from picscope.layout import CONFIG as CONFIG
+from picscope.layout import LOCK as LOCK
+from picscope.layout import STORE_DIR as STORE_DIR
+from picscope.layout import LibraryLayout
 from picscope.store import VectorStore, make_store
 from picscope.store.catalog import SCHEMA_VERSION, Catalog, FileRecord, Problem, is_disk_full
 from picscope.store.compact import CODEC_FILE, FULL, VectorCodec, coarse_dim, compact
@@ -47,11 +52,6 @@ if TYPE_CHECKING:
     from picscope.arithmetic import QueryTerm, TermValue
     from picscope.dedupe import Fingerprint
     from picscope.indexer import IndexReport, Progress
-
-CATALOG = "catalog.sqlite"
-CONFIG = "config.toml"
-STORE_DIR = "store"
-LOCK = "write.lock"
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,14 @@ def folder_is_writable(path: Path) -> bool:
         pass
     if not os.access(path, os.W_OK):
         return False
-    catalog = path / CATALOG
+    catalog = LibraryLayout(path).catalog
     return not catalog.exists() or os.access(catalog, os.W_OK)
 
 
 class Library:
     def __init__(self, path: Path, catalog: Catalog, config: PicscopeConfig, *, readonly: bool = False) -> None:
         self.path = path
+        self.layout = LibraryLayout(path)
         self.catalog = catalog
         self.config = config
         self.readonly = readonly
@@ -151,7 +152,8 @@ class Library:
         from picscope.paths import default_library_path
 
         lib_path = Path(path).expanduser() if path is not None else default_library_path()
-        exists = (lib_path / CATALOG).exists()
+        layout = LibraryLayout(lib_path)
+        exists = layout.is_library()
         if not exists and not create:
             raise LibraryError(
                 f"no library at {lib_path}; create one with `picscope index FOLDER --library {lib_path}`"
@@ -166,8 +168,8 @@ class Library:
             if is_enospc(exc):
                 raise DiskFullError(f"disk full: cannot create library folder {lib_path}") from exc
             raise LibraryError(f"cannot create library folder {lib_path}: {exc.strerror or exc}") from exc
-        config = PicscopeConfig.load(lib_path / CONFIG)
-        catalog = Catalog(lib_path / CATALOG)
+        config = PicscopeConfig.load(layout.config)
+        catalog = Catalog(layout.catalog)
         lib = cls(lib_path, catalog, config)
         try:
             lib._init_meta(encoder, store)
@@ -183,10 +185,11 @@ class Library:
 
     @classmethod
     def _open_readonly(cls, lib_path: Path, *, encoder: str | None, store: str | None) -> Library:
-        if not (lib_path / CATALOG).exists():
+        layout = LibraryLayout(lib_path)
+        if not layout.is_library():
             raise LibraryReadOnlyError(f"no library at {lib_path}, and the folder is read-only: nothing to open")
-        config = PicscopeConfig.load(lib_path / CONFIG)
-        catalog = Catalog(lib_path / CATALOG, readonly=True)
+        config = PicscopeConfig.load(layout.config)
+        catalog = Catalog.open_readonly(layout.catalog)
         lib = cls(lib_path, catalog, config, readonly=True)
         try:
             if catalog.get_meta("encoder") is None:
@@ -201,7 +204,7 @@ class Library:
         lib_path, catalog, config = self.path, self.catalog, self.config
         stored_encoder = catalog.get_meta("encoder")
         if stored_encoder is None:
-            spec = encoder or (config.encoder if (lib_path / CONFIG).exists() else default_encoder_spec())
+            spec = encoder or (config.encoder if self.layout.config.exists() else default_encoder_spec())
             if spec == "bundled" and default_encoder_spec() != "bundled":
                 spec = "labels"
             config.encoder = spec
@@ -210,7 +213,7 @@ class Library:
             catalog.set_meta("encoder", spec)
             catalog.set_meta("store", config.store)
             catalog.set_meta("created_with", __version__)
-            config.save(lib_path / CONFIG)
+            config.save(self.layout.config)
         else:
             if encoder and encoder != stored_encoder:
                 raise EncoderMismatchError(
@@ -243,7 +246,7 @@ class Library:
         """Persist `self.config` (e.g. after changing index globs) to the library's config.toml."""
         self._refuse_readonly("change its configuration")
         try:
-            self.config.save(self.path / CONFIG)
+            self.config.save(self.layout.config)
         except OSError as exc:
             if is_enospc(exc):
                 raise _disk_full(exc, self.path) from exc
@@ -300,7 +303,8 @@ class Library:
         return self.catalog.get_meta("vector_format") or FULL
 
     def _store_folder(self, fmt: str) -> Path:
-        return self.path / STORE_DIR if fmt == FULL else self.path / STORE_DIR / f"c-{fmt.rsplit('@', 1)[-1]}"
+        store = self.layout.store
+        return store if fmt == FULL else store / f"c-{fmt.rsplit('@', 1)[-1]}"
 
     def _new_codec(self) -> VectorCodec | None:
         """The encoder's codec, copied into the library (which stays readable whatever is installed later)."""
@@ -388,8 +392,7 @@ class Library:
     # -- writing -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
-        lock_path = self.path / LOCK
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -462,13 +465,10 @@ class Library:
         if self._store is not None:
             self._store.close()
             self._store = None
-        shutil.rmtree(self.path / STORE_DIR, ignore_errors=True)
-        with self.catalog.transaction() as db:
-            db.execute("DELETE FROM files")
-            db.execute("DELETE FROM meta WHERE key IN ('dim', 'encoder_name', 'vector_format')")
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('encoder', ?)", (encoder_spec,))
+        shutil.rmtree(self.layout.store, ignore_errors=True)
+        self.catalog.reset(encoder_spec)
         self.config.encoder = encoder_spec
-        self.config.save(self.path / CONFIG)
+        self.config.save(self.layout.config)
         self._encoder = None
 
     def reconcile(self) -> tuple[int, int]:
@@ -483,16 +483,7 @@ class Library:
         if len(orphans):
             self.store.delete(orphans)
         if len(missing):
-            from picscope.indexer import RETRY_MTIME
-
-            with self.catalog.transaction() as db:
-                for start in range(0, len(missing), 900):
-                    chunk = missing[start : start + 900].tolist()
-                    db.execute(
-                        f"UPDATE files SET mtime_ns=?, status='error', error='vector missing; re-index' "
-                        f"WHERE id IN ({','.join('?' * len(chunk))})",
-                        [RETRY_MTIME, *chunk],
-                    )
+            self.catalog.mark_missing(missing.tolist())
         return len(orphans), len(missing)
 
     # -- reading -------------------------------------------------------------------------------
@@ -576,10 +567,7 @@ class Library:
                     computed[h] = perceptual(image)
                 except (ImageDecodeError, OSError):
                     continue  # unreadable now: compared by content hash only
-            if not self.readonly:  # a busy writer: compute them again next time
-                with contextlib.suppress(sqlite3.OperationalError), self.catalog.transaction() as db:
-                    for h, (d, c) in computed.items():
-                        self.catalog.put_phash(db, h, d, c)
+            self.catalog.put_phashes_if_free(computed)
             known.update(computed)
         out = {}
         for fid, rec in records.items():

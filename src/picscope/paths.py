@@ -95,7 +95,9 @@ def cache_entries(library: Path | None = None) -> list[CacheEntry]:
     """Every cache: the library's own (when given) and the shared ones, with their current sizes."""
     out: list[CacheEntry] = []
     if library is not None:
-        thumbs = Path(library) / "thumbs"
+        from picscope.layout import LibraryLayout
+
+        thumbs = LibraryLayout(library).thumbs
         out.append(CacheEntry("thumbnails", str(thumbs), _tree_bytes(thumbs) if thumbs.exists() else 0, "library",
                               "results", "thumbnails made by the web app"))
     root = cache_path()

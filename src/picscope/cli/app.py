@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from picscope.errors import PicscopeError
+from picscope.layout import LibraryLayout
 
 app = typer.Typer(
     name="picscope",
@@ -94,7 +95,7 @@ def _engine_scope(argv: list[str]) -> contextlib.AbstractContextManager[object]:
     if folder is None and args[command] == "serve" and rest and not rest[0].startswith("-"):
         folder = rest[0]
     folder = folder or os.environ.get("PICSCOPE_LIBRARY")
-    if folder is not None and not (Path(folder).expanduser() / "catalog.sqlite").exists():
+    if folder is not None and not LibraryLayout(Path(folder).expanduser()).is_library():
         folder = None  # not a library (yet): never create one just for a log file
     return engine_logs(Path(folder).expanduser() if folder else None, verbose=verbose)
 

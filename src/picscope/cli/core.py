@@ -354,11 +354,11 @@ def cache_clear(
 
 def _library_path(library: Path | None) -> Path | None:
     """The library folder, if there is one (caches are listed without opening it)."""
-    from picscope.library import CATALOG
+    from picscope.layout import LibraryLayout
     from picscope.paths import default_library_path
 
     path = Path(library).expanduser() if library is not None else default_library_path()
-    return path if (path / CATALOG).exists() else None
+    return path if LibraryLayout(path).is_library() else None
 
 
 @app.command()

@@ -29,7 +29,9 @@ _depth = 0  # nested engine_logs blocks share one redirection
 def engine_log_path(folder: str | os.PathLike[str] | None) -> Path:
     """Where engine logs go: `<library>/logs/engines.log`, else the cache folder's `logs/`."""
     if folder is not None:
-        return Path(folder) / "logs" / LOG_NAME
+        from picscope.layout import LibraryLayout
+
+        return LibraryLayout(folder).logs / LOG_NAME
     from picscope.paths import cache_dir
 
     return Path(cache_dir()) / "logs" / LOG_NAME

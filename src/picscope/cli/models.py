@@ -28,11 +28,11 @@ VisionOpt = Annotated[
 
 
 def library_config(library: Path | None) -> tuple[PicscopeConfig, Path]:
-    from picscope.library import CONFIG
+    from picscope.layout import LibraryLayout
     from picscope.paths import default_library_path
 
     path = Path(library).expanduser() if library else default_library_path()
-    return PicscopeConfig.load(path / CONFIG), path
+    return PicscopeConfig.load(LibraryLayout(path).config), path
 
 
 def _probe(name: str, role: str, spec: str, fn: Callable[[], str]) -> dict[str, Any]:

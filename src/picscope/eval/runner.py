@@ -24,6 +24,7 @@ from picscope.eval import metrics as M
 from picscope.eval.dataset import Dataset, Query, load_dataset
 from picscope.eval.users import make_user
 from picscope.feedback.base import FeedbackState
+from picscope.feedback.rounds import unseen_page
 from picscope.library import Library
 from picscope.paths import cache_dir
 
@@ -263,8 +264,9 @@ def _interactive(
     rounds = []
     fallbacks = 0
     for r in range(cfg.rounds + 1):
-        excl = exclude + [idx.id_of[s] for s in shown]
-        page = [h for h in _ranking(lib, idx, state.query_vector, excl)[: cfg.page_size]]
+        seen = [idx.id_of[s] for s in shown]
+        hits = unseen_page(lib, state.query_vector, cfg.page_size, seen, exclude, depth=idx.size)
+        page = [idx.key_of[h.id] for h in hits]
         shown.extend(page)
         found = len(relevant.intersection(shown))
         rounds.append({"round": r, "shown": len(shown), "recall": found / len(relevant), "hit": float(found > 0)})

@@ -47,32 +47,34 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 class Captioner:
-    """Captions library images through a `VisionModel`, once per image (kept in `FeedbackState.captions`)."""
+    """Captions library images through a `VisionModel` on the one captioning path, `CaptionStore.ensure` (safe
+    decode, stored per image, model and style, so no image is captioned twice), and keeps them in
+    `FeedbackState.captions` for the round's explanation."""
+
+    STYLE = "short"
 
     def __init__(self, library: Any, vision: Any) -> None:
         self.library, self.vision = library, vision
+        self._store: Any = None
+
+    def _captions_store(self) -> Any:
+        if self._store is None:
+            from picscope.pipeline.captions import CaptionStore  # the pipeline package loads on first use
+
+            self._store = CaptionStore.for_library(self.library)
+        return self._store
 
     def captions(self, state: FeedbackState, ids: list[int]) -> tuple[dict[int, str], int]:
-        """Return (captions for `ids`, number of model calls made); images that cannot be read are skipped."""
-        from picscope.imageio import load_image
-
-        out: dict[int, str] = {}
-        calls = 0
-        for i in ids:
-            if i in state.captions:
-                out[i] = state.captions[i]
-                continue
-            rec = self.library.get(i)
-            if rec is None:
-                continue
-            try:
-                image = load_image(rec.path, target_size=512)
-            except Exception:
-                continue
-            calls += 1
-            text = str(self.vision.caption(image, style="short")).strip()
-            if text:
-                out[i] = text
+        """Return (captions for `ids`, number of model calls made); images that cannot be read are skipped. When
+        every caption asked of the model failed, the model's error is raised (the strategy falls back)."""
+        out = {i: state.captions[i] for i in ids if i in state.captions}
+        todo = list(dict.fromkeys(i for i in ids if i not in out))
+        if not todo:
+            return out, 0
+        got, calls, errors = self._captions_store().ensure(self.library, self.vision, todo, self.STYLE, len(todo))
+        if errors and len(errors) == calls:
+            raise RuntimeError(errors[0])
+        out.update(got)
         return out, calls
 
 

@@ -2,7 +2,13 @@
 
 Captions are made by the vision backend, either ahead of time (`picscope captions build`, resumable) or lazily
 for the current candidates within a per-query allowance. They live in `<library>/captions.sqlite` (WAL), so a
-caption is never made twice for the same image and model.
+caption is never made twice for the same image and model. `CaptionStore` owns that file (the only module that
+runs SQL on it); its schema version is kept in `PRAGMA user_version` (1: the layout below; a file written before
+versions existed is version 0 with the same table and is stamped on first open).
+
+This is the one captioning path for library images: the pipeline's caption fusion, `picscope captions build`
+and the caption-based feedback strategies (`picscope.feedback.text.Captioner`) all go through `ensure`, which
+decodes safely (`load_view`: pixel limit, shrunk for the vision model) and stores what it made.
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ from typing import Any
 
 from PIL import Image
 
+from picscope.errors import PicscopeError
 from picscope.imageio import load_image
+from picscope.layout import LibraryLayout
+from picscope.store.catalog import connect_readonly
+from picscope.store.sqlite import Migration, chunks, marks, migrate, run_script, too_new, user_version
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS captions (
@@ -24,6 +34,16 @@ CREATE TABLE IF NOT EXISTS captions (
     caption TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (id, model, style)
 );
 """
+
+
+def _v1_unversioned_layout(db: sqlite3.Connection) -> None:
+    """Version 1 is the layout every file had before versions (user_version 0): created where missing."""
+    run_script(db, SCHEMA)
+
+
+# MIGRATIONS[i] brings a file from version i to i + 1 (see picscope.store.sqlite.migrate).
+MIGRATIONS: list[Migration] = [_v1_unversioned_layout]
+SCHEMA_VERSION = len(MIGRATIONS)
 VIEW_SIZE = 448  # pixels on the long side handed to vision models
 
 
@@ -38,33 +58,59 @@ def load_view(library: Any, file_id: int, size: int = VIEW_SIZE) -> Image.Image:
 
 
 class CaptionStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    """The owner of `<library>/captions.sqlite`: one connection per thread; `readonly` reads without writing
+    anything (no migration, no WAL switch), for the server."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
         self._local = threading.local()
-        with self._con() as con:
-            con.executescript(SCHEMA)
+        con = self._con()
+        if readonly:
+            if user_version(con) > SCHEMA_VERSION:
+                raise too_new("caption store", self.path, user_version(con), SCHEMA_VERSION)
+        else:
+            migrate(con, MIGRATIONS, "caption store", self.path)
 
     @classmethod
     def for_library(cls, library: Any) -> CaptionStore:
-        return cls(Path(library.path) / "captions.sqlite")
+        return cls(LibraryLayout(library.path).captions)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> CaptionStore | None:
+        """The store at `path` opened read-only, or None when there is none (no caption was ever made)."""
+        return cls(path, readonly=True) if Path(path).exists() else None
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
+            if self.readonly:
+                con = connect_readonly(self.path, timeout=5)
+            else:
+                con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                con.execute("PRAGMA journal_mode=WAL")
             self._local.con = con
         return con
 
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    @property
+    def schema_version(self) -> int:
+        return user_version(self._con())
+
     def get_many(self, ids: Iterable[int], model: str, style: str) -> dict[int, str]:
-        ids = [int(i) for i in ids]
         out: dict[int, str] = {}
         con = self._con()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            q = ",".join("?" * len(chunk))
-            for i, c in con.execute(f"SELECT id, caption FROM captions WHERE model=? AND style=? AND id IN ({q})",
-                                    (model, style, *chunk)):
+        for chunk in chunks([int(i) for i in ids]):
+            for i, c in con.execute(
+                f"SELECT id, caption FROM captions WHERE model=? AND style=? AND id IN ({marks(len(chunk))})",
+                (model, style, *chunk),
+            ):
                 out[int(i)] = str(c)
         return out
 
@@ -106,3 +152,17 @@ class CaptionStore:
             if progress:
                 progress(n, len(missing))
         return have, len(missing), errors
+
+
+def stored_caption(path: Path, file_id: int) -> str | None:
+    """The newest stored caption of one image, for display: None when there is none or the store cannot be read."""
+    try:
+        store = CaptionStore.open_readonly(path)
+        if store is None:
+            return None
+        try:
+            return store.all_for([file_id]).get(int(file_id))
+        finally:
+            store.close()
+    except (sqlite3.Error, PicscopeError):
+        return None

@@ -32,9 +32,9 @@ class LibraryFollower:
         self._format = library.vector_format if library.dim is not None else None
 
     def _files(self) -> list[str]:
-        path = os.fspath(self.library.path)
-        names = [os.path.join(path, "catalog.sqlite"), os.path.join(path, "catalog.sqlite-wal")]
-        store = os.path.join(path, "store")
+        layout = self.library.layout
+        names = [os.fspath(layout.catalog), os.fspath(layout.catalog_wal)]
+        store = os.fspath(layout.store)
         with contextlib.suppress(OSError):  # compact formats keep their files in subfolders (picscope.store.compact)
             names += sorted(os.path.join(root, n) for root, _, files in os.walk(store) for n in files)
         return names

@@ -25,7 +25,7 @@ from PIL import Image
 from picscope.errors import ImageDecodeError
 from picscope.imageio import decode_image
 from picscope.library import Library
-from picscope.store.catalog import FileRecord, connect_readonly
+from picscope.store.catalog import Catalog, FileRecord
 
 WEB_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp",
                "BMP": "image/bmp"}
@@ -64,7 +64,7 @@ class LibraryImages:
         self.library = library
         self.max_pixels = library.config.index.max_pixels
         self.max_bytes = library.config.index.max_file_bytes
-        self.thumb_dir = thumb_dir if thumb_dir is not None else library.path / "thumbs"
+        self.thumb_dir = thumb_dir if thumb_dir is not None else library.layout.thumbs
         self._roots: list[bytes] | None = None
         self._lock = threading.Lock()
         self.cache_ok = True
@@ -72,11 +72,11 @@ class LibraryImages:
     # -- where files may be -------------------------------------------------------------------------------
     def _load_roots(self) -> list[bytes]:
         """Real paths of the indexed folders (read-only catalog connection; the library is never written)."""
-        con = connect_readonly(self.library.path / "catalog.sqlite", timeout=10)  # also on a read-only mount
+        catalog = Catalog.open_readonly(self.library.layout.catalog)  # also on a read-only mount
         try:
-            raws = [bytes(r[0]) for r in con.execute("SELECT raw FROM roots")]
+            raws = catalog.root_raws()
         finally:
-            con.close()
+            catalog.close()
         return [os.path.realpath(r).rstrip(b"/") + b"/" for r in raws]
 
     def roots(self, refresh: bool = False) -> list[bytes]:

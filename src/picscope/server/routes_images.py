@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import os
-import sqlite3
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Header, Path, Query, Request, Response, UploadFile
@@ -76,28 +75,15 @@ async def thumbnail(state: StateDep, image_id: ImageId, size: SizeQuery = None,
     return blob_response(blob, if_none_match, _versioned(state, image_id, v))
 
 
-def stored_caption(state: AppState, file_id: int) -> str | None:
-    path = state.library.path / "captions.sqlite"
-    if not path.exists():
-        return None
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            row = con.execute("SELECT caption FROM captions WHERE id=? ORDER BY created DESC LIMIT 1",
-                              (file_id,)).fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    return str(row[0]) if row else None
-
-
 @router.get("/images/{image_id}/info", response_model=ImageInfo, responses=IMAGE_ERRORS, summary="Image details")
 async def image_info(state: StateDep, image_id: ImageId) -> ImageInfo:
     rec = state.images.record(image_id)
+    from picscope.pipeline.captions import stored_caption  # the pipeline package loads on first use
+
     tag = version_tag(rec)
+    caption = stored_caption(state.library.layout.captions, rec.id)
     return ImageInfo(id=rec.id, path=rec.path, name=os.path.basename(rec.path), width=rec.width, height=rec.height,
-                     size=rec.size, caption=stored_caption(state, rec.id), image_url=state.image_url(rec.id, tag),
+                     size=rec.size, caption=caption, image_url=state.image_url(rec.id, tag),
                      thumbnail_url=state.thumb_url(rec.id, tag))
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Response
 from picscope import __version__
 from picscope.server.models import ErrorBody, Health, LibraryStatusOut
 from picscope.server.state import AppState, get_state
-from picscope.sessions.session import store_for
+from picscope.sessions.store import SessionStore
 
 api = APIRouter(prefix="/api", tags=["library"])
 ui = APIRouter(include_in_schema=False)
@@ -46,7 +46,7 @@ async def health() -> Health:
 def _status(state: AppState) -> LibraryStatusOut:
     st = state.library.status()
     # a read-only library has no session store (sessions write); its search and images still work
-    sessions = 0 if state.library.readonly else len(store_for(state.library).list(10_000))
+    sessions = 0 if state.library.readonly else len(SessionStore.for_library(state.library).list(10_000))
     return LibraryStatusOut(path=st.path, encoder=st.encoder, encoder_name=st.encoder_name, store=st.store,
                             dim=st.dim, files=st.files, errors=st.errors, stale=st.stale, vectors=st.vectors,
                             roots=st.roots, sessions=sessions, uploads=len(state.uploads),

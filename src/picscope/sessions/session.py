@@ -26,6 +26,7 @@ from picscope.errors import ConfigError, PicscopeError
 from picscope.feedback import NAMES, make_strategy
 from picscope.feedback.base import FeedbackState, FeedbackStrategy
 from picscope.feedback.rocchio import Rocchio
+from picscope.feedback.rounds import unseen_page
 from picscope.sessions.store import (
     NotShownError,
     RoundRecord,
@@ -35,7 +36,6 @@ from picscope.sessions.store import (
     StaleRoundError,
 )
 
-STORE_NAME = "sessions.sqlite"
 DEFAULT_STRATEGY = "rocchio"  # offline default: no model calls, well under a second per round
 
 
@@ -50,10 +50,6 @@ class ShownImage:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def store_for(library: Any) -> SessionStore:
-    return SessionStore(library.path / STORE_NAME)
 
 
 class Session:
@@ -91,23 +87,22 @@ class Session:
         t0 = time.perf_counter()
         vec = np.asarray(vector if vector is not None else library.embed_texts([query])[0], np.float32)
         state = FeedbackState(query, query, vec, anchor_vector=vec, notes=["the user's query"])
-        hits = library.search_vector(vec, page_size)
+        hits = unseen_page(library, vec, page_size)
         rnd = RoundRecord(0, state, [h.id for h in hits], [float(h.score) for h in hits], time.perf_counter() - t0)
-        store = store_for(library)
+        store = SessionStore.for_library(library)
         sid = uuid.uuid4().hex[:12]
-        with store.transaction() as con:
-            store.insert_session(con, sid, query, strategy, page_size, options or {})
-            store.insert_round(con, sid, rnd)
+        with store.transaction() as tx:
+            tx.create(sid, query, strategy, page_size, options or {}, rnd)
         return cls(library, store.load(sid), llm=llm, vision=vision, store=store)
 
     @classmethod
     def open(cls, library: Any, session_id: str, *, llm: Any = None, vision: Any = None) -> Session:
-        store = store_for(library)
+        store = SessionStore.for_library(library)
         return cls(library, store.load(session_id.strip()), llm=llm, vision=vision, store=store)
 
     @staticmethod
     def list_sessions(library: Any, limit: int = 50) -> list[dict[str, Any]]:
-        return store_for(library).list(limit)
+        return SessionStore.for_library(library).list(limit)
 
     def refresh(self) -> Session:
         self._rec = self.store.load(self.id)
@@ -213,8 +208,8 @@ class Session:
         want = [int(ids)] if isinstance(ids, int | np.integer) else [int(i) for i in ids]
         if not want:
             raise SessionError("no image given to mark")
-        with self.store.transaction() as con:
-            rec = self.store.load(self.id, con)
+        with self.store.transaction() as tx:
+            rec = tx.load(self.id)
             self._check_round(round, rec)
             shown = {i for r in rec.rounds for i in r.shown}
             never = [i for i in want if i not in shown]
@@ -223,30 +218,17 @@ class Session:
                     f"image id(s) {', '.join(map(str, never))} were never shown in session {rec.id}; "
                     "only images shown in this session can be marked"
                 )
-            n = rec.rounds[-1].n
-            row = con.execute("SELECT COALESCE(MAX(action), 0) FROM marks WHERE session_id=?", (rec.id,)).fetchone()
-            action = int(row[0]) + 1
-            now = time.time()
-            con.executemany(
-                "INSERT INTO marks(session_id, n, file_id, relevant, action, created) VALUES (?,?,?,?,?,?)",
-                [(rec.id, n, i, int(bool(relevant)), action, now) for i in want],
-            )
-            self.store.bump(con, rec.id)
+            tx.add_marks(rec.id, rec.rounds[-1].n, want, relevant)
         self.refresh()
         return self.marks()
 
     def undo(self) -> list[dict[str, Any]]:
         """Take back the last mark action of the current round; returns the marks it removed."""
-        with self.store.transaction() as con:
-            rec = self.store.load(self.id, con)
-            n = rec.rounds[-1].n
-            mine = [m for m in rec.marks if m["round"] == n]
-            if not mine:
+        with self.store.transaction() as tx:
+            n = tx.load(self.id).rounds[-1].n
+            removed = tx.undo_last(self.id, n)
+            if not removed:
                 raise SessionError(f"nothing to undo in round {n} (use back to return to the previous round)")
-            action = mine[-1]["action"]
-            removed = [m for m in mine if m["action"] == action]
-            con.execute("UPDATE marks SET undone=1 WHERE session_id=? AND action=?", (rec.id, action))
-            self.store.bump(con, rec.id)
         self.refresh()
         return removed
 
@@ -286,28 +268,24 @@ class Session:
         if self._strategy_error and substituted and nxt.fallback is None:
             note = f"{self.strategy_name} unavailable ({self._strategy_error}); used embedding feedback (rocchio)"
             nxt = dataclasses.replace(nxt, notes=[*nxt.notes[:-1], note], fallback=note)
-        exclude = () if allow_repeats else tuple(i for r in rec.rounds for i in r.shown)
-        hits = self.library.search_vector(nxt.query_vector, rec.page_size, exclude_ids=exclude)
+        shown = () if allow_repeats else tuple(i for r in rec.rounds for i in r.shown)
+        hits = unseen_page(self.library, nxt.query_vector, rec.page_size, shown)
         new = RoundRecord(
             last.n + 1, nxt, [h.id for h in hits], [float(h.score) for h in hits], time.perf_counter() - t0
         )
-        with self.store.transaction() as con:
-            self.store.check_version(con, rec.id, rec.version)
-            self.store.insert_round(con, rec.id, new)
-            self.store.bump(con, rec.id)
+        with self.store.transaction() as tx:
+            tx.append_round(rec.id, new, rec.version)
         self.refresh()
         return self.page()
 
     def back(self, *, round: int | None = None) -> list[ShownImage]:
         """Drop the current round (its images become unseen again) and return to the previous one."""
-        with self.store.transaction() as con:
-            rec = self.store.load(self.id, con)
+        with self.store.transaction() as tx:
+            rec = tx.load(self.id)
             self._check_round(round, rec)
             n = rec.rounds[-1].n
             if n == 0:
                 raise SessionError("already at the first round; there is no round to go back to")
-            con.execute("DELETE FROM rounds WHERE session_id=? AND n=?", (rec.id, n))
-            con.execute("DELETE FROM marks WHERE session_id=? AND n=?", (rec.id, n))
-            self.store.bump(con, rec.id)
+            tx.drop_round(rec.id, n)
         self.refresh()
         return self.page()

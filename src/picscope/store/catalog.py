@@ -16,6 +16,7 @@ when the WAL side files are missing and cannot be created): reading works, writi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -25,19 +26,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from picscope.diskspace import DiskFullError, free_bytes
-from picscope.errors import LibraryError, LibraryReadOnlyError, SchemaTooNewError
+from picscope.errors import LibraryError, LibraryReadOnlyError
+from picscope.store.sqlite import chunks, marks, too_new, user_version
+from picscope.store.sqlite import run_script as _run_script
 
 SCHEMA_VERSION = 3
-
-
-def _run_script(db: sqlite3.Connection, script: str) -> None:
-    """Run `;`-separated DDL inside the caller's transaction (executescript would commit it)."""
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
+RETRY_MTIME = -1  # recorded for files to retry on the next run, whatever their stat says
+_RESET_META = ("dim", "encoder_name", "vector_format")  # what a rebuild forgets (the new encoder sets them again)
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -110,6 +108,16 @@ class FileRecord:
 _COLS = "id, raw, path, size, mtime_ns, hash, width, height, status, error, indexed_at"
 
 
+class Known(NamedTuple):
+    """What the catalog recorded for a path (`Catalog.stat_index`): enough to skip an unchanged file."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    status: str
+    error: str | None
+
+
 @dataclass(frozen=True)
 class Problem:
     """One entry of the problem list: a file that is not indexed (`error`), indexed but whose refresh
@@ -169,6 +177,11 @@ class Catalog:
                 raise self.disk_full_error() from exc
             raise LibraryError(f"cannot open catalog {self.path}: {exc}") from exc
 
+    @classmethod
+    def open_readonly(cls, path: Path) -> Catalog:
+        """A read-only catalog (the server's view; also on a read-only mount): writing raises."""
+        return cls(path, readonly=True)
+
     def _connect_readonly(self) -> sqlite3.Connection:
         if not self.path.exists():
             raise LibraryError(f"no catalog at {self.path}")
@@ -185,18 +198,16 @@ class Catalog:
             raise LibraryReadOnlyError(f"the catalog {self.path} is open read-only; it cannot be changed")
 
     # -- schema ------------------------------------------------------------------------------
-    def _version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return user_version(self.db)
 
     def _migrate(self) -> None:
-        version = self._version()
+        version = user_version(self.db)
         self._has_skips = version >= 2
         if version > SCHEMA_VERSION:
-            raise SchemaTooNewError(
-                f"library catalog {self.path} has schema version {version}, but this picscope only "
-                f"knows up to {SCHEMA_VERSION}: it was written by a newer picscope. Upgrade picscope "
-                "(pip install -U picscope); the library was not modified."
-            )
+            raise too_new("library catalog", self.path, version, SCHEMA_VERSION)
         if self.readonly:
             return  # read an older schema as it is (no skips table before version 2)
         while version < SCHEMA_VERSION:
@@ -249,12 +260,9 @@ class Catalog:
         return recs[0] if recs else None
 
     def get_many(self, ids: Iterable[int]) -> dict[int, FileRecord]:
-        ids = [int(i) for i in ids]
         out: dict[int, FileRecord] = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
-            marks = ",".join("?" * len(chunk))
-            for rec in self._records(f"SELECT {_COLS} FROM files WHERE id IN ({marks})", chunk):
+        for chunk in chunks([int(i) for i in ids]):
+            for rec in self._records(f"SELECT {_COLS} FROM files WHERE id IN ({marks(len(chunk))})", chunk):
                 out[rec.id] = rec
         return out
 
@@ -289,15 +297,15 @@ class Catalog:
             rows = self.db.execute("SELECT hash, id FROM files WHERE status='ok' AND hash IS NOT NULL").fetchall()
         return {h: i for h, i in rows}
 
-    def stat_index(self, root_raw: bytes) -> dict[bytes, tuple[int, int, int, str, str | None]]:
-        """raw -> (id, size, mtime_ns, status, error) for files under `root_raw` (one query)."""
+    def stat_index(self, root_raw: bytes) -> dict[bytes, Known]:
+        """raw -> `Known` (id, size, mtime_ns, status, error) for files under `root_raw` (one query)."""
         prefix, upper = _range(root_raw)
         with self._lock:
             rows = self.db.execute(
                 "SELECT raw, id, size, mtime_ns, status, error FROM files WHERE raw >= ? AND raw < ?",
                 (prefix, upper),
             ).fetchall()
-        return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        return {r[0]: Known(*r[1:]) for r in rows}
 
     def upsert_file(
         self,
@@ -328,6 +336,35 @@ class Catalog:
             (raw, display_path(raw), size, mtime_ns, hash, width, height, status, error, now),
         )
         return int(cur.lastrowid or 0)
+
+    def keep_previous(self, db: sqlite3.Connection, file_id: int, reason: str) -> None:
+        """Inside a transaction: an indexed file could not be refreshed; it keeps its vector, gets the reason, and
+        is retried on the next run."""
+        db.execute("UPDATE files SET error=?, mtime_ns=? WHERE id=?",
+                   (f"kept previous version: {reason}", RETRY_MTIME, int(file_id)))
+
+    def delete_files(self, db: sqlite3.Connection, ids: Iterable[int]) -> None:
+        """Inside a transaction: forget these files."""
+        for chunk in chunks([int(i) for i in ids]):
+            db.execute(f"DELETE FROM files WHERE id IN ({marks(len(chunk))})", chunk)
+
+    def mark_missing(self, ids: Iterable[int]) -> None:
+        """Files whose vector is missing from the store (a crash): errors, re-indexed on the next run."""
+        with self.transaction() as db:
+            for chunk in chunks([int(i) for i in ids]):
+                db.execute(
+                    f"UPDATE files SET mtime_ns=?, status='error', error='vector missing; re-index' "
+                    f"WHERE id IN ({marks(len(chunk))})",
+                    [RETRY_MTIME, *chunk],
+                )
+
+    def reset(self, encoder_spec: str) -> None:
+        """Forget every file and the vectors' dimension, name and format; the library now uses `encoder_spec`
+        (a rebuild). Roots, skips and perceptual hashes stay."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM files")
+            db.execute(f"DELETE FROM meta WHERE key IN ({marks(len(_RESET_META))})", _RESET_META)
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('encoder', ?)", (encoder_spec,))
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -368,9 +405,8 @@ class Catalog:
         }
         keep = [k.rstrip(b"/") + b"/" for k in keep_under]
         stale = [raw for raw in old if raw not in skips and not any(raw.startswith(k) for k in keep)]
-        for start in range(0, len(stale), 900):
-            chunk = stale[start : start + 900]
-            db.execute(f"DELETE FROM skips WHERE raw IN ({','.join('?' * len(chunk))})", chunk)
+        for chunk in chunks(stale):
+            db.execute(f"DELETE FROM skips WHERE raw IN ({marks(len(chunk))})", chunk)
         now = time.time()
         db.executemany(  # only what is new or changed: a re-run over unchanged files writes nothing
             "INSERT OR REPLACE INTO skips(raw, path, size, mtime_ns, reason, seen_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -415,6 +451,11 @@ class Catalog:
         with self._lock:
             return [(r[0], r[1]) for r in self.db.execute("SELECT path, last_scan FROM roots ORDER BY path")]
 
+    def root_raws(self) -> list[bytes]:
+        """The indexed folders as raw paths (bytes: non-UTF-8 names survive)."""
+        with self._lock:
+            return [bytes(r[0]) for r in self.db.execute("SELECT raw FROM roots")]
+
     # -- perceptual hashes (near-duplicates; picscope.dedupe) ----------------------------------------
     def put_phash(self, db: sqlite3.Connection, content_hash: str, dhash: int, colour: int) -> None:
         """Store dHash and mean colour of a content hash inside an open transaction (dHash kept as signed 64-bit)."""
@@ -422,17 +463,25 @@ class Catalog:
         db.execute("INSERT OR REPLACE INTO perceptual_hashes(hash, dhash, colour) VALUES (?, ?, ?)",
                    (content_hash, signed, colour))
 
+    def put_phashes_if_free(self, computed: dict[str, tuple[int, int]]) -> None:
+        """Store perceptual hashes computed by a reader, unless a writer holds the catalog (computed again next
+        time) or it is read-only."""
+        if self.readonly or not computed:
+            return
+        with contextlib.suppress(sqlite3.OperationalError), self.transaction() as db:
+            for h, (d, c) in computed.items():
+                self.put_phash(db, h, d, c)
+
     def phashes(self, content_hashes: Iterable[str]) -> dict[str, tuple[int, int]]:
         """content hash -> (unsigned 64-bit dHash, mean colour 0xRRGGBB), for the hashes that have them."""
         keys = list(dict.fromkeys(content_hashes))
         out: dict[str, tuple[int, int]] = {}
         with self._lock:
-            for start in range(0, len(keys), 900):
-                chunk = keys[start : start + 900]
+            for chunk in chunks(keys):
                 try:
                     rows = self.db.execute(
-                        f"SELECT hash, dhash, colour FROM perceptual_hashes WHERE hash IN "
-                        f"({','.join('?' * len(chunk))})", chunk,
+                        f"SELECT hash, dhash, colour FROM perceptual_hashes WHERE hash IN ({marks(len(chunk))})",
+                        chunk,
                     ).fetchall()
                 except sqlite3.OperationalError:  # an older catalog opened read-only: no such table (yet)
                     return {}

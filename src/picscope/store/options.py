@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from picscope.errors import ConfigError
+from picscope.layout import CONFIG as CONFIG_NAME
 
-CONFIG_NAME = "config.toml"
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from picscope.errors import LibraryError, PicscopeError
-from picscope.library import CONFIG, STORE_DIR, Library
+from picscope.library import Library
 from picscope.store import VectorStore, make_store
 from picscope.store.meta import FileMeta, SupportsMeta
 
@@ -88,7 +88,7 @@ def move_store(
     report = SyncReport(store=spec, previous_store=old_spec)
     dim = lib.dim
     if dim is None:  # nothing indexed yet: just record the new choice
-        make_store(spec, lib.path / STORE_DIR, lib.encoder.dim).close()
+        make_store(spec, lib.layout.store, lib.encoder.dim).close()
         _switch(lib, spec)
         return report
     old: VectorStore | None = None
@@ -140,4 +140,4 @@ def move_store(
 def _switch(lib: Library, spec: str) -> None:
     lib.catalog.set_meta("store", spec)
     lib.config.store = spec
-    lib.config.save(lib.path / CONFIG)
+    lib.config.save(lib.layout.config)

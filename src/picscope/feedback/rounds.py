@@ -1,0 +1,33 @@
+"""The round loop of relevance feedback, shared by interactive sessions (`picscope.sessions`) and the evaluation
+harness (`picscope.eval.runner`): each round shows the next page of results that no earlier round showed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from picscope.library import Library, SearchResult
+
+
+def unseen_page(
+    library: Library,
+    vector: np.ndarray,
+    page_size: int,
+    shown: Iterable[int] = (),
+    exclude: Iterable[int] = (),
+    *,
+    depth: int | None = None,
+) -> list[SearchResult]:
+    """The best `page_size` results for `vector`, leaving out the images already `shown` in this loop and those in
+    `exclude` (a reference image, say). Ranks start at 1 on every page.
+
+    `depth`: rank this many results and take the page from their top (default: just the page). Which of several
+    images with exactly the same score (copies of one photo) makes the page can depend on it; the evaluation
+    harness ranks its whole gallery, which keeps its figures exactly reproducible from one version to the next.
+    """
+    results = library.search_vector(vector, max(page_size, depth or 0), exclude_ids=[*exclude, *shown])
+    return results[:page_size]
