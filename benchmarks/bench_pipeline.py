@@ -84,8 +84,8 @@ def part_t2i(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, A
     rows, base = [], evaluate(ds, 1 if args.no_rules else args.t2i_limit, None)
     rows.append(row("encoder only", base, None))
     for st in () if args.no_rules else ((1,), (1, 2), (1, 2, 3)):
-        m = evaluate(ds, args.t2i_limit, st, vision=FAST_VISION, cfg=cfg)
-        rows.append(row(f"rules + socratic-lite, stages {'-'.join(map(str, st))}", m, base))
+        m = evaluate(ds, args.t2i_limit, st, vision=args.vision, cfg=cfg)
+        rows.append(row(f"rules + {args.vision}, stages {'-'.join(map(str, st))}", m, base))
         results[f"t2i-rules-{len(st)}"] = m
     results["t2i-encoder"] = base
     if args.llm_limit:
@@ -107,8 +107,8 @@ def part_cir(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, A
     rows = [row("encoder only (reference + text embeddings)", base, None)]
     for name, st, c in () if args.no_rules else (
             ("rules, stage 1", (1,), cfg), ("rules, stage 1, core description only", (1,), text_only),
-            ("rules + socratic-lite, stages 1-3", (1, 2, 3), cfg)):
-        m = evaluate(ds, args.cir_limit, st, vision=FAST_VISION, cfg=c)
+            (f"rules + {args.vision}, stages 1-3", (1, 2, 3), cfg)):
+        m = evaluate(ds, args.cir_limit, st, vision=args.vision, cfg=c)
         rows.append(row(name, m, base))
         results[f"cir-{name}"] = m
     if args.llm_limit:
@@ -129,8 +129,8 @@ def part_dialog(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str
     base = evaluate(ds, args.dialog_limit, None)
     rows.append(["encoder only (all turns joined)", base["queries"], *[100 * h for h in base["dialog_hits@10"]]])
     for st in ((1,), (1, 2, 3)):
-        m = evaluate(ds, args.dialog_limit, st, vision=FAST_VISION, cfg=cfg)
-        rows.append([f"rules + socratic-lite, stages {'-'.join(map(str, st))}", m["queries"],
+        m = evaluate(ds, args.dialog_limit, st, vision=args.vision, cfg=cfg)
+        rows.append([f"rules + {args.vision}, stages {'-'.join(map(str, st))}", m["queries"],
                      *[100 * h for h in m["dialog_hits@10"]]])
         results[f"dialog-rules-{len(st)}"] = m
     results["dialog-encoder"] = base
@@ -140,9 +140,11 @@ def part_dialog(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str
 
 
 def part_tune(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, Any]) -> PipelineConfig:
-    """Grid over the stage-2 weight on held-out dev queries (the 5th caption of each image), from signals
-    gathered once. Train queries cannot tune it: the bundled encoder's caption memory holds the train images,
-    so train retrieval is near-perfect (R@1 81%) and says nothing about unseen photos."""
+    """Grid over the stage-2 weight, the stage-3 weight and α on held-out dev queries (the 5th caption of each
+    image), from signals gathered once (stages 1-3 with both weights 0 and α = K, so every candidate of the top K
+    has its answers and its judge score; the bundled verifier scores each image on its own, so any α can be
+    replayed). Train queries cannot tune them: the bundled encoder's caption memory holds the train images, so
+    train retrieval is near-perfect (R@1 81%) and says nothing about unseen photos."""
     from picscope.eval.dataset import load_dataset
     from picscope.eval.runner import _Index, library_for
     from picscope.models import make_vision_model
@@ -155,32 +157,46 @@ def part_tune(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, 
     lib = library_for(ds, cfg_encoder())
     idx = _Index(lib, ds)
     queries = [q for q in ds.queries if q.id in tune_ids][: args.tune_limit]
-    vision = make_vision_model(FAST_VISION, encoder=lib.encoder)
-    pipe = ImageScopePipeline(lib, cfg.model_copy(update={"verify_weight": 0.0}), chat=None, vision=vision)
+    vision = make_vision_model(args.vision, encoder=lib.encoder)
+    gather_cfg = cfg.model_copy(update={"verify_weight": 0.0, "judge_weight": 0.0, "alpha": cfg.verify_k})
+    pipe = ImageScopePipeline(lib, gather_cfg, chat=None, vision=vision)
     gathered = []
     for q in queries:
-        out = pipe.run(Request(q.text), k=cfg.verify_k, stages=(1, 2))
-        cands = [c for c in out.explanation["candidates"] if "stage2" in c]
-        keys = [idx.key_of[c["id"]] for c in cands]
-        gathered.append((keys, np.array([c["stage1"]["score"] for c in cands]),
-                         np.array([c["stage2"]["log_odds"] for c in cands]), set(q.relevant)))
-    rows = []
-    best = (-1.0, 0.0)
-    for w in (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.5):
-        r1 = []
-        for keys, s1, lo, rel in gathered:
-            z = (s1 - s1.mean()) / (s1.std() + 1e-9)
-            r1.append(float(keys[int(np.argmax(z + w * lo))] in rel))
-        r = float(np.mean(r1))
-        rows.append([w, 100 * r])
-        if r > best[0] + 1e-9:
-            best = (r, w)
-    print(f"\nTuning the stage-2 weight on {len(queries)} held-out Flickr8k dev queries (5th captions)")
-    print(table(["verify_weight", "R@1"], rows))
-    print(f"best verify_weight: {best[1]}")
-    results["tune"] = {"grid": rows, "best_verify_weight": best[1]}
+        out = pipe.run(Request(q.text), k=cfg.verify_k, stages=(1, 2, 3))
+        cands = sorted((c for c in out.explanation["candidates"] if "stage2" in c), key=lambda c: c["ranks"]["stage1"])
+        gathered.append(([idx.key_of[c["id"]] for c in cands], np.array([c["stage1"]["score"] for c in cands]),
+                         np.array([c["stage2"]["log_odds"] for c in cands]),
+                         np.array([c.get("stage3", {}).get("judge", 0.0) for c in cands]), set(q.relevant)))
+    grid = [(vw, jw, a) for vw in (0.0, 0.1, 0.2, 0.3, 0.5, 0.8) for jw in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+            for a in (5, 10, 20)]
+    scored = {g: _replay(gathered, *g) for g in grid}
+    best = max(grid, key=lambda g: (scored[g][0], scored[g][1], -g[0], -g[1]))
+    rows = [[vw, jw, a, 100 * r1, 100 * r5] for (vw, jw, a), (r1, r5) in scored.items() if a == best[2] or jw == 0]
+    print(f"\nTuning stage-2/3 weights on {len(queries)} held-out Flickr8k dev queries (5th captions), "
+          f"vision {args.vision}")
+    print(table(["verify_weight", "judge_weight", "alpha", "R@1", "R@5"], rows))
+    print(f"best: verify_weight {best[0]}, judge_weight {best[1]}, alpha {best[2]}")
+    results["tune"] = {"grid": [[*g, *scored[g]] for g in grid], "best": best}
     lib.close()
-    return cfg.model_copy(update={"verify_weight": best[1]})
+    return cfg.model_copy(update={"verify_weight": best[0], "judge_weight": best[1], "alpha": best[2]})
+
+
+def _z(a: np.ndarray) -> np.ndarray:
+    return (a - a.mean()) / (a.std() + 1e-9)
+
+
+def _replay(gathered: list[Any], vw: float, jw: float, alpha: int) -> tuple[float, float]:
+    """R@1 and R@5 of the stage-2 then stage-3 fusion (as `ImageScopePipeline` computes it) from gathered signals."""
+    r1, r5 = [], []
+    for keys, s1, lo, judge, rel in gathered:
+        order = np.argsort(-(_z(s1) + vw * lo), kind="stable")
+        s2 = (_z(s1) + vw * lo)[order]
+        top = order[:alpha]
+        head = top[np.argsort(-(_z(s2[:alpha]) + jw * _z(judge[top])), kind="stable")]
+        final = [keys[i] for i in [*head, *order[alpha:]]]
+        r1.append(float(final[0] in rel))
+        r5.append(float(any(k in rel for k in final[:5])))
+    return float(np.mean(r1)), float(np.mean(r5))
 
 
 def cfg_encoder() -> str:
@@ -200,6 +216,9 @@ def main() -> int:
     ap.add_argument("--tune-limit", type=int, default=500)
     ap.add_argument("--no-rules", action="store_true", help="skip the rules/socratic-lite rows (LLM rows only)")
     ap.add_argument("--verify-weight", type=float, default=None)
+    ap.add_argument("--judge-weight", type=float, default=None)
+    ap.add_argument("--alpha", type=int, default=None, help="candidates judged by stage 3")
+    ap.add_argument("--vision", default=FAST_VISION, help="vision spec of the rules rows (bundled, socratic-lite…)")
     ap.add_argument("--json", type=Path, default=None, help="write every metric here")
     ap.add_argument("--plot", type=Path, default=None, help="write a PNG of R@1/5/10 per configuration here")
     args = ap.parse_args()
@@ -208,8 +227,9 @@ def main() -> int:
         return 0
     print(machine())
     cfg = PipelineConfig(**FAST)
-    if args.verify_weight is not None:
-        cfg = cfg.model_copy(update={"verify_weight": args.verify_weight})
+    for key in ("verify_weight", "judge_weight", "alpha"):
+        if getattr(args, key) is not None:
+            cfg = cfg.model_copy(update={key: getattr(args, key)})
     results: dict[str, Any] = {}
     if "tune" in args.parts:
         cfg = part_tune(args, cfg, results)
