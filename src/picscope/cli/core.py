@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 
-from picscope.cli.app import LibraryOpt, app, err, out, usage_error
+from picscope.cli.app import LibraryOpt, app, command_group, err, out, usage_error
 from picscope.config import DEFAULT_EXCLUDES
 from picscope.errors import LibraryError, LibraryReadOnlyError
 from picscope.library import Library
@@ -385,9 +385,7 @@ def _cache_table(caches: list[dict[str, object]]) -> Table:
     return table
 
 
-cache_app = typer.Typer(help="Caches: the library's thumbnails and the shared folder ($PICSCOPE_CACHE).",
-                        no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
+cache_app = command_group("cache", "Caches: the library's thumbnails and the shared folder ($PICSCOPE_CACHE).")
 
 
 @cache_app.command("list")

@@ -8,16 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from picscope.cli.app import app, err, out
+from picscope.cli.app import app, command_group, err, out
 from picscope.config import PipelineConfig
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-dataset_app = typer.Typer(
-    help="Build evaluation datasets (folder format: images/ + queries.jsonl).", no_args_is_help=True
-)
-app.add_typer(dataset_app, name="dataset")
+dataset_app = command_group("dataset", "Build evaluation datasets (folder format: images/ + queries.jsonl).")
 
 
 @app.command("eval")
