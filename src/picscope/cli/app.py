@@ -37,6 +37,14 @@ LibraryOpt = Annotated[
 ]
 
 
+def command_group(name: str, help: str) -> typer.Typer:
+    """A group of subcommands, `picscope NAME COMMAND ...`, registered on the app; bare `picscope NAME` shows
+    its help."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
 class UsageMistake(typer.BadParameter):
     """A usage error raised by a command itself: click shows the usage line, then `Error: <message>`."""
 

@@ -8,12 +8,10 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from picscope.cli.app import LibraryOpt, app, err, out
+from picscope.cli.app import LibraryOpt, command_group, err, out
 from picscope.library import Library
 
-captions_app = typer.Typer(help="Captions of library images (made by the vision model; used by --stages 1-3).",
-                           no_args_is_help=True)
-app.add_typer(captions_app, name="captions")
+captions_app = command_group("captions", "Captions of library images (made by the vision model; used by --stages 1-3).")
 
 
 @captions_app.command("build")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from picscope.cli.app import LibraryOpt, app, err, out
 from picscope.library import Library
+
+if TYPE_CHECKING:
+    from picscope.pipeline import Pipeline, PipelineOutput
 
 HELP = ("Describe the photo, then add details or answers one line at a time (e.g. 'is it outdoors? yes').\n"
         "Commands: :undo (drop the last line)  :explain  :turns  :ref FILE|ID  :noref  :quit")
@@ -27,69 +31,102 @@ def chat(
     vision: Annotated[str | None, typer.Option("--vision", help="vision model [default: the library's]")] = None,
 ) -> None:
     """Search by dialogue: an opening description, then one detail or answer per line."""
-    from picscope.cli.engines import working
-    from picscope.pipeline import Request, make_pipeline, parse_stages
-    from picscope.pipeline.explain import print_explanation
+    from picscope.pipeline import make_pipeline, parse_stages
 
     chosen = parse_stages(stages)
     with Library.open(library, create=False) as lib:
         pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen, llm=llm, vision=vision)
         if not as_json:
             err.print(HELP)
-        opening: str | None = None
-        turns: list[str] = []
-        last = None
-        while True:
-            if not as_json:
-                err.print("[bold]>[/] ", end="")
-            line = sys.stdin.readline()
-            if not line:
-                break
-            line = line.strip()
-            if not line:
-                continue
-            if line in (":quit", ":q", ":exit"):
-                break
-            if line == ":undo":
-                if turns:
-                    turns.pop()
-                else:
-                    opening = None
-                    err.print("the description is cleared; type a new one")
-                    continue
-            elif line == ":explain":
-                if last is not None:
-                    print_explanation(last.explanation, out, k)
-                continue
-            elif line == ":turns":
-                out.print("\n".join([opening or "(no description yet)", *(f"- {t}" for t in turns)]))
-                continue
-            elif line.startswith(":ref"):
-                ref = line[4:].strip() or None
-                err.print(f"reference: {ref}")
-                if opening is None:
-                    continue
-            elif line == ":noref":
-                ref = None
-                if opening is None:
-                    continue
-            elif line.startswith(":"):
-                err.print(f"unknown command {line!r}\n{HELP}")
-                continue
-            elif opening is None:
-                opening = line
-            else:
-                turns.append(line)
-            if opening is None:
-                continue
-            with working("searching"):  # a spinner on a terminal while the models run
-                last = pipe.run(Request(opening, reference=ref, turns=list(turns)), k)
-            if as_json:
-                print(json.dumps({"turn": len(turns), "request": opening, "turns": turns, "stages": last.stages,
-                                  "results": [r.to_dict() for r in last.results],
-                                  "explanation": last.explanation}, default=str), flush=True)
-                continue
-            for r in last.results:
-                out.print(f"{r.rank:>3}  {r.path}")
-            if explain:
+        _converse(pipe, _Dialogue(ref), k, explain=explain, as_json=as_json)
+
+
+def _converse(pipe: Pipeline, dialogue: _Dialogue, k: int, *, explain: bool, as_json: bool) -> None:
+    """Read lines until the end of input or :quit; search after each line that changes the request."""
+    from picscope.cli.engines import working
+    from picscope.pipeline import Request
+
+    last: PipelineOutput | None = None
+    while (line := _read_line(prompt=not as_json)) is not None:
+        action = dialogue.read(line, last, k)
+        if action == QUIT:
+            break
+        if action == WAIT or dialogue.opening is None:
+            continue
+        with working("searching"):  # a spinner on a terminal while the models run
+            last = pipe.run(Request(dialogue.opening, reference=dialogue.ref, turns=list(dialogue.turns)), k)
+        _show_turn(last, dialogue, k, explain=explain, as_json=as_json)
+
+
+def _read_line(*, prompt: bool) -> str | None:
+    """The next line, stripped; None at the end of input."""
+    if prompt:
+        err.print("[bold]>[/] ", end="")
+    line = sys.stdin.readline()
+    return line.strip() if line else None
+
+
+QUIT, WAIT, SEARCH = "quit", "wait", "search"
+
+
+@dataclass
+class _Dialogue:
+    """The request so far: the opening description, the turns in force and the reference photo."""
+
+    ref: str | None
+    opening: str | None = None
+    turns: list[str] = field(default_factory=list)
+
+    def read(self, line: str, last: PipelineOutput | None, k: int) -> str:
+        """Apply one input line (a command, the description or a turn): QUIT, WAIT or SEARCH."""
+        if not line:
+            return WAIT
+        if line in (":quit", ":q", ":exit"):
+            return QUIT
+        if line == ":undo":
+            return self._undo()
+        if line == ":explain":
+            if last is not None:
+                from picscope.pipeline.explain import print_explanation
+
                 print_explanation(last.explanation, out, k)
+            return WAIT
+        if line == ":turns":
+            out.print("\n".join([self.opening or "(no description yet)", *(f"- {t}" for t in self.turns)]))
+            return WAIT
+        if line.startswith(":ref"):
+            self.ref = line[4:].strip() or None
+            err.print(f"reference: {self.ref}")
+        elif line == ":noref":
+            self.ref = None
+        elif line.startswith(":"):
+            err.print(f"unknown command {line!r}\n{HELP}")
+            return WAIT
+        elif self.opening is None:
+            self.opening = line
+        else:
+            self.turns.append(line)
+        return SEARCH if self.opening is not None else WAIT
+
+    def _undo(self) -> str:
+        if self.turns:
+            self.turns.pop()
+            return SEARCH
+        self.opening = None
+        err.print("the description is cleared; type a new one")
+        return WAIT
+
+
+def _show_turn(last: PipelineOutput, dialogue: _Dialogue, k: int, *, explain: bool, as_json: bool) -> None:
+    """One turn's results: a JSON line, or ranked paths (and the explanation with --explain)."""
+    if as_json:
+        print(json.dumps({"turn": len(dialogue.turns), "request": dialogue.opening, "turns": dialogue.turns,
+                          "stages": last.stages, "results": [r.to_dict() for r in last.results],
+                          "explanation": last.explanation}, default=str), flush=True)
+        return
+    for r in last.results:
+        out.print(f"{r.rank:>3}  {r.path}")
+    if explain:
+        from picscope.pipeline.explain import print_explanation
+
+        print_explanation(last.explanation, out, k)

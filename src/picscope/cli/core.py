@@ -6,11 +6,11 @@ import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 
-from picscope.cli.app import LibraryOpt, app, err, out, usage_error
+from picscope.cli.app import LibraryOpt, app, command_group, err, out, usage_error
 from picscope.config import DEFAULT_EXCLUDES
 from picscope.errors import LibraryError, LibraryReadOnlyError
 from picscope.library import Library
@@ -157,112 +157,186 @@ def search_json(request: dict[str, Any], pipeline: str, output: Any, explain: bo
     return json.dumps(data, default=str)
 
 
+# The options of `search`, one alias each (the command's signature stays one line per option).
+QueryArg = Annotated[str | None, typer.Argument(
+    metavar="QUERY", help="what you are looking for (with --ref: the change)")]
+TopOpt = Annotated[int, typer.Option("-k", "--top", min=1, metavar="N", help="number of results")]
+ImageOpt = Annotated[Path | None, typer.Option("--image", metavar="FILE", help="find images similar to this file")]
+RefOpt = Annotated[str | None, typer.Option(
+    "--ref", metavar="FILE|ID",
+    help="reference photo (file or library id) for a composed query: QUERY says what changes")]
+TurnOpt = Annotated[list[str] | None, typer.Option(
+    "--turn", metavar="ANSWER",
+    help="a dialogue answer, e.g. 'is it outdoors? yes' (repeatable; all turns stay in force)")]
+AddOpt = Annotated[list[str] | None, typer.Option(
+    "--add", "-a", metavar="TERM",
+    help="add a term to the query: text, WEIGHT:text (2:night), an image file or id:N (repeatable)")]
+SubtractOpt = Annotated[list[str] | None, typer.Option(
+    "--subtract", "-s", metavar="TERM", help="subtract a term from the query (same forms as --add; repeatable)")]
+StagesOpt = Annotated[str | None, typer.Option(
+    "--stages", metavar="STAGES", help="pipeline stages: 1, 1-2, 1-3 or encoder [default: encoder only]")]
+ExplainOpt = Annotated[bool, typer.Option("--explain", help="show descriptions, propositions, answers, ranks")]
+LlmOpt = Annotated[str | None, typer.Option(
+    "--llm", metavar="SPEC", help="chat model for --stages [default: the library's]")]
+VisionOpt = Annotated[str | None, typer.Option(
+    "--vision", metavar="SPEC", help="vision model for --stages [default: the library's]")]
+MinScoreOpt = Annotated[float | None, typer.Option(
+    metavar="SCORE", help="hide results whose raw score is below this")]
+MinRelevanceOpt = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, metavar="P", help="hide results whose calibrated relevance (0-1) is below this")]
+DedupeOpt = Annotated[bool, typer.Option(
+    "--dedupe", help="fold copies and near-identical images into one result (+N similar)")]
+PathOpt = Annotated[str | None, typer.Option("--path", metavar="FOLDER", help="only results under this folder")]
+SearchJsonOpt = Annotated[bool, typer.Option(
+    "--json", help="JSON object: request, results (id, path, score, relevance, rank, similar_count), stages, ...")]
+PathsOpt = Annotated[bool, typer.Option("--paths", help="one path per line (for pipes)")]
+SearchVerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="show the model engines' own log lines (llama.cpp) instead of writing them to "
+    "<library>/logs/engines.log")]
+
+
+class SearchArgs(NamedTuple):
+    """What one `search` asks for, read from the command line and checked."""
+
+    query: str | None
+    image: Path | None
+    ref: str | None
+    turns: list[str]
+    add: list[str]
+    subtract: list[str]
+    stages: tuple[int, ...]
+    explain: bool
+    llm: str | None
+    vision: str | None
+    min_score: float | None
+    min_relevance: float | None
+    dedupe: bool
+    path: str | None
+    k: int
+
+    @property
+    def pipelined(self) -> bool:
+        """Runs through a pipeline (a reference, turns, stages, or an explained text search)."""
+        return bool(self.ref or self.turns or self.stages or (self.explain and self.image is None))
+
+    def request(self) -> dict[str, Any]:
+        """The `request` field of `search --json`."""
+        return {"text": self.query, "image": str(self.image) if self.image is not None else None,
+                "reference": self.ref, "turns": self.turns, "add": self.add, "subtract": self.subtract}
+
+
 @app.command()
 def search(
     ctx: typer.Context,
-    query: Annotated[str | None, typer.Argument(
-        metavar="QUERY", help="what you are looking for (with --ref: the change)")] = None,
+    query: QueryArg = None,
     library: LibraryOpt = None,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="N", help="number of results")] = 10,
-    image: Annotated[Path | None, typer.Option(
-        "--image", metavar="FILE", help="find images similar to this file")] = None,
-    ref: Annotated[str | None, typer.Option(
-        "--ref", metavar="FILE|ID",
-        help="reference photo (file or library id) for a composed query: QUERY says what changes")] = None,
-    turn: Annotated[list[str] | None, typer.Option(
-        "--turn", metavar="ANSWER",
-        help="a dialogue answer, e.g. 'is it outdoors? yes' (repeatable; all turns stay in force)")] = None,
-    add: Annotated[list[str] | None, typer.Option(
-        "--add", "-a", metavar="TERM",
-        help="add a term to the query: text, WEIGHT:text (2:night), an image file or id:N (repeatable)")] = None,
-    subtract: Annotated[list[str] | None, typer.Option(
-        "--subtract", "-s", metavar="TERM",
-        help="subtract a term from the query (same forms as --add; repeatable)")] = None,
-    stages: Annotated[str | None, typer.Option(
-        "--stages", metavar="STAGES",
-        help="pipeline stages: 1, 1-2, 1-3 or encoder [default: encoder only]")] = None,
-    explain: Annotated[bool, typer.Option("--explain", help="show descriptions, propositions, answers, ranks")] = False,
-    llm: Annotated[str | None, typer.Option(
-        "--llm", metavar="SPEC", help="chat model for --stages [default: the library's]")] = None,
-    vision: Annotated[str | None, typer.Option(
-        "--vision", metavar="SPEC", help="vision model for --stages [default: the library's]")] = None,
-    min_score: Annotated[float | None, typer.Option(
-        metavar="SCORE", help="hide results whose raw score is below this")] = None,
-    min_relevance: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0, metavar="P", help="hide results whose calibrated relevance (0-1) is below this")] = None,
-    dedupe: Annotated[bool, typer.Option(
-        "--dedupe", help="fold copies and near-identical images into one result (+N similar)")] = False,
-    path: Annotated[str | None, typer.Option(
-        "--path", metavar="FOLDER", help="only results under this folder")] = None,
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="JSON object: request, results (id, path, score, relevance, rank, similar_count), "
-        "stages, ...")] = False,
-    paths: Annotated[bool, typer.Option("--paths", help="one path per line (for pipes)")] = False,
-    verbose: Annotated[bool, typer.Option(
-        "--verbose", "-v", help="show the model engines' own log lines (llama.cpp) instead of writing them to "
-        "<library>/logs/engines.log")] = False,
+    k: TopOpt = 10,
+    image: ImageOpt = None,
+    ref: RefOpt = None,
+    turn: TurnOpt = None,
+    add: AddOpt = None,
+    subtract: SubtractOpt = None,
+    stages: StagesOpt = None,
+    explain: ExplainOpt = False,
+    llm: LlmOpt = None,
+    vision: VisionOpt = None,
+    min_score: MinScoreOpt = None,
+    min_relevance: MinRelevanceOpt = None,
+    dedupe: DedupeOpt = False,
+    path: PathOpt = None,
+    as_json: SearchJsonOpt = False,
+    paths: PathsOpt = False,
+    verbose: SearchVerboseOpt = False,
 ) -> None:
     """Search the library by text, by example (--image), by example plus a change (--ref), or with dialogue
     answers (--turn); --add/--subtract adjust the query; --stages 1-3 runs the language-guided pipeline
     (LLM + vision model)."""
-    from picscope.cli.engines import engine_logs, working
-
-    if (query is None) == (image is None):
-        raise usage_error(ctx, "give a text query or --image FILE (one of them)")
-    if query is not None and not query.strip():
-        raise usage_error(ctx, "the query is empty: say what you are looking for")
-    if as_json and paths:
-        raise usage_error(ctx, "--json and --paths exclude each other: choose one output format")
-    if image is not None and (ref or turn or stages):
-        raise usage_error(ctx, "--image is plain similarity search; use --ref FILE 'change' for composed search")
-    chosen: tuple[int, ...] = ()
-    if stages is not None:
-        from picscope.pipeline import parse_stages
-
-        chosen = parse_stages(stages) or ()
-    if chosen and (add or subtract):
-        raise usage_error(ctx, "--add/--subtract work with encoder search; leave out --stages")
-    pipelined = bool(ref or turn or chosen or (explain and image is None))
-    if pipelined and (path or min_score is not None or min_relevance is not None):
-        raise usage_error(ctx, "--path, --min-score and --min-relevance apply to plain searches (no --ref, --turn, "
-                          "--stages or --explain)")
-    request: dict[str, Any] = {"text": query, "image": str(image) if image is not None else None, "reference": ref,
-                               "turns": list(turn or []), "add": list(add or []), "subtract": list(subtract or [])}
-    with Library.open(library, create=False) as lib, engine_logs(
-            lib.path, verbose=verbose or bool(ctx.find_root().params.get("verbose"))):
-        if not pipelined:
-            t0 = time.perf_counter()
-            if image is not None:
-                hits = lib.similar(image, k, add=add or (), subtract=subtract or (), min_score=min_score,
-                                   min_relevance=min_relevance, path_prefix=path, dedupe=dedupe)
-                name = "similar"
-                explanation: dict[str, Any] = {"pipeline": "similar", "reference": {"path": str(image)},
-                                               "query_text": "images that look like the reference"}
-            else:
-                assert query is not None
-                hits = lib.search(query, k, add=add or (), subtract=subtract or (), min_score=min_score,
-                                  min_relevance=min_relevance, path_prefix=path, dedupe=dedupe)
-                name, explanation = "encoder", {"pipeline": "encoder", "query_text": query}
-            result: Any = SimpleNamespace(results=hits, stages=[], explanation=explanation, model_calls=0, tokens=0,
-                                          seconds=time.perf_counter() - t0)
-        else:
-            from picscope.pipeline import Request, make_pipeline, run_deduped
-
-            assert query is not None
-            pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen, llm=llm, vision=vision)
-            req = Request(query, reference=ref, turns=list(turn or []), add=list(add or []),
-                          subtract=list(subtract or []))
-            with working(f"running stages {', '.join(map(str, chosen))}" if chosen else "searching"):
-                result = run_deduped(lib, pipe, req, k) if dedupe else pipe.run(req, k)
-            name = pipe.name
+    _check_search_request(ctx, query, image, bool(ref or turn or stages), as_json=as_json, paths=paths)
+    args = SearchArgs(query, image, ref, list(turn or []), list(add or []), list(subtract or []),
+                      _chosen_stages(stages), explain, llm, vision, min_score, min_relevance, dedupe, path, k)
+    _check_search_options(ctx, args)
+    name, result = _run_search(library, args, verbose=verbose or bool(ctx.find_root().params.get("verbose")))
     if as_json:
-        out.print_json(search_json(request, name, result, explain))
+        out.print_json(search_json(args.request(), name, result, explain))
         return
     print_results(result.results, paths)
     if explain and not paths:
         from picscope.pipeline.explain import print_explanation
 
         print_explanation(result.explanation, out, k)
+
+
+def _check_search_request(ctx: typer.Context, query: str | None, image: Path | None, composed: bool, *,
+                          as_json: bool, paths: bool) -> None:
+    """Usage mistakes in what is searched for and how it is printed (before --stages is read)."""
+    if (query is None) == (image is None):
+        raise usage_error(ctx, "give a text query or --image FILE (one of them)")
+    if query is not None and not query.strip():
+        raise usage_error(ctx, "the query is empty: say what you are looking for")
+    if as_json and paths:
+        raise usage_error(ctx, "--json and --paths exclude each other: choose one output format")
+    if image is not None and composed:
+        raise usage_error(ctx, "--image is plain similarity search; use --ref FILE 'change' for composed search")
+
+
+def _chosen_stages(stages: str | None) -> tuple[int, ...]:
+    if stages is None:
+        return ()
+    from picscope.pipeline import parse_stages
+
+    return parse_stages(stages) or ()
+
+
+def _check_search_options(ctx: typer.Context, args: SearchArgs) -> None:
+    """Usage mistakes in options that belong to one kind of search only."""
+    if args.stages and (args.add or args.subtract):
+        raise usage_error(ctx, "--add/--subtract work with encoder search; leave out --stages")
+    if args.pipelined and (args.path or args.min_score is not None or args.min_relevance is not None):
+        raise usage_error(ctx, "--path, --min-score and --min-relevance apply to plain searches (no --ref, --turn, "
+                          "--stages or --explain)")
+
+
+def _run_search(library: Path | None, args: SearchArgs, *, verbose: bool) -> tuple[str, Any]:
+    """Open the library and run the search: (pipeline name, output with results, stages, explanation, ...)."""
+    from picscope.cli.engines import engine_logs
+
+    with Library.open(library, create=False) as lib, engine_logs(lib.path, verbose=verbose):
+        if args.pipelined:
+            return _pipelined_search(lib, args)
+        return _plain_search(lib, args)
+
+
+def _plain_search(lib: Library, args: SearchArgs) -> tuple[str, Any]:
+    """Encoder search by text, or similarity search by an image file."""
+    t0 = time.perf_counter()
+    filters: dict[str, Any] = {"add": args.add, "subtract": args.subtract, "min_score": args.min_score,
+                               "min_relevance": args.min_relevance, "path_prefix": args.path, "dedupe": args.dedupe}
+    if args.image is not None:
+        hits = lib.similar(args.image, args.k, **filters)
+        name = "similar"
+        explanation: dict[str, Any] = {"pipeline": "similar", "reference": {"path": str(args.image)},
+                                       "query_text": "images that look like the reference"}
+    else:
+        assert args.query is not None
+        hits = lib.search(args.query, args.k, **filters)
+        name, explanation = "encoder", {"pipeline": "encoder", "query_text": args.query}
+    return name, SimpleNamespace(results=hits, stages=[], explanation=explanation, model_calls=0, tokens=0,
+                                 seconds=time.perf_counter() - t0)
+
+
+def _pipelined_search(lib: Library, args: SearchArgs) -> tuple[str, Any]:
+    """A composed, dialogue, staged or explained search through a pipeline."""
+    from picscope.cli.engines import working
+    from picscope.pipeline import Request, make_pipeline, run_deduped
+
+    assert args.query is not None
+    chosen = args.stages
+    pipe = make_pipeline(lib, "imagescope" if chosen else "encoder", stages=chosen, llm=args.llm, vision=args.vision)
+    req = Request(args.query, reference=args.ref, turns=list(args.turns), add=list(args.add),
+                  subtract=list(args.subtract))
+    with working(f"running stages {', '.join(map(str, chosen))}" if chosen else "searching"):
+        result = run_deduped(lib, pipe, req, args.k) if args.dedupe else pipe.run(req, args.k)
+    return pipe.name, result
 
 
 def _size(n: int) -> str:
@@ -311,9 +385,7 @@ def _cache_table(caches: list[dict[str, object]]) -> Table:
     return table
 
 
-cache_app = typer.Typer(help="Caches: the library's thumbnails and the shared folder ($PICSCOPE_CACHE).",
-                        no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
+cache_app = command_group("cache", "Caches: the library's thumbnails and the shared folder ($PICSCOPE_CACHE).")
 
 
 @cache_app.command("list")

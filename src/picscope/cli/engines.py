@@ -69,20 +69,38 @@ def engine_logs(folder: str | os.PathLike[str] | None, *, verbose: bool = False)
     with _lock:
         outer = _depth == 0
         _depth += 1
-    if not outer:
-        os.close(log_fd)
-        try:
+    try:
+        if not outer:  # the outer block already redirects
+            os.close(log_fd)
             yield path
-        finally:
-            with _lock:
-                _depth -= 1
-        return
-    handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8", delay=True) if writable
+            return
+        with _model_events_to(path if writable else None), _fd2_to(log_fd):
+            yield path
+    finally:
+        with _lock:
+            _depth -= 1
+
+
+@contextlib.contextmanager
+def _model_events_to(path: Path | None) -> Iterator[None]:
+    """The `picscope.models` event warnings go to `path` (None: nowhere) instead of the terminal."""
+    handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8", delay=True) if path is not None
                                 else logging.NullHandler())
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     events = logging.getLogger("picscope.models")
     events.addHandler(handler)
     events_propagate, events.propagate = events.propagate, False
+    try:
+        yield
+    finally:
+        events.removeHandler(handler)
+        events.propagate = events_propagate
+        handler.close()
+
+
+@contextlib.contextmanager
+def _fd2_to(log_fd: int) -> Iterator[None]:
+    """Point fd 2 at `log_fd` (closed at the end); Python's `sys.stderr` keeps writing to the terminal."""
     swap_python_stderr = _stderr_is_fd2()
     old_stderr = sys.stderr
     with contextlib.suppress(Exception):
@@ -95,7 +113,7 @@ def engine_logs(folder: str | os.PathLike[str] | None, *, verbose: bool = False)
                                         errors="backslashreplace", line_buffering=True, write_through=True)
             sys.stderr = terminal
         os.dup2(log_fd, 2)
-        yield path
+        yield
     finally:
         gguf = sys.modules.get("picscope.models.gguf")
         if gguf is not None:  # stop llama.cpp servers while their shutdown lines still go to the log
@@ -110,11 +128,6 @@ def engine_logs(folder: str | os.PathLike[str] | None, *, verbose: bool = False)
             sys.stderr = old_stderr
             if terminal is not None:
                 terminal.close()
-        events.removeHandler(handler)
-        events.propagate = events_propagate
-        handler.close()
-        with _lock:
-            _depth -= 1
 
 
 @contextlib.contextmanager

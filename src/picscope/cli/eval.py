@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from picscope.cli.app import app, err, out
+from picscope.cli.app import app, command_group, err, out
 from picscope.config import PipelineConfig
 
-dataset_app = typer.Typer(
-    help="Build evaluation datasets (folder format: images/ + queries.jsonl).", no_args_is_help=True
-)
-app.add_typer(dataset_app, name="dataset")
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+dataset_app = command_group("dataset", "Build evaluation datasets (folder format: images/ + queries.jsonl).")
 
 
 @app.command("eval")
@@ -37,11 +37,28 @@ def eval_cmd(
     max_seconds: Annotated[float | None, typer.Option(help="time budget for the whole run")] = None,
 ) -> None:
     """Evaluate retrieval on a dataset folder; writes metrics.json, per_query.json, report.md and plots."""
-    from picscope.config import PipelineConfig
     from picscope.eval.report import write_report
     from picscope.eval.runner import RunConfig, run
     from picscope.pipeline import parse_stages
 
+    pipeline, pcfg = _pipeline_choice(pipeline, llm, max_calls)
+    cfg = RunConfig(
+        encoder=encoder, pipeline=pipeline, stages=parse_stages(stages) if stages else None,
+        llm=None if llm == "rules" else llm, vision=vision, pipeline_config=pcfg, limit=limit, seed=seed,
+        feedback=feedback, rounds=rounds, user=user, page_size=page_size, max_seconds=max_seconds,
+    )
+    with Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+    ) as bar:
+        task = bar.add_task("eval", total=None)
+        result = run(dataset, cfg, progress=lambda n, total: bar.update(task, completed=n, total=total))
+    files = write_report(result, out_dir)
+    _print_metrics(result.metrics, imagescope=pipeline == "imagescope")
+    out.print(f"report: {', '.join(str(f) for f in files)}")
+
+
+def _pipeline_choice(pipeline: str, llm: str | None, max_calls: int | None) -> tuple[str, PipelineConfig | None]:
+    """The pipeline name and its configuration: from a TOML file given as --pipeline, --llm rules, --max-calls."""
     pcfg: PipelineConfig | None = None
     if pipeline not in ("encoder", "imagescope"):
         pcfg = load_pipeline_config(Path(pipeline))
@@ -50,39 +67,20 @@ def eval_cmd(
         pcfg = (pcfg or PipelineConfig()).model_copy(update={"reasoner": "rules"})
     if max_calls is not None:
         pcfg = (pcfg or PipelineConfig()).model_copy(update={"max_model_calls": max_calls})
-    cfg = RunConfig(
-        encoder=encoder,
-        pipeline=pipeline,
-        stages=parse_stages(stages) if stages else None,
-        llm=None if llm == "rules" else llm,
-        vision=vision,
-        pipeline_config=pcfg,
-        limit=limit,
-        seed=seed,
-        feedback=feedback,
-        rounds=rounds,
-        user=user,
-        page_size=page_size,
-        max_seconds=max_seconds,
-    )
-    with Progress(
-        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
-    ) as bar:
-        task = bar.add_task("eval", total=None)
-        result = run(dataset, cfg, progress=lambda n, total: bar.update(task, completed=n, total=total))
-    files = write_report(result, out_dir)
-    m = result.metrics
+    return pipeline, pcfg
+
+
+def _print_metrics(m: dict[str, Any], *, imagescope: bool) -> None:
     out.print(
         f"{m['queries']} queries: R@1 {100 * m['recall@1']:.1f}  R@5 {100 * m['recall@5']:.1f}  "
         f"R@10 {100 * m['recall@10']:.1f}  hits@10 {100 * m['hits@10']:.1f}  MRR {m['mrr']:.3f}  "
         f"median rank {m['median_rank']:.0f}"
     )
-    if pipeline == "imagescope":
+    if imagescope:
         out.print(f"cost per query: {m['model_calls_per_query']:.1f} model calls, {m['tokens_per_query']:.0f} tokens, "
                   f"{m.get('seconds_p50', 0):.2f} s p50 / {m.get('seconds_p95', 0):.2f} s p95")
     if "rounds" in m:
         out.print("recall over shown images per round: " + "  ".join(f"{100 * r['recall']:.1f}" for r in m["rounds"]))
-    out.print(f"report: {', '.join(str(f) for f in files)}")
 
 
 def load_pipeline_config(path: Path) -> PipelineConfig:
@@ -168,28 +166,19 @@ def ds_convert(
     """Convert a public benchmark from your local copy into a dataset folder (images are symlinked)."""
     from picscope.eval import public
 
-    def need(count: int) -> None:
-        if len(files) != count:
-            raise typer.BadParameter(f"{kind} needs {count} paths, got {len(files)}")
-
-    if kind == "karpathy":
-        need(2)
-        public.karpathy(files[0], files[1], out_dir, split)
-    elif kind == "hf-csv":
-        need(2)
-        public.hf_retrieval_csv(files[0], files[1], out_dir)
-    elif kind == "cirr":
-        need(3)
-        public.cirr(files[0], files[1], files[2], out_dir)
-    elif kind == "circo":
-        need(2)
-        public.circo(files[0], files[1], out_dir)
-    elif kind == "fashioniq":
-        need(3)
-        public.fashioniq(files[0], files[1], files[2], out_dir)
-    elif kind == "visdial":
-        need(3)
-        public.visdial(files[0], files[1], files[2], out_dir)
-    else:
+    # each benchmark: how many paths it takes, its converter, and what follows the output folder
+    converters: dict[str, tuple[int, Callable[..., object], tuple[object, ...]]] = {
+        "karpathy": (2, public.karpathy, (split,)),
+        "hf-csv": (2, public.hf_retrieval_csv, ()),
+        "cirr": (3, public.cirr, ()),
+        "circo": (2, public.circo, ()),
+        "fashioniq": (3, public.fashioniq, ()),
+        "visdial": (3, public.visdial, ()),
+    }
+    if kind not in converters:
         raise typer.BadParameter(f"unknown benchmark {kind!r}")
+    count, convert, extra = converters[kind]
+    if len(files) != count:
+        raise typer.BadParameter(f"{kind} needs {count} paths, got {len(files)}")
+    convert(*files, out_dir, *extra)
     out.print(f"wrote {out_dir}")

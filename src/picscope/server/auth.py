@@ -108,55 +108,79 @@ class Guard:
             await send_json(send, 400, f"unexpected Host header {host!r}: this server answers to "
                             f"{', '.join(sorted(self.hosts))}", "bad_host")
             return
+        if await self._refused_token(scope, headers, send) or await self._refused_origin(scope, headers, host, send):
+            return
+        limit = self.body_limit(scope["path"])
+        if await self._refused_length(headers, limit, send):
+            return
+        await self.app(scope, counted_receive(receive, limit), send)
+
+    async def _refused_token(self, scope: Scope, headers: dict[bytes, bytes], send: Send) -> bool:
+        """Answer a request without a valid token (a `?token=` link: set the cookie and redirect); True if so."""
         method = scope["method"]
         preflight = method == "OPTIONS" and bool(self.origins)  # answered by the CORS middleware
-        if self.token is not None and not preflight and not self._token_ok(headers):
-            query = scope.get("query_string", b"").decode("latin-1")
-            pairs = parse_qsl(query, keep_blank_values=True)
-            given = next((v for k, v in pairs if k == "token"), None)
-            if given is not None and method in ("GET", "HEAD") and hmac.compare_digest(given.encode(), self.token):
-                rest = urlencode([(k, v) for k, v in pairs if k != "token"])
-                location = same_site_location(scope.get("root_path", ""), scope["path"], rest)
-                cookie = f"{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/"
-                await send({"type": "http.response.start", "status": 303,
-                            "headers": [(b"location", location.encode("latin-1", "replace")),
-                                        (b"set-cookie", cookie.encode("latin-1", "replace")),
-                                        (b"content-length", b"0")]})
-                await send({"type": "http.response.body", "body": b""})
-                return
-            await send_json(send, 401, "a token is required: open the address printed by `picscope serve` "
-                            "(…/?token=…) or send 'Authorization: Bearer TOKEN'", "unauthorized",
-                            [(b"www-authenticate", b"Bearer")])
-            return
+        if self.token is None or preflight or self._token_ok(headers):
+            return False
+        query = scope.get("query_string", b"").decode("latin-1")
+        pairs = parse_qsl(query, keep_blank_values=True)
+        given = next((v for k, v in pairs if k == "token"), None)
+        if given is not None and method in ("GET", "HEAD") and hmac.compare_digest(given.encode(), self.token):
+            rest = urlencode([(k, v) for k, v in pairs if k != "token"])
+            location = same_site_location(scope.get("root_path", ""), scope["path"], rest)
+            cookie = f"{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/"
+            await send({"type": "http.response.start", "status": 303,
+                        "headers": [(b"location", location.encode("latin-1", "replace")),
+                                    (b"set-cookie", cookie.encode("latin-1", "replace")),
+                                    (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return True
+        await send_json(send, 401, "a token is required: open the address printed by `picscope serve` "
+                        "(…/?token=…) or send 'Authorization: Bearer TOKEN'", "unauthorized",
+                        [(b"www-authenticate", b"Bearer")])
+        return True
+
+    async def _refused_origin(self, scope: Scope, headers: dict[bytes, bytes], host: str, send: Send) -> bool:
+        """Refuse a cross-site write (an `Origin` neither this server nor a CORS origin); True if refused."""
         origin = headers.get(b"origin")
-        if origin is not None and method not in SAFE_METHODS:
-            o = origin.decode("latin-1").rstrip("/").lower()
-            same = split_host(urlsplit(o).netloc) == host and urlsplit(o).netloc == \
-                headers.get(b"host", b"").decode("latin-1").lower()
-            if not same and o not in self.origins:
-                await send_json(send, 403, f"cross-site request from {o!r} refused", "forbidden_origin")
-                return
-        limit = self.body_limit(scope["path"])
+        if origin is None or scope["method"] in SAFE_METHODS:
+            return False
+        o = origin.decode("latin-1").rstrip("/").lower()
+        same = split_host(urlsplit(o).netloc) == host and urlsplit(o).netloc == \
+            headers.get(b"host", b"").decode("latin-1").lower()
+        if same or o in self.origins:
+            return False
+        await send_json(send, 403, f"cross-site request from {o!r} refused", "forbidden_origin")
+        return True
+
+    @staticmethod
+    async def _refused_length(headers: dict[bytes, bytes], limit: int, send: Send) -> bool:
+        """Refuse a bad or too large Content-Length before reading the body; True if refused."""
         length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                await send_json(send, 400, "invalid Content-Length header", "bad_request")
-                return
-            if n > limit:
-                await send_json(send, 413, f"request body too large ({n} bytes): the limit is {limit} bytes",
-                                "too_large")
-                return
-        seen = 0
+        if length is None:
+            return False
+        try:
+            n = int(length)
+        except ValueError:
+            await send_json(send, 400, "invalid Content-Length header", "bad_request")
+            return True
+        if n > limit:
+            await send_json(send, 413, f"request body too large ({n} bytes): the limit is {limit} bytes",
+                            "too_large")
+            return True
+        return False
 
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
-            return message
 
-        await self.app(scope, counted, send)
+def counted_receive(receive: Receive, limit: int) -> Receive:
+    """`receive`, raising `BodyTooLarge` as soon as the request body exceeds `limit` bytes."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return counted

@@ -83,76 +83,82 @@ def _waiting_for_head(proto: Any) -> bool:
     return proto.conn.their_state is h11.IDLE and (cycle is None or cycle.response_complete)
 
 
-def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
-    class GuardedH11Protocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-        _body_timer: asyncio.TimerHandle | None = None
-        _admitted = False
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol under a `ConnectionGuard`: admitted or refused on opening, closed when its request
+    head or body misses its deadline. `guarded_protocol(guard)` makes the subclass bound to one guard."""
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            if not guard.admit(self):
-                transport.write(BUSY)
-                transport.close()
-                return
-            self._admitted = True
-            self._arm_head()
+    guard: ConnectionGuard
+    _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _admitted = False
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_timers()
-            if self._admitted:
-                guard.release(self)
-            super().connection_lost(exc)
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if not self.guard.admit(self):
+            transport.write(BUSY)
+            transport.close()
+            return
+        self._admitted = True
+        self._arm_head()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._track()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        if self._admitted:
+            self.guard.release(self)
+        super().connection_lost(exc)
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._track()
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._track()
 
-        # -- timers ---------------------------------------------------------------------------------------
-        def _track(self) -> None:
-            state = self.conn.their_state
-            if state is h11.IDLE:
-                if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
-                    self._arm_head()
-            else:
-                if self._head_timer is not None:
-                    self._head_timer.cancel()
-                    self._head_timer = None
-                if state is h11.SEND_BODY and self._body_timer is None:
-                    self._body_timer = self.loop.call_later(guard.body_timeout_s, self._timeout, "body")
-                elif state is not h11.SEND_BODY and self._body_timer is not None:
-                    self._body_timer.cancel()
-                    self._body_timer = None
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._track()
 
-        def _arm_head(self) -> None:
+    # -- timers ---------------------------------------------------------------------------------------
+    def _track(self) -> None:
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm_head()
+        else:
             if self._head_timer is not None:
                 self._head_timer.cancel()
-            self._head_timer = self.loop.call_later(guard.header_timeout_s, self._timeout, "head")
-
-        def _cancel_timers(self) -> None:
-            for t in (self._head_timer, self._body_timer):
-                if t is not None:
-                    t.cancel()
-            self._head_timer = self._body_timer = None
-
-        def _timeout(self, what: str) -> None:
-            if what == "head":
                 self._head_timer = None
-                if not _waiting_for_head(self):
-                    return
-            else:
+            if state is h11.SEND_BODY and self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.guard.body_timeout_s, self._timeout, "body")
+            elif state is not h11.SEND_BODY and self._body_timer is not None:
+                self._body_timer.cancel()
                 self._body_timer = None
-                if self.conn.their_state is not h11.SEND_BODY:
-                    return
-            if not self.transport.is_closing():
-                guard.timed_out += 1
-                self.transport.close()
 
-    return GuardedH11Protocol
+    def _arm_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.guard.header_timeout_s, self._timeout, "head")
+
+    def _cancel_timers(self) -> None:
+        for t in (self._head_timer, self._body_timer):
+            if t is not None:
+                t.cancel()
+        self._head_timer = self._body_timer = None
+
+    def _timeout(self, what: str) -> None:
+        if what == "head":
+            self._head_timer = None
+            if not _waiting_for_head(self):
+                return
+        else:
+            self._body_timer = None
+            if self.conn.their_state is not h11.SEND_BODY:
+                return
+        if not self.transport.is_closing():
+            self.guard.timed_out += 1
+            self.transport.close()
+
+
+def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
+    """The protocol class uvicorn runs (`http=`): `GuardedH11Protocol` bound to `guard`."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"guard": guard})
 
 
 class Server(uvicorn.Server):
