@@ -101,6 +101,12 @@ def build_model(torch: Any, cfg: VerifierConfig) -> Any:
             w = f.softplus(self.tw(h)).squeeze(-1) * mask
             return f.normalize(q, dim=-1), w / w.sum(dim=1, keepdim=True).clamp_min(1e-6)
 
+        def li_scores(self, q: Any, w: Any, c: Any) -> Any:
+            """Late interaction only: q (m, T, d), w (m, T), c (G, 50, d) shared by all texts -> (m, G)."""
+            sim = torch.einsum("mtd,gcd->mgtc", q, c)
+            att = torch.softmax(cfg.lam * sim, dim=-1)
+            return ((att * sim).sum(-1) * w[:, None, :]).sum(-1)
+
         def pair_scores(self, q: Any, w: Any, c: Any) -> tuple[Any, Any]:
             """q (m, T, d), w (m, T), c (m, G, 50, d) -> (s_li, s_x) each (m, G)."""
             sim = torch.einsum("mtd,mgcd->mgtc", q, c)
@@ -253,7 +259,7 @@ def train_verifier(data: TrainData, cfg: VerifierConfig, log: Callable[[str], No
             target = torch.zeros(len(rows), dtype=torch.long)
             loss_group = torch.nn.functional.cross_entropy(logits, target)
             gold = cells[torch.from_numpy(where[:, 0])]  # in-batch: every caption against every gold photo
-            s_li, _ = model.pair_scores(q, w, gold[None].expand(len(rows), *gold.shape))
+            s_li = model.li_scores(q, w, gold)
             loss_batch = torch.nn.functional.cross_entropy(s_li * model.scale, torch.arange(len(rows)))
             loss = loss_group + 0.5 * loss_batch
             opt.zero_grad()
@@ -262,7 +268,7 @@ def train_verifier(data: TrainData, cfg: VerifierConfig, log: Callable[[str], No
             sched.step()
             step += 1
             if step % 100 == 0:
-                log(f"epoch {epoch} step {step}/{total} loss {float(loss_group):.3f}/{float(loss_batch):.3f} "
+                log(f"epoch {epoch} step {step}/{total} loss {loss_group.item():.3f}/{loss_batch.item():.3f} "
                     f"{time.perf_counter() - t0:.0f}s")
             if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
                 break
