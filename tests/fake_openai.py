@@ -3,7 +3,8 @@ deadline and circuit-breaker tests:
 
 - `hang`: accepts the connection, reads the request, never answers (counts clients that give up: `closed`);
 - `trickle`: sends the status line and headers, then one byte of the body every `interval` seconds;
-- `ok`: answers a chat completion whose message content is `answer`.
+- `ok`: answers a chat completion whose message content is `answer` (or `answer(request)` when it is a callable
+  of the parsed request body: a scripted endpoint for contract tests).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
 class FakeOpenAI:
-    def __init__(self, mode: str = "hang", *, interval: float = 0.5, answer: str = "ok") -> None:
+    def __init__(self, mode: str = "hang", *, interval: float = 0.5,
+                 answer: str | Callable[[dict[str, Any]], str] = "ok") -> None:
         self.mode, self.interval, self.answer = mode, interval, answer
         self.requests = 0
         self.closed = 0  # hang mode: connections the client closed while waiting
@@ -67,7 +70,8 @@ class FakeOpenAI:
 
     def _serve(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            if self._read_request(conn) is None:
+            request = self._read_request(conn)
+            if request is None:
                 return
             with self._lock:
                 self.requests += 1
@@ -82,7 +86,8 @@ class FakeOpenAI:
                 while not self._stop.wait(self.interval):
                     conn.sendall(b" ")
             else:
-                body = json.dumps(completion(self.answer)).encode()
+                answer = self.answer(json.loads(request or b"{}")) if callable(self.answer) else self.answer
+                body = json.dumps(completion(answer)).encode()
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         with contextlib.suppress(OSError):

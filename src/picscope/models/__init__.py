@@ -3,7 +3,7 @@
 Chat specs: `bundled` (best installed bundled GGUF), `bundled:<name>` (`qwen2.5-coder-0.5b`, `smollm2-135m`),
 `gguf:<path>`, `openai:<base url>#<model>`. Vision specs: `socratic` (offline composition; uses the chat model
 and the dual encoder), `socratic:<chat spec>`, `socratic-lite` (the LLM writes captions only),
-`openai:<base url>#<model>` (a VLM behind an OpenAI API).
+`openai:<base url>#<model>` (a VLM behind an OpenAI API), `bundled` (our trained verifier and captioner: no LLM).
 """
 
 from __future__ import annotations
@@ -92,5 +92,9 @@ def make_vision_model(spec: str | None = None, *, chat: ChatModel | None = None,
         from picscope.models.chat_vision import ChatVision
 
         return ChatVision(make_chat_model(spec, **kw))
-    raise ConfigError(f"unknown vision spec {spec!r}: use socratic, socratic-lite, socratic:<llm spec> or "
+    if kind == "bundled" and not arg:
+        from picscope.models.bundled_vision import BundledVision
+
+        return BundledVision()
+    raise ConfigError(f"unknown vision spec {spec!r}: use bundled, socratic, socratic-lite, socratic:<llm spec> or "
                       "openai:<base url>#<model>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,15 @@ def exactly(schema: dict[str, Any] | None, key: str, n: int) -> dict[str, Any] |
     out = copy.deepcopy(schema)
     out["properties"][key].update(minItems=n, maxItems=n)
     return out
+
+
+_PROMPT_ECHO = re.compile(r"^(?:evidence|caption|answer|objects|scenes|description|image|photo)\s*:", re.I)
+
+
+def usable_caption(text: str) -> bool:
+    """A caption is at least two words of prose, not an echo of the prompt's headings ('Evidence:')."""
+    words = re.findall(r"[A-Za-z]{2,}", text)
+    return len(words) >= 2 and not _PROMPT_ECHO.match(text.strip()) and not text.strip().endswith(":")
 
 
 def load_vocabulary(path: Path = VOCAB_FILE) -> dict[str, list[str]]:
@@ -282,8 +292,9 @@ class SocraticVision:
         text = res.text.strip().strip('"').split("\n")[0].strip()
         if style == "short" and ". " in text:
             text = text.split(". ")[0] + "."
-        if res.fallback or len(text) < 3:
-            events.record("fallback.caption", f"{res.fallback or 'empty caption'}; using the template caption")
+        if res.fallback or not usable_caption(text):
+            events.record("fallback.caption", f"{res.fallback or f'unusable caption {text!r}'}; using the template "
+                          "caption")
             return ev.template_caption()
         return text
 
