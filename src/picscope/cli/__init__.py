@@ -20,7 +20,7 @@ MODULES = ("core", "eval", "train", "models", "chat", "captions", "session", "se
 COMMANDS: dict[str, str] = {
     "index": "core", "search": "core", "status": "core", "demo": "core", "cache": "core",
     "eval": "eval", "dataset": "eval",
-    "train-encoder": "train", "eval-encoder": "train", "train-codec": "train",
+    "train-encoder": "train", "eval-encoder": "train", "train-codec": "train", "train-verifier": "train",
     "doctor": "models",
     "chat": "chat",
     "captions": "captions",

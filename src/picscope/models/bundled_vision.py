@@ -5,15 +5,15 @@
 - `caption` uses the bundled captioner (`picscope.models.captioner`).
 
 Explanations say what the verifier measured (its match probability and the words that matched best and worst),
-never invented prose. Cell features of recently seen images are kept in memory, so stage 2 and stage 3 compute
-them once per candidate.
+never invented prose. Cell features of recently seen images are kept in memory (by pixel digest), so stage 2,
+stage 3 and later queries compute them once per photo.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
     from picscope.models.verifier import TextFeatures, Verifier
 
-CELL_CACHE = 128
+CELL_CACHE = 2048  # ~25 KB each
+TEXT_CACHE = 256
 _QUESTION = re.compile(
     r"^(?:is|are|does|do|can|was|were|has|have)\s+(?:there\s+|it\s+|this\s+|the photo\s+|the image\s+)?", re.I)
 _ANSWERS_HEADER = "Answers to follow-up questions"
@@ -60,7 +61,8 @@ class BundledVision:
         self._verifier = verifier
         self._captioner = captioner
         self._lock = threading.Lock()
-        self._cells: OrderedDict[int, tuple[Any, np.ndarray]] = OrderedDict()
+        self._cells: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._text_cache: OrderedDict[str, TextFeatures] = OrderedDict()
 
     @property
     def verifier(self) -> Verifier:
@@ -76,26 +78,35 @@ class BundledVision:
 
     # -- features -----------------------------------------------------------------------------------------
     def cells(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(n, 50, d) cell vectors, computed once per image object while it is alive and recent."""
-        todo = []
+        """(n, 50, d) cell vectors; the most recent CELL_CACHE images' are kept (float16, by pixel digest), so a
+        photo met again (stage 2 then stage 3, the next query, the next feedback round) costs no network pass."""
+        keys = [_pixels_key(im) for im in images]
         with self._lock:
-            for im in images:
-                hit = self._cells.get(id(im))
-                if hit is None or hit[0]() is not im:
-                    todo.append(im)
+            todo = {k: im for k, im in zip(keys, images, strict=True) if k not in self._cells}
         if todo:
-            fresh = self.verifier.image_cells(todo)
+            fresh = self.verifier.image_cells(list(todo.values()))
             with self._lock:
-                for im, c in zip(todo, fresh, strict=True):
-                    self._cells[id(im)] = (weakref.ref(im), c)
-                    self._cells.move_to_end(id(im))
+                for k, c in zip(todo, fresh, strict=True):
+                    self._cells[k] = c.astype(np.float16)
                 while len(self._cells) > CELL_CACHE:
                     self._cells.popitem(last=False)
         with self._lock:
-            return np.stack([self._cells[id(im)][1] for im in images])
+            for k in keys:
+                self._cells.move_to_end(k)
+            return np.stack([self._cells[k] for k in keys]).astype(np.float32)
 
     def _texts(self, texts: Sequence[str]) -> list[TextFeatures]:
-        return self.verifier.text_features(list(texts))
+        """Token features per text, kept for the texts of recent requests (stage 2 asks the same statements of
+        every candidate)."""
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        fresh = dict(zip(missing, self.verifier.text_features(missing), strict=True)) if missing else {}
+        with self._lock:
+            self._text_cache.update(fresh)
+            got = [self._text_cache[t] for t in texts]
+            while len(self._text_cache) > TEXT_CACHE:
+                self._text_cache.popitem(last=False)
+        return got
 
     # -- VisionModel ---------------------------------------------------------------------------------------
     def caption(self, image: Image.Image, style: str = "short") -> str:
@@ -131,6 +142,13 @@ class BundledVision:
         ranks[order] = np.arange(1, len(order) + 1)
         words = self.verifier.word_evidence(cells, feats[0])
         return [Verdict(float(p), _reason(float(p), w), int(r)) for p, w, r in zip(probs, words, ranks, strict=True)]
+
+
+def _pixels_key(image: Image.Image) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.digest()
 
 
 def _reason(p: float, words: list[tuple[str, float]]) -> str:

@@ -321,3 +321,41 @@ def save_verifier(weights: dict[str, np.ndarray], meta: dict[str, Any], folder: 
     np.savez_compressed(path, **{k: (v if v.ndim == 0 else v.astype(np.float16)) for k, v in weights.items()})
     meta = {**meta, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     (folder / f"{version}.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+VERSION = "verifier-v1"
+
+
+def report(model: Any, torch: Any, data: TrainData, weight: float) -> dict[str, dict[str, float]]:
+    """Dev captions 1–4 (never used for a choice): encoder alone, verifier alone, fused at `weight`, and the
+    re-rank ceiling (gold photo among the candidates)."""
+    rows = data.dev_captions[data.dev_captions % 5 != 4]
+    scores = evaluate(model, torch, data, rows, (0.0, weight, 1e6))
+    index = rows - data.dev_captions[0]
+    ceiling = float(100 * np.mean((data.dev_cands[index] == data.dev_gold[index, None]).any(1)))
+    return {"encoder": scores[0.0], "verifier alone": scores[1e6], "fused": scores[weight],
+            "ceiling": {"R@20": ceiling}}
+
+
+def run_recipe(cfg: VerifierConfig, out_folder: Any, log: Callable[[str], None] = print,
+               max_minutes: float | None = None) -> dict[str, Any]:
+    """Prepare the data, train, choose the fusion weight on dev's 5th captions, calibrate P(match) there, report
+    on captions 1–4, and write `<out_folder>/verifier-v1.{npz,json}`."""
+    import torch
+
+    from picscope.training import verifier_data
+
+    data = verifier_data.load(cfg.mine_top, cfg.dim, log)
+    result = train_verifier(data, cfg, log, max_minutes)
+    model = build_model(torch, cfg)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in result.weights.items() if not k.startswith("pca")})
+    weight = float(result.best["weight"])
+    tune = data.dev_captions[data.dev_captions % 5 == 4]
+    index = tune - data.dev_captions[0]
+    a, b = calibrate(dev_scores(model, torch, data, tune), data.dev_cands[index] == data.dev_gold[index, None])
+    metrics = report(model, torch, data, weight)
+    meta = {"version": VERSION, "lam": cfg.lam, "calibration": [a, b], "fusion_weight": weight,
+            "recipe": config_dict(cfg), "dev_report": metrics, "history": result.history,
+            "train_seconds": round(result.seconds)}
+    save_verifier(result.weights, meta, out_folder, VERSION)
+    return meta
