@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from picscope.vectors import unit
+
 if TYPE_CHECKING:
     from PIL import Image  # imported where an image is prepared: a text search never loads PIL
 
@@ -66,6 +68,5 @@ class BaseEncoder:
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    """Rows of `x` as float32 unit vectors (`picscope.vectors.unit`, kept under this name for the encoders)."""
+    return unit(np.asarray(x, dtype=np.float32))

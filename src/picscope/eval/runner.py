@@ -26,6 +26,7 @@ from picscope.eval.users import make_user
 from picscope.feedback.base import FeedbackState
 from picscope.library import Library
 from picscope.paths import cache_dir
+from picscope.vectors import compose
 
 KS = (1, 5, 10, 50)
 RANKED = 50  # results asked of a pipeline per query; the rest of the ranking is the encoder's
@@ -115,8 +116,7 @@ def _query_vector(
     if q.reference:
         ref_id = idx.id_of[q.reference]
         exclude = [ref_id]
-        vec = vec + lib.vectors([ref_id])[0]  # encoder baseline for composed queries: sum of embeddings
-        vec = (vec / np.linalg.norm(vec)).astype(np.float32)
+        vec = compose(vec, lib.vectors([ref_id])[0])  # the encoder baseline for composed queries
     return vec, exclude
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from picscope.feedback.base import FeedbackState
+from picscope.vectors import unit
 
 
 class NoFeedback:
@@ -78,8 +79,8 @@ def coherence(vectors: np.ndarray) -> float | None:
     n = len(vectors)
     if n < 2:
         return None
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    sims = unit @ unit.T
+    rows = unit(vectors)
+    sims = rows @ rows.T
     return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
 
 
@@ -155,7 +156,7 @@ class Rocchio:
             q = q + w[1] * pos.mean(axis=0)
         if negatives:
             q = q - w[2] * self.library.vectors(negatives).mean(axis=0)
-        q = (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
+        q = unit(q)
         note = f"{self.name}: {len(positives)} relevant, {len(negatives)} not relevant so far{how}"
         return dataclasses.replace(
             state,

@@ -18,12 +18,12 @@ import re
 from importlib import resources
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from picscope.feedback.base import FeedbackState
 from picscope.feedback.negatives import negative_propositions
 from picscope.feedback.rocchio import Rocchio
+from picscope.vectors import unit
 
 MAX_NEGATIVE_CAPTIONS = 3  # captions of not-relevant images feed only the negative propositions: the latest few
 DEFAULT_MAX_WORDS = 40  # MiniLM/CLIP-class text towers read ~60-77 tokens; 40 words stays inside
@@ -40,10 +40,6 @@ def words(text: str) -> list[str]:
 def cap_words(text: str, max_words: int) -> str:
     parts = text.split()
     return " ".join(parts[:max_words])
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
 class Captioner:
@@ -93,7 +89,7 @@ class CaptionExpansion:
         text = state.original_query
         if pos_caps:
             text = cap_words(". ".join([state.original_query, *pos_caps]), self.max_words)
-        vec = _unit(self.library.embed_texts([text])[0]) if text != state.original_query else state.query_vector
+        vec = unit(self.library.embed_texts([text])[0]) if text != state.original_query else state.query_vector
         props = negative_propositions(state.original_query, pos_caps, neg_caps)
         note = (
             f"caption: appended {len(pos_caps)} caption(s) of relevant images (capped at {self.max_words} words)"
@@ -232,7 +228,7 @@ class LLMRewrite:
         return dataclasses.replace(
             base,
             query_text=text,
-            query_vector=_unit(self.library.embed_texts([text])[0]),
+            query_vector=unit(self.library.embed_texts([text])[0]),
             positives=positives,
             negatives=negatives,
             negative_propositions=props,
@@ -271,11 +267,11 @@ class Combined:
             return nxt  # already embedding feedback
         anchor = state.anchor_vector
         if anchor is None:
-            anchor = _unit(self.library.embed_texts([state.original_query])[0])
+            anchor = unit(self.library.embed_texts([state.original_query])[0])
         text_vec = nxt.query_vector if nxt.query_text != state.original_query else anchor
         mixed = dataclasses.replace(
             nxt,
-            anchor_vector=_unit(0.5 * anchor + 0.5 * text_vec),
+            anchor_vector=unit(0.5 * anchor + 0.5 * text_vec),
             positives=state.positives,
             negatives=state.negatives,
             round=state.round,

@@ -14,6 +14,7 @@ from picscope.arithmetic import parse_term
 from picscope.library import Library
 from picscope.pipeline.base import PipelineOutput, Request
 from picscope.pipeline.reference import resolve_reference
+from picscope.vectors import compose
 
 
 class EncoderPipeline:
@@ -35,8 +36,7 @@ class EncoderPipeline:
         ref_info = None
         if request.reference is not None:
             ref = resolve_reference(self.library, request.reference)
-            vec = vec + np.asarray(ref.vector, np.float32)
-            vec = (vec / max(float(np.linalg.norm(vec)), 1e-9)).astype(np.float32)
+            vec = compose(vec, ref.vector)
             if ref.id is not None:
                 exclude.append(ref.id)
             ref_info = ref.describe()
