@@ -30,6 +30,7 @@ from picscope.errors import (
     ConfigError,
     EncoderMismatchError,
     ImageDecodeError,
+    ImageNotFoundError,
     LibraryError,
     LibraryLockedError,
     LibraryReadOnlyError,
@@ -681,7 +682,7 @@ class Library:
         if isinstance(image, int | np.integer):
             rec = self.catalog.get(int(image))
             if rec is None or rec.status != "ok":
-                raise LibraryError(f"no indexed image with id {image}")
+                raise ImageNotFoundError(f"no indexed image with id {image}")
             return self.vectors([rec.id])[0], rec.id
         raw = os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(image))))
         rec = self.catalog.by_raw(raw)

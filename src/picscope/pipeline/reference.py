@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from picscope.errors import LibraryError
+from picscope.errors import ImageNotFoundError
 from picscope.imageio import load_image
 from picscope.pipeline.captions import VIEW_SIZE, load_view
 
@@ -37,7 +37,7 @@ def resolve_reference(library: Any, ref: int | str | Path | Image.Image) -> Refe
         try:
             img = load_view(library, fid)
         except KeyError:
-            raise LibraryError(f"no indexed image with id {fid}") from None
+            raise ImageNotFoundError(f"no indexed image with id {fid}") from None
         vec, _ = library.resolve_image(fid)
         return Reference(img, vec, fid, f"library id {fid}")
     path = os.path.abspath(os.path.expanduser(os.fspath(ref)))
