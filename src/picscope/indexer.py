@@ -37,7 +37,7 @@ from picscope.imageio import SNIFF_BYTES, NotRegularFileError, decode_image, is_
 from picscope.scan import ScanEntry, ScanResult, scan
 from picscope.store.base import VectorStore
 from picscope.store.catalog import Catalog, display_path
-from picscope.store.meta import FileMeta, SupportsMeta
+from picscope.store.meta import FileMeta
 
 RETRY_MTIME = -1  # recorded for read errors so the next run retries them whatever the stat says
 
@@ -391,10 +391,7 @@ class Indexer:
                     )
             if ids:
                 id_arr, vec_arr = np.array(ids, np.int64), np.stack(vecs).astype(np.float32)
-                if isinstance(self.store, SupportsMeta):  # stores that filter by path/date on their side
-                    self.store.upsert_with_meta(id_arr, vec_arr, metas)
-                else:
-                    self.store.upsert(id_arr, vec_arr)
+                self.store.upsert_with_meta(id_arr, vec_arr, metas)  # the path/mtime, for stores that filter on them
 
     def _remove_missing(
         self,

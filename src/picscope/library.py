@@ -376,9 +376,7 @@ class Library:
             raise
         self.catalog.set_meta("vector_format", codec.name)  # the switch
         self._store = new
-        drop = getattr(old, "drop", None)
-        if callable(drop):
-            drop()
+        old.drop()
         old.close()
         return len(ids)
 
@@ -457,9 +455,8 @@ class Library:
 
     def _reset(self, encoder_spec: str) -> None:
         """Drop every vector (and, for a new encoder, the store) so the next run re-encodes."""
-        drop = getattr(self.store, "drop", None) if self.dim is not None else None
-        if callable(drop):
-            drop()  # data outside the store folder (a Milvus server collection)
+        if self.dim is not None:
+            self.store.drop()  # data outside the store folder (a Milvus server collection)
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -621,7 +618,7 @@ class Library:
         store_filter: MetaFilter | None = None
         if path_prefix:
             prefix = os.path.abspath(os.path.expanduser(path_prefix))
-            if getattr(self.store, "supports_filter", False):
+            if self.store.supports_filter:
                 store_filter = MetaFilter(path_prefix=prefix)  # filtered on the store's side (Milvus)
             else:
                 allowed = np.array(self.catalog.ids_with_prefix(prefix), np.int64)
@@ -631,10 +628,7 @@ class Library:
         excluded = set(int(i) for i in exclude_ids)
         want = (4 * k + 32 if dedupe else k) + len(excluded) + 8  # dedupe: room for the collapsed copies
         query = np.asarray(vector, np.float32)[None, :]
-        if store_filter is not None:
-            hits = self.store.search(query, want, allowed, filter=store_filter).row(0)  # type: ignore[call-arg]
-        else:
-            hits = self.store.search(query, want, allowed).row(0)
+        hits = self.store.search(query, want, allowed, filter=store_filter).row(0)
         records = self.catalog.get_many(i for i, _ in hits)
         out: list[SearchResult] = []
         for fid, score in hits:

@@ -20,7 +20,7 @@ import numpy as np
 from picscope.errors import EncoderMismatchError, LibraryError, PicscopeError
 from picscope.library import Library
 from picscope.store.catalog import display_path
-from picscope.store.meta import FileMeta, SupportsMeta
+from picscope.store.meta import FileMeta
 
 MANIFEST = "manifest.json"
 
@@ -114,9 +114,6 @@ def ingest_vectors(lib: Library, folder: str | os.PathLike[str], *, chunk: int =
                         metas.append(FileMeta(display_path(raw), int(part["mtime_ns"][i])))
                 if ids:
                     id_arr, vec_arr = np.array(ids, np.int64), np.stack(vecs)
-                    if isinstance(store, SupportsMeta):
-                        store.upsert_with_meta(id_arr, vec_arr, metas)
-                    else:
-                        store.upsert(id_arr, vec_arr)
+                    store.upsert_with_meta(id_arr, vec_arr, metas)
             report.added += len(ids)
     return report
