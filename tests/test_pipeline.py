@@ -18,7 +18,7 @@ from PIL import Image
 
 from picscope.config import PipelineConfig
 from picscope.library import Library
-from picscope.models.base import ChatResult, Message, Usage, Verdict
+from picscope.models.base import ChatResult, Message, Usage, Verdict, VisionBase
 from picscope.models.bundled import installed
 from picscope.models.parsing import yes_no
 from picscope.pipeline import EncoderPipeline, Request, make_pipeline, parse_stages
@@ -49,7 +49,7 @@ class ScriptedChat:
                           fallback=None if parsed is not None or kw.get("schema") is None else "unparsable")
 
 
-class PathVision:
+class PathVision(VisionBase):
     """A vision double keyed on file names: verify says yes for images whose name holds `yes_for`."""
 
     spec = "path-vision"

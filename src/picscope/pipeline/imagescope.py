@@ -39,10 +39,11 @@ from picscope.pipeline.intent import (
     rules_propositions,
 )
 from picscope.pipeline.meter import MeteredChat
+from picscope.pipeline.reasoner import choose_reasoner
 from picscope.pipeline.reference import Reference, resolve_reference
 
 VIEW_CACHE = 64
-AUTO_VERIFY_WEIGHT_SOCRATIC = 0.0  # bundled-v2, held-out dev captions: 0 → R@1 27.1, 0.3 → 26.3, 1.0 → 23.8
+AUTO_VERIFY_WEIGHT_FROM_ENCODER = 0.0  # bundled-v2, held-out dev captions: 0 → R@1 27.1, 0.3 → 26.3, 1.0 → 23.8
 AUTO_VERIFY_WEIGHT = 0.3
 
 
@@ -91,13 +92,11 @@ class ImageScopePipeline:
         self.config = config or library.config.pipeline
         self.chat = MeteredChat(chat) if chat is not None and not isinstance(chat, MeteredChat) else chat
         self.standing_notes: list[str] = []  # said with every result (e.g. how `auto` chose the reasoner)
-        if self.config.reasoner == "auto":
-            from picscope.pipeline import AUTO_RULES_NOTE, resolve_reasoner
-
-            chosen = resolve_reasoner("auto", getattr(self.chat, "spec", None))
+        if self.config.reasoner == "auto":  # built directly (make_pipeline passes the reasoner resolved)
+            chosen, note = choose_reasoner("auto", self.chat.spec if self.chat is not None else None)
             self.config = self.config.model_copy(update={"reasoner": chosen})
-            if chosen == "rules" and self.chat is not None:
-                self.standing_notes.append(AUTO_RULES_NOTE)
+            if note and self.chat is not None:
+                self.standing_notes.append(note)
         self.vision = vision
         self.captions = CaptionStore.for_library(library)
         self._cap_vec: dict[str, np.ndarray] = {}
@@ -195,12 +194,13 @@ class ImageScopePipeline:
                               tokens=tokens, seconds=budget.elapsed())
 
     def verify_weight(self, cfg: PipelineConfig) -> float:
-        """The stage-2 fusion weight: the configured one, else 0 for the offline socratic vision (its answers are the
-        retrieval encoder's own similarities, so they add no evidence: measured in README) and 0.3 otherwise."""
+        """The stage-2 fusion weight: the configured one, else 0 for a vision model whose answers are the retrieval
+        encoder's own similarities (`answers_from_encoder`, the offline socratic one: they add no evidence, measured
+        in README) and 0.3 otherwise."""
         if cfg.verify_weight is not None:
             return float(cfg.verify_weight)
-        spec = str(getattr(self.vision, "spec", ""))
-        return AUTO_VERIFY_WEIGHT_SOCRATIC if spec.startswith("socratic") else AUTO_VERIFY_WEIGHT
+        from_encoder = self.vision is not None and self.vision.answers_from_encoder
+        return AUTO_VERIFY_WEIGHT_FROM_ENCODER if from_encoder else AUTO_VERIFY_WEIGHT
 
     # -- stage 1 -------------------------------------------------------------------------------------------
     def _reference_caption(self, ref: Reference, budget: _Budget, notes: list[str]) -> str | None:
@@ -318,16 +318,19 @@ class ImageScopePipeline:
         expected = [p.expected for p in props]
         needs_ref = ref is not None and any(p.reference for p in props)
         done = 0
-        fast = self._vector_verifier() if not needs_ref else None
-        vectors = self.library.vectors([c.id for c in cands[:k]]) if fast is not None else None
+        # a vision model that answers from the encoder answers library images from their stored vectors
+        vectors = self.library.vectors([c.id for c in cands[:k]]) \
+            if self.vision.answers_from_encoder and not needs_ref else None
+        encoder_name = self.library.encoder.name
         for n, c in enumerate(cands[:k]):
             if budget.out_of_time():
                 notes.append(f"stage 2 stopped after {done} of {k} candidates (time budget)")
                 break
             budget.calls += 1
             try:
-                got = fast(vectors[n], questions) if fast is not None and vectors is not None else None
-                p = got if got is not None else self.vision.verify(
+                got = self.vision.verify_vectors(vectors[n : n + 1], questions, encoder_name) \
+                    if vectors is not None else None
+                p = got[0] if got is not None else self.vision.verify(
                     self._view(c.id), questions, reference=ref.image if needs_ref and ref is not None else None)
             except Exception as exc:
                 notes.append(f"verification of image {c.id} failed ({type(exc).__name__}: {exc})")
@@ -349,12 +352,6 @@ class ImageScopePipeline:
         for r, c in enumerate(head):
             c.ranks["stage2"] = r + 1
         return None
-
-    def _vector_verifier(self) -> Any:
-        """The vision model's shortcut for library images, when it verifies with this library's own encoder."""
-        fn = getattr(self.vision, "verify_from_vector", None)
-        same = getattr(self.vision, "encoder_name", None) == getattr(self.library.encoder, "name", object())
-        return fn if callable(fn) and same else None
 
     # -- stage 3 -------------------------------------------------------------------------------------------
     def _stage3(self, request: Request, ref: Reference | None, cands: list[_Cand], budget: _Budget,
