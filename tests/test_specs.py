@@ -54,11 +54,11 @@ def test_unknown_specs_are_clear_errors_of_each_kind(tmp_path: object) -> None:
     from picscope.models import make_chat_model, make_vision_model
     from picscope.store import make_store
 
-    with pytest.raises(ConfigError, match="unknown store spec 'nope'; known: .*exact"):
+    with pytest.raises(ConfigError, match=r"unknown store spec .nope.; known: .*exact"):
         make_store("nope", tmp_path, 4)  # type: ignore[arg-type]
     with pytest.raises(EncoderError, match="unknown encoder spec 'nope'"):
         make_encoder("nope")
-    with pytest.raises(ConfigError, match="unknown llm spec 'nope'; known: .*gguf:<path>"):
+    with pytest.raises(ConfigError, match=r"unknown llm spec .nope.; known: .*gguf:<path>"):
         make_chat_model("nope")
     with pytest.raises(ConfigError, match="unknown vision spec 'nope'"):
         make_vision_model("nope")

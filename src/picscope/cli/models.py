@@ -131,10 +131,10 @@ def specs(
     it needs and whether that is installed."""
     from picscope.specs import all_registries
 
-    rows = [{"kind": reg.kind, "spec": e.usage, "installed": e.installed, "missing": e.missing(),
-             "needs": list(e.needs), "summary": e.summary}
-            for reg in all_registries() for e in reg.entries()]
+    entries = [(reg.kind, e) for reg in all_registries() for e in reg.entries()]
     if as_json:
+        rows = [{"kind": kind, "spec": e.usage, "installed": e.installed, "missing": e.missing(),
+                 "needs": list(e.needs), "summary": e.summary} for kind, e in entries]
         out.print_json(json.dumps({"specs": rows}))
         return
     from rich.table import Table
@@ -142,7 +142,8 @@ def specs(
     table = Table(show_edge=False, pad_edge=False)
     for col in ("kind", "spec", "installed", "needs", "what it is"):
         table.add_column(col, overflow="fold")
-    for r in rows:
-        have = "yes" if r["installed"] else f"no (missing {', '.join(r['missing'])})"
-        table.add_row(r["kind"], r["spec"], have, ", ".join(r["needs"]) or "-", r["summary"])
+    for kind, e in entries:
+        missing = e.missing()
+        have = f"no (missing {', '.join(missing)})" if missing else "yes"
+        table.add_row(kind, e.usage, have, ", ".join(e.needs) or "-", e.summary)
     out.print(table)
