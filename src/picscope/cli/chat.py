@@ -59,7 +59,7 @@ def chat(
                     continue
             elif line == ":explain":
                 if last is not None:
-                    print_explanation(last.explanation, out, k)
+                    print_explanation(last.explanation, out, k, last.candidates)
                 continue
             elif line == ":turns":
                 out.print("\n".join([opening or "(no description yet)", *(f"- {t}" for t in turns)]))
@@ -87,9 +87,9 @@ def chat(
             if as_json:
                 print(json.dumps({"turn": len(turns), "request": opening, "turns": turns, "stages": last.stages,
                                   "results": [r.to_dict() for r in last.results],
-                                  "explanation": last.explanation}, default=str), flush=True)
+                                  "explanation": last.to_dict()}, default=str), flush=True)
                 continue
             for r in last.results:
                 out.print(f"{r.rank:>3}  {r.path}")
             if explain:
-                print_explanation(last.explanation, out, k)
+                print_explanation(last.explanation, out, k, last.candidates)

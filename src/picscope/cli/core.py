@@ -141,7 +141,7 @@ def print_results(results: list[SearchResult], paths: bool) -> None:
     out.print(table)
 
 
-def search_json(request: dict[str, Any], pipeline: str, output: Any, explain: bool) -> str:
+def search_json(request: dict[str, Any], pipeline: str, output: Any, explanation: dict[str, Any] | None) -> str:
     """The one JSON shape of `search --json`, whatever the request type; `--explain` only adds `explanation`."""
     data: dict[str, Any] = {
         "request": request,
@@ -152,8 +152,8 @@ def search_json(request: dict[str, Any], pipeline: str, output: Any, explain: bo
         "tokens": output.tokens,
         "seconds": round(output.seconds, 3),
     }
-    if explain:
-        data["explanation"] = output.explanation
+    if explanation is not None:
+        data["explanation"] = explanation
     return json.dumps(data, default=str)
 
 
@@ -244,7 +244,8 @@ def search(
                                   min_relevance=min_relevance, path_prefix=path, dedupe=dedupe)
                 name, explanation = "encoder", {"pipeline": "encoder", "query_text": query}
             result: Any = SimpleNamespace(results=hits, stages=[], explanation=explanation, model_calls=0, tokens=0,
-                                          seconds=time.perf_counter() - t0)
+                                          seconds=time.perf_counter() - t0, candidates=[])
+            explained = explanation
         else:
             from picscope.pipeline import Request, make_pipeline, run_deduped
 
@@ -254,15 +255,15 @@ def search(
                           subtract=list(subtract or []))
             with working(f"running stages {', '.join(map(str, chosen))}" if chosen else "searching"):
                 result = run_deduped(lib, pipe, req, k) if dedupe else pipe.run(req, k)
-            name = pipe.name
+            name, explained = pipe.name, result.to_dict()
     if as_json:
-        out.print_json(search_json(request, name, result, explain))
+        out.print_json(search_json(request, name, result, explained if explain else None))
         return
     print_results(result.results, paths)
     if explain and not paths:
         from picscope.pipeline.explain import print_explanation
 
-        print_explanation(result.explanation, out, k)
+        print_explanation(result.explanation, out, k, result.candidates)
 
 
 def _size(n: int) -> str:

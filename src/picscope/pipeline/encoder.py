@@ -12,7 +12,7 @@ import numpy as np
 
 from picscope.arithmetic import parse_term
 from picscope.library import Library
-from picscope.pipeline.base import PipelineOutput, Request
+from picscope.pipeline.base import Candidate, PipelineOutput, Request
 from picscope.pipeline.reference import resolve_reference
 from picscope.vectors import compose
 
@@ -46,7 +46,6 @@ class EncoderPipeline:
                  "subtract": [parse_term(t).describe() for t in request.subtract]}
         explanation = {"request": {"text": request.text, "turns": list(request.turns), "reference": ref_info,
                                    **({"terms": terms} if request.add or request.subtract else {})},
-                       "query_text": text, "stages": [], "pipeline": "encoder",
-                       "candidates": [{"id": r.id, "path": r.path, "ranks": {"final": r.rank},
-                                       "stage1": {"score": round(r.score, 4)}} for r in results]}
-        return PipelineOutput(results, [], explanation, 0, 0, time.perf_counter() - t0)
+                       "query_text": text, "stages": [], "pipeline": "encoder"}
+        candidates = [Candidate(r.id, r.path, r.score, s1=r.score, ranks={"final": r.rank}) for r in results]
+        return PipelineOutput(results, [], explanation, 0, 0, time.perf_counter() - t0, candidates=candidates)
