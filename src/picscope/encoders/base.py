@@ -21,8 +21,8 @@ class DualEncoder(Protocol):
     `name` identifies the weights exactly (a library refuses to mix vectors of different names).
     `image_size` is the side the image tower wants; decoders may downscale JPEGs to it early.
     `prepare_image` runs in decode worker threads (resize, normalise); `embed_prepared` batches them.
-    Optional `vector_parts` ({name: (start, stop)}, see `BaseEncoder`) lets relevance feedback weight the parts of a
-    concatenated vector apart; encoders without it are treated as one space.
+    `vector_parts` ({name: (start, stop)}, see `BaseEncoder`; None for most) lets relevance feedback weight the parts
+    of a concatenated vector apart; encoders without parts are treated as one space.
     `codec_path` (None for most) names a compact vector codec that libraries store this encoder's vectors with.
     """
 
@@ -30,6 +30,7 @@ class DualEncoder(Protocol):
     dim: int
     image_size: int
     codec_path: Path | None
+    vector_parts: dict[str, tuple[int, int]] | None
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 

@@ -15,19 +15,22 @@ as `vision=` / `llm=`, or leave them out to build the offline defaults through `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from picscope.errors import ConfigError
 from picscope.feedback.base import FeedbackState, FeedbackStrategy
 from picscope.feedback.rocchio import NoFeedback, Rocchio
 from picscope.feedback.text import CaptionExpansion, Combined, LLMRewrite
 
+if TYPE_CHECKING:
+    from picscope.library import Library
+
 __all__ = ["NAMES", "FeedbackState", "FeedbackStrategy", "default_models", "make_strategy"]
 
 NAMES = ("none", "rocchio", "rocchio-classic", "caption", "rewrite", "combined")
 
 
-def default_models(library: Any, *, need_llm: bool = True) -> tuple[Any, Any]:
+def default_models(library: Library, *, need_llm: bool = True) -> tuple[Any, Any]:
     """(chat model, vision model) from the offline defaults of `picscope.models`, or a clear ConfigError."""
     try:
         from picscope import models
@@ -42,7 +45,7 @@ def default_models(library: Any, *, need_llm: bool = True) -> tuple[Any, Any]:
     return chat, vision
 
 
-def make_strategy(name: str, library: Any, *, llm: Any = None, vision: Any = None, **kw: Any) -> FeedbackStrategy:
+def make_strategy(name: str, library: Library, *, llm: Any = None, vision: Any = None, **kw: Any) -> FeedbackStrategy:
     if name == "none":
         return NoFeedback()
     if name == "rocchio":

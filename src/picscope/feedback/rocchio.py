@@ -22,11 +22,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from picscope.feedback.base import FeedbackState
+from picscope.feedback.base import FeedbackState, VectorSource
 from picscope.vectors import unit
 
 
@@ -102,7 +101,7 @@ class Rocchio:
 
     def __init__(
         self,
-        library: Any,
+        library: VectorSource,
         alpha: float | None = None,
         beta: float | None = None,
         gamma: float | None = None,
@@ -125,7 +124,7 @@ class Rocchio:
     def _weights(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(classic, diverse) weight columns for vectors of `dim` columns (cached)."""
         if self._columns is None or self._columns[0] != dim:
-            parts = getattr(getattr(self.library, "encoder", None), "vector_parts", None)
+            parts = self.library.encoder.vector_parts
             if parts and max(stop for _, stop in parts.values()) > dim:
                 parts = None  # stored vectors of another layout: weight them as one space
             self._columns = (dim, weight_columns(dim, None, {"*": self.classic}),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -24,6 +24,9 @@ from picscope.feedback.base import FeedbackState
 from picscope.feedback.negatives import negative_propositions
 from picscope.feedback.rocchio import Rocchio
 from picscope.vectors import unit
+
+if TYPE_CHECKING:
+    from picscope.library import Library
 
 MAX_NEGATIVE_CAPTIONS = 3  # captions of not-relevant images feed only the negative propositions: the latest few
 DEFAULT_MAX_WORDS = 40  # MiniLM/CLIP-class text towers read ~60-77 tokens; 40 words stays inside
@@ -45,7 +48,7 @@ def cap_words(text: str, max_words: int) -> str:
 class Captioner:
     """Captions library images through a `VisionModel`, once per image (kept in `FeedbackState.captions`)."""
 
-    def __init__(self, library: Any, vision: Any) -> None:
+    def __init__(self, library: Library, vision: Any) -> None:
         self.library, self.vision = library, vision
 
     def captions(self, state: FeedbackState, ids: list[int]) -> tuple[dict[int, str], int]:
@@ -75,7 +78,7 @@ class Captioner:
 class CaptionExpansion:
     name = "caption"
 
-    def __init__(self, library: Any, vision: Any, max_words: int = DEFAULT_MAX_WORDS) -> None:
+    def __init__(self, library: Library, vision: Any, max_words: int = DEFAULT_MAX_WORDS) -> None:
         self.library = library
         self.captioner = Captioner(library, vision)
         self.max_words = max_words
@@ -141,7 +144,7 @@ class LLMRewrite:
 
     def __init__(
         self,
-        library: Any,
+        library: Library,
         llm: Any,
         vision: Any,
         max_words: int = DEFAULT_MAX_WORDS,
@@ -256,7 +259,7 @@ class Combined:
 
     name = "combined"
 
-    def __init__(self, library: Any, llm: Any, vision: Any, **kw: Any) -> None:
+    def __init__(self, library: Library, llm: Any, vision: Any, **kw: Any) -> None:
         self.library = library
         self.rocchio = Rocchio(library, **{k: kw.pop(k) for k in ("alpha", "beta", "gamma") if k in kw})
         self.rewriter = LLMRewrite(library, llm, vision, fallback=self.rocchio, **kw)
