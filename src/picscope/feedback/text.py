@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -30,10 +29,6 @@ if TYPE_CHECKING:
 
 MAX_NEGATIVE_CAPTIONS = 3  # captions of not-relevant images feed only the negative propositions: the latest few
 DEFAULT_MAX_WORDS = 40  # MiniLM/CLIP-class text towers read ~60-77 tokens; 40 words stays inside
-
-
-def _prompt(name: str) -> str:
-    return resources.files("picscope.feedback").joinpath("prompts", name).read_text(encoding="utf-8")
 
 
 def words(text: str) -> list[str]:
@@ -148,7 +143,6 @@ class LLMRewrite:
         llm: Any,
         vision: Any,
         max_words: int = DEFAULT_MAX_WORDS,
-        retries: int = 1,
         timeout: float | None = None,  # None: the backend's own call deadline
         fallback: Rocchio | None = None,
     ) -> None:
@@ -156,42 +150,33 @@ class LLMRewrite:
         self.llm = llm
         self.captioner = Captioner(library, vision)
         self.max_words = max_words
-        self.retries = retries
         self.timeout = timeout
         self.fallback = fallback or Rocchio(library)
 
     def _ask(self, query: str, pos_caps: list[str], neg_caps: list[str]) -> tuple[RewriteAnswer, int]:
+        """One chat call (the chat model retries, repairs unparsable JSON and falls back itself: the one retry
+        layer); RewriteFailed when its answer is still unusable."""
         from picscope.models.base import Message
+        from picscope.models.prompts import load_prompt
 
-        system = _prompt("rewrite_system.txt").replace("{max_words}", str(self.max_words))
-        user = (
-            _prompt("rewrite_user.txt")
-            .replace("{query}", query)
-            .replace("{positives}", "\n".join(f"- {c}" for c in pos_caps) or "- (none)")
-            .replace("{negatives}", "\n".join(f"- {c}" for c in neg_caps) or "- (none)")
-        )
-        messages = [Message("system", system), Message("user", user)]
-        calls = 0
-        last = "no answer"
-        for _ in range(self.retries + 1):
-            calls += 1
-            try:
-                res = self.llm.chat(
-                    messages, schema=RewriteAnswer, temperature=0.0, max_tokens=200, timeout=self.timeout
-                )
-            except Exception as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            parsed = res.parsed
-            try:
-                if isinstance(parsed, RewriteAnswer):
-                    return parsed, calls
-                if isinstance(parsed, dict):
-                    return RewriteAnswer.model_validate(parsed), calls
-                return RewriteAnswer.model_validate_json(_json_part(res.text)), calls
-            except (ValidationError, ValueError) as exc:
-                last = f"unparsable answer ({str(exc).splitlines()[0]})"
-        raise RewriteFailed(f"{last} after {calls} call(s)")
+        system, user = load_prompt("rewrite").render(
+            max_words=self.max_words, query=query,
+            positives="\n".join(f"- {c}" for c in pos_caps) or "- (none)",
+            negatives="\n".join(f"- {c}" for c in neg_caps) or "- (none)")
+        try:
+            res = self.llm.chat([Message("system", system), Message("user", user)], schema=RewriteAnswer,
+                                temperature=0.0, max_tokens=200, timeout=self.timeout)
+        except Exception as exc:
+            raise RewriteFailed(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            if isinstance(res.parsed, RewriteAnswer):
+                return res.parsed, 1
+            if isinstance(res.parsed, dict):
+                return RewriteAnswer.model_validate(res.parsed), 1
+            return RewriteAnswer.model_validate_json(_json_part(res.text)), 1
+        except (ValidationError, ValueError) as exc:
+            why = f"; {res.fallback}" if res.fallback else ""
+            raise RewriteFailed(f"unparsable answer ({str(exc).splitlines()[0]}{why})") from exc
 
     def rewrite(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
         positives = [*state.positives, *[i for i in new_positives if i not in state.positives]]
