@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from picscope.cli.app import LibraryOpt, app, err, out
-from picscope.errors import ConfigError, PicscopeError
+from picscope.errors import PicscopeError
 
 if TYPE_CHECKING:
     from picscope.library import Library
@@ -27,12 +27,9 @@ HELP = """commands:
 def _models(chat: str | None, vision: str | None, library: Library) -> tuple[Any, Any]:
     if not chat and not vision:
         return None, None
-    from picscope import models  # the model-backends issue provides the factories
+    from picscope.models import make_chat_model as make_chat
+    from picscope.models import make_vision_model as make_vision
 
-    make_chat = getattr(models, "make_chat_model", None)
-    make_vision = getattr(models, "make_vision_model", None)
-    if make_chat is None or make_vision is None:
-        raise ConfigError("this build has no model backends (picscope.models); leave out --chat/--vision")
     llm = make_chat(chat) if chat else None
     vis = make_vision(vision, chat=llm, encoder=library.encoder) if vision else None
     return llm, vis
