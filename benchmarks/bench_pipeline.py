@@ -163,7 +163,7 @@ def part_tune(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, 
     gathered = []
     for q in queries:
         out = pipe.run(Request(q.text), k=cfg.verify_k, stages=(1, 2, 3))
-        cands = sorted((c for c in out.explanation["candidates"] if "stage2" in c), key=lambda c: c["ranks"]["stage1"])
+        cands = sorted((c for c in out.to_dict()["candidates"] if "stage2" in c), key=lambda c: c["ranks"]["stage1"])
         gathered.append(([idx.key_of[c["id"]] for c in cands], np.array([c["stage1"]["score"] for c in cands]),
                          np.array([c["stage2"]["log_odds"] for c in cands]),
                          np.array([c.get("stage3", {}).get("judge", 0.0) for c in cands]), set(q.relevant)))

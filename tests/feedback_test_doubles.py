@@ -18,7 +18,7 @@ from PIL import Image
 
 from picscope.encoders import register
 from picscope.encoders.base import BaseEncoder, l2_normalise
-from picscope.models.base import ChatResult, Message, Verdict
+from picscope.models.base import ChatResult, Message, Verdict, VisionBase
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
 
@@ -66,7 +66,7 @@ def write_colour_images(folder: Path, per_colour: int = 8) -> dict[str, list[Pat
     return out
 
 
-class ColourCaptionerTestDouble:
+class ColourCaptionerTestDouble(VisionBase):
     spec = "test-double:colour-captioner"
 
     def __init__(self) -> None:

@@ -120,18 +120,41 @@ def test_rewrite_restores_the_anchor_and_caps_length(lib: Library) -> None:
     assert not restored and text == "a dog running on a sunny beach"
 
 
-def test_rewrite_retries_an_unparsable_answer_then_falls_back(lib: Library) -> None:
+def test_rewrite_makes_one_call_and_falls_back_on_an_unusable_answer(lib: Library) -> None:
+    """The strategy does not retry on top of the chat model (which retries and repairs itself): one call, then the
+    documented fallback to embedding feedback."""
     vision = ColourCaptionerTestDouble()
-    ok = ScriptedChatTestDouble(["no json here", _answer(query="bright colour, green")])
-    nxt = make_strategy("rewrite", lib, llm=ok, vision=vision).update(
-        _state(lib, "bright colour"), _ids(lib, "green")[:1], []
-    )
-    assert nxt.query_text == "bright colour, green" and len(ok.calls) == 2
-    bad = ScriptedChatTestDouble(["{}", '{"query": ""}'])
+    bad = ScriptedChatTestDouble(["no json here", _answer(query="bright colour, green")])
     st = _state(lib, "bright colour")
     fb = make_strategy("rewrite", lib, llm=bad, vision=vision).update(st, _ids(lib, "green")[:2], [])
+    assert len(bad.calls) == 1
     assert fb.fallback and "unparsable" in fb.fallback and "rocchio" in fb.fallback
     assert fb.query_text == "bright colour" and not np.array_equal(fb.query_vector, st.query_vector)
+
+
+def test_the_chat_layer_is_the_one_that_repairs_an_unparsable_rewrite(lib: Library, tmp_path: Path) -> None:
+    from picscope.models.cache import ResponseCache
+    from picscope.models.chat import BaseChat
+
+    class Scripted(BaseChat):
+        spec = "test-double:base-chat"
+
+        def __init__(self, answers: list[str]) -> None:
+            super().__init__(retries=2, backoff=0.0, cache=ResponseCache(tmp_path, enabled=False))
+            self.answers, self.payloads = list(answers), []  # type: list[str], list[dict[str, object]]
+
+        def _complete(self, payload: dict[str, object], timeout: float) -> dict[str, object]:
+            self.payloads.append(payload)
+            return {"choices": [{"message": {"content": self.answers.pop(0)}}]}
+
+    chat = Scripted(["no json here", _answer(query="bright colour, green")])
+    nxt = make_strategy("rewrite", lib, llm=chat, vision=ColourCaptionerTestDouble()).update(
+        _state(lib, "bright colour"), _ids(lib, "green")[:1], [])
+    assert nxt.query_text == "bright colour, green" and nxt.fallback is None
+    assert len(chat.payloads) == 2  # the chat layer's repair round, not a second strategy-level call
+    sent = chat.payloads[0]["messages"]
+    assert any("User query: bright colour" in m["content"] for m in sent)  # type: ignore[index,union-attr]
+    assert any("at most 40 words" in m["content"] for m in sent)  # type: ignore[index,union-attr]
 
 
 def test_combined_mixes_rewrite_and_rocchio(lib: Library) -> None:
@@ -259,3 +282,18 @@ def test_bundled_encoder_names_its_vector_parts() -> None:
     spans = sorted(parts.values())
     assert spans[0][0] == 0 and spans[-1][1] == enc.dim
     assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous, no gaps
+
+
+def test_rewrite_prompt_is_a_versioned_file_of_the_one_prompt_system() -> None:
+    import picscope
+    from picscope.models.prompts import load_prompt
+
+    p = load_prompt("rewrite")
+    assert p.id == "rewrite.v1"
+    system, user = p.render(max_words=12, query="a $5 note {negatives}", positives="- a red square",
+                            negatives="- (none)")
+    assert "at most 12 words" in system and "$max_words" not in system
+    assert '{"query": "...", "shared_details"' in system  # the JSON example is left as written
+    assert "User query: a $5 note {negatives}" in user  # values are inserted literally, never re-substituted
+    assert "- a red square" in user and user.rstrip().endswith("- (none)")
+    assert not (Path(picscope.__file__).parent / "feedback" / "prompts").exists()  # no second prompt folder

@@ -123,10 +123,12 @@ def test_verification_is_encoder_only_by_default_and_has_a_vector_shortcut(tmp_p
     qs = ["Is there a cup of coffee?", "Is there a rocket?"]
     p = v.verify(img, qs)
     assert len(p) == 2 and all(0.0 <= x <= 1.0 for x in p)
-    fast = v.verify_from_vector(enc.embed_images([img])[0], qs)
-    assert fast is not None and np.allclose(fast, p, atol=1e-4)
+    assert v.answers_from_encoder  # declared: stage 2 may answer library images from their stored vectors
+    fast = v.verify_vectors(enc.embed_images([img]), qs, enc.name)
+    assert fast is not None and len(fast) == 1 and np.allclose(fast[0], p, atol=1e-4)
     assert v.encoder_name == enc.name
+    assert v.verify_vectors(enc.embed_images([img]), qs, "another-encoder") is None  # not its own vectors
     assert statement_of("Are there two dogs?") == "two dogs" and statement_of("Is it raining?") == "it is raining"
     assert statement_of("a dog on grass") == "a dog on grass"
     v.verify_llm_weight = 0.3
-    assert v.verify_from_vector(enc.embed_images([img])[0], qs) is None  # the LLM is wanted: use verify()
+    assert v.verify_vectors(enc.embed_images([img]), qs, enc.name) is None  # the LLM is wanted: use verify()

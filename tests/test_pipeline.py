@@ -19,7 +19,7 @@ from PIL import Image
 
 from picscope.config import PipelineConfig
 from picscope.library import Library
-from picscope.models.base import ChatResult, Message, Usage, Verdict
+from picscope.models.base import ChatResult, Message, Usage, Verdict, VisionBase
 from picscope.models.bundled import installed
 from picscope.models.parsing import yes_no
 from picscope.pipeline import EncoderPipeline, Request, make_pipeline, parse_stages
@@ -50,7 +50,7 @@ class ScriptedChat:
                           fallback=None if parsed is not None or kw.get("schema") is None else "unparsable")
 
 
-class PathVision:
+class PathVision(VisionBase):
     """A vision double keyed on file names: verify says yes for images whose name holds `yes_for`."""
 
     spec = "path-vision"
@@ -214,15 +214,19 @@ def test_stage2_promotes_images_with_the_expected_answers(library: Library) -> N
     out_neg = _pipe(library, PathVision(library, yes_for=target), stages=[1, 2], verify_weight=1.0).run(
         Request("a photo, no thing"), k=8)
     assert names(out_neg.results).index(target) > 0
-    cand = next(c for c in out.explanation["candidates"] if c["path"].endswith(target))
-    assert cand["ranks"]["stage2"] == 1 and cand["stage2"]["p_yes"][0] == pytest.approx(0.95)
+    cand = next(c for c in out.candidates if c.path.endswith(target))
+    assert cand.ranks["stage2"] == 1 and cand.answers[0] == pytest.approx(0.95)
+    assert out.stage_orders[2][0] == cand.id  # first after stage 2, typed
+    assert next(c for c in out.to_dict()["candidates"] if c["id"] == cand.id)["stage2"]["p_yes"][0] == 0.95
 
 
 def test_unset_verify_weight_is_zero_for_socratic_vision_and_positive_otherwise(library: Library) -> None:
     vision = PathVision(library)
     pipe = _pipe(library, vision)
     assert pipe.config.verify_weight is None and pipe.verify_weight(pipe.config) == 0.3
-    vision.spec = "socratic[bundled]"  # the offline vision: its answers are the retrieval encoder's similarities
+    vision.spec = "socratic[bundled]"  # the spec string decides nothing: the declared capability does
+    assert pipe.verify_weight(pipe.config) == 0.3
+    vision.answers_from_encoder = True  # the offline vision: its answers are the retrieval encoder's similarities
     assert pipe.verify_weight(pipe.config) == 0.0
     assert _pipe(library, vision, verify_weight=0.7).verify_weight(PipelineConfig(verify_weight=0.7)) == 0.7
     out = pipe.run(Request("a photo of a thing"), k=8)
@@ -237,7 +241,7 @@ def test_stage3_reorders_the_whole_top_alpha(library: Library) -> None:
     assert out.stages == [1, 3] and names(out.results)[0] == best
     assert sorted(vision.judged[0]) == sorted(stage2[:4])  # listwise: all α candidates in one judgement
     assert names(out.results)[4:] == stage2[4:]  # ranks after α are untouched
-    reasons = [c["stage3"]["reason"] for c in out.explanation["candidates"][:4]]
+    reasons = [c.reason or "" for c in out.candidates[:4]]
     assert all(r.startswith("looked at") for r in reasons)
     # fusion, not obedience: with a small judge weight the stage-1 leader keeps its place
     out = _pipe(library, PathVision(library, judge_best=best), stages=[1, 3], alpha=4, judge_weight=0.1).run(
@@ -324,7 +328,7 @@ def test_end_to_end_every_request_type_with_real_models(library: Library) -> Non
         out = pipe.run(req, k=4)
         assert len(out.results) == 4 and out.stages[0] == 1
         assert out.model_calls >= 1 and out.tokens > 0 and out.seconds > 0
-        exp = out.explanation
+        exp = out.to_dict()
         assert exp["intent"]["descriptions"] and all(d.strip() for d in exp["intent"]["descriptions"])
         if 2 in out.stages:
             assert exp["propositions"]["items"] and "stage2" in exp["candidates"][0]

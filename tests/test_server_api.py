@@ -22,6 +22,7 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient
 
 from picscope import Library
+from picscope.models.base import VisionBase
 from picscope.server import ServerSettings, create_app
 from tests.feedback_test_doubles import write_colour_images
 from tests.server_helpers import live_server
@@ -147,7 +148,7 @@ def test_composed_dialogue_and_similar(client: TestClient, lib: Library) -> None
     assert client.post("/api/search", json={"text": "red", "stages": [1]}).status_code == 400
 
 
-class JudgeVision:
+class JudgeVision(VisionBase):
     """A vision double: says yes to every proposition and judges red images best, with a reason."""
 
     spec = "test-double:judge"

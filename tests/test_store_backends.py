@@ -165,6 +165,38 @@ def test_filter_restricts_candidates(store: VectorStore) -> None:
     assert store.search(q[:1], 3, allowed_ids=np.array([], np.int64)).row(0) == []
 
 
+def test_declared_metadata_filter(store: VectorStore) -> None:
+    """Every store declares `supports_filter`: one that keeps metadata filters on it, one that does not refuses a
+    filter (never ignores it silently); both take `upsert_with_meta` and an empty filter."""
+    rng = np.random.default_rng(5)
+    ids = np.arange(1, 41, dtype=np.int64)
+    vecs = unit(rng, 40)
+    store.upsert_with_meta(ids, vecs, [FileMeta(f"/{'a' if i % 2 == 0 else 'b'}/{i}.jpg", 0) for i in ids.tolist()])
+    assert len(store) == 40
+    q = unit(rng, 1)
+    assert store.search(q, 5, filter=MetaFilter()).row(0) == store.search(q, 5).row(0)  # empty: no restriction
+    only_a = MetaFilter(path_prefix="/a/")
+    if store.supports_filter:
+        got = store.search(q, 10, filter=only_a).row(0)
+        assert len(got) == 10 and all(i % 2 == 0 for i, _ in got)
+    else:
+        with pytest.raises(StoreError, match="no file metadata"):
+            store.search(q, 10, filter=only_a)
+
+
+def test_drop_deletes_the_data(opener: Factory, tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    s = opener(tmp_path / "store")
+    s.upsert(np.arange(1, 11, dtype=np.int64), unit(rng, 10))
+    s.drop()
+    s.close()
+    again = opener(tmp_path / "store")
+    try:
+        assert len(again) == 0 and again.ids().tolist() == []
+    finally:
+        again.close()
+
+
 def test_bad_input_is_rejected_and_changes_nothing(store: VectorStore) -> None:
     rng = np.random.default_rng(4)
     store.upsert(np.array([1, 2], np.int64), unit(rng, 2))

@@ -11,6 +11,10 @@ class LibraryError(PicscopeError):
     """The library on disk cannot be used as asked (missing, locked, newer schema, ...)."""
 
 
+class ImageNotFoundError(LibraryError):
+    """A library id (or reference) names no indexed image (the REST API answers 404)."""
+
+
 class SchemaTooNewError(LibraryError):
     """The library was written by a newer picscope."""
 

@@ -37,7 +37,7 @@ from picscope.imageio import SNIFF_BYTES, NotRegularFileError, decode_image, is_
 from picscope.scan import ScanEntry, ScanResult, scan
 from picscope.store.base import VectorStore
 from picscope.store.catalog import RETRY_MTIME, Catalog, Known, display_path
-from picscope.store.meta import FileMeta, SupportsMeta
+from picscope.store.meta import FileMeta
 
 if TYPE_CHECKING:
     from sqlite3 import Connection
@@ -412,10 +412,7 @@ class Indexer:
 
     def _write_vectors(self, out: _Written) -> None:
         id_arr, vec_arr = np.array(out.ids, np.int64), np.stack(out.vecs).astype(np.float32)
-        if isinstance(self.store, SupportsMeta):  # stores that filter by path/date on their side
-            self.store.upsert_with_meta(id_arr, vec_arr, out.metas)
-        else:
-            self.store.upsert(id_arr, vec_arr)
+        self.store.upsert_with_meta(id_arr, vec_arr, out.metas)  # the path/mtime, for stores that filter on them
 
     def _remove_missing(
         self,

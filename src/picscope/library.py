@@ -30,6 +30,7 @@ from picscope.errors import (
     ConfigError,
     EncoderMismatchError,
     ImageDecodeError,
+    ImageNotFoundError,
     LibraryError,
     LibraryLockedError,
     LibraryReadOnlyError,
@@ -379,9 +380,7 @@ class Library:
             raise
         self.catalog.set_meta("vector_format", codec.name)  # the switch
         self._store = new
-        drop = getattr(old, "drop", None)
-        if callable(drop):
-            drop()
+        old.drop()
         old.close()
         return len(ids)
 
@@ -459,9 +458,8 @@ class Library:
 
     def _reset(self, encoder_spec: str) -> None:
         """Drop every vector (and, for a new encoder, the store) so the next run re-encodes."""
-        drop = getattr(self.store, "drop", None) if self.dim is not None else None
-        if callable(drop):
-            drop()  # data outside the store folder (a Milvus server collection)
+        if self.dim is not None:
+            self.store.drop()  # data outside the store folder (a Milvus server collection)
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -608,7 +606,7 @@ class Library:
         store_filter: MetaFilter | None = None
         if path_prefix:
             prefix = os.path.abspath(os.path.expanduser(path_prefix))
-            if getattr(self.store, "supports_filter", False):
+            if self.store.supports_filter:
                 store_filter = MetaFilter(path_prefix=prefix)  # filtered on the store's side (Milvus)
             else:
                 allowed = np.array(self.catalog.ids_with_prefix(prefix), np.int64)
@@ -618,10 +616,7 @@ class Library:
         excluded = set(int(i) for i in exclude_ids)
         want = (4 * k + 32 if dedupe else k) + len(excluded) + 8  # dedupe: room for the collapsed copies
         query = np.asarray(vector, np.float32)[None, :]
-        if store_filter is not None:
-            hits = self.store.search(query, want, allowed, filter=store_filter).row(0)  # type: ignore[call-arg]
-        else:
-            hits = self.store.search(query, want, allowed).row(0)
+        hits = self.store.search(query, want, allowed, filter=store_filter).row(0)
         records = self.catalog.get_many(i for i, _ in hits)
         out: list[SearchResult] = []
         for fid, score in hits:
@@ -669,7 +664,7 @@ class Library:
         if isinstance(image, int | np.integer):
             rec = self.catalog.get(int(image))
             if rec is None or rec.status != "ok":
-                raise LibraryError(f"no indexed image with id {image}")
+                raise ImageNotFoundError(f"no indexed image with id {image}")
             return self.vectors([rec.id])[0], rec.id
         raw = os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(image))))
         rec = self.catalog.by_raw(raw)

@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "index": "core", "search": "core", "status": "core", "demo": "core", "cache": "core",
     "eval": "eval", "dataset": "eval",
     "train-encoder": "train", "eval-encoder": "train", "train-codec": "train", "train-verifier": "train",
-    "doctor": "models",
+    "doctor": "models", "specs": "models",
     "chat": "chat",
     "captions": "captions",
     "session": "session",

@@ -89,7 +89,7 @@ class _Dialogue:
             if last is not None:
                 from picscope.pipeline.explain import print_explanation
 
-                print_explanation(last.explanation, out, k)
+                print_explanation(last.explanation, out, k, last.candidates)
             return WAIT
         if line == ":turns":
             out.print("\n".join([self.opening or "(no description yet)", *(f"- {t}" for t in self.turns)]))
@@ -122,11 +122,11 @@ def _show_turn(last: PipelineOutput, dialogue: _Dialogue, k: int, *, explain: bo
     if as_json:
         print(json.dumps({"turn": len(dialogue.turns), "request": dialogue.opening, "turns": dialogue.turns,
                           "stages": last.stages, "results": [r.to_dict() for r in last.results],
-                          "explanation": last.explanation}, default=str), flush=True)
+                          "explanation": last.to_dict()}, default=str), flush=True)
         return
     for r in last.results:
         out.print(f"{r.rank:>3}  {r.path}")
     if explain:
         from picscope.pipeline.explain import print_explanation
 
-        print_explanation(last.explanation, out, k)
+        print_explanation(last.explanation, out, k, last.candidates)

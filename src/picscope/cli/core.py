@@ -141,7 +141,7 @@ def print_results(results: list[SearchResult], paths: bool) -> None:
     out.print(table)
 
 
-def search_json(request: dict[str, Any], pipeline: str, output: Any, explain: bool) -> str:
+def search_json(request: dict[str, Any], pipeline: str, output: Any, explanation: dict[str, Any] | None) -> str:
     """The one JSON shape of `search --json`, whatever the request type; `--explain` only adds `explanation`."""
     data: dict[str, Any] = {
         "request": request,
@@ -152,8 +152,8 @@ def search_json(request: dict[str, Any], pipeline: str, output: Any, explain: bo
         "tokens": output.tokens,
         "seconds": round(output.seconds, 3),
     }
-    if explain:
-        data["explanation"] = output.explanation
+    if explanation is not None:
+        data["explanation"] = explanation
     return json.dumps(data, default=str)
 
 
@@ -257,13 +257,14 @@ def search(
     _check_search_options(ctx, args)
     name, result = _run_search(library, args, verbose=verbose or bool(ctx.find_root().params.get("verbose")))
     if as_json:
-        out.print_json(search_json(args.request(), name, result, explain))
+        explained = result.to_dict() if args.pipelined else result.explanation
+        out.print_json(search_json(args.request(), name, result, explained if explain else None))
         return
     print_results(result.results, paths)
     if explain and not paths:
         from picscope.pipeline.explain import print_explanation
 
-        print_explanation(result.explanation, out, k)
+        print_explanation(result.explanation, out, k, result.candidates)
 
 
 def _check_search_request(ctx: typer.Context, query: str | None, image: Path | None, composed: bool, *,
@@ -321,7 +322,7 @@ def _plain_search(lib: Library, args: SearchArgs) -> tuple[str, Any]:
         hits = lib.search(args.query, args.k, **filters)
         name, explanation = "encoder", {"pipeline": "encoder", "query_text": args.query}
     return name, SimpleNamespace(results=hits, stages=[], explanation=explanation, model_calls=0, tokens=0,
-                                 seconds=time.perf_counter() - t0)
+                                 seconds=time.perf_counter() - t0, candidates=[])
 
 
 def _pipelined_search(lib: Library, args: SearchArgs) -> tuple[str, Any]:

@@ -48,7 +48,7 @@ def _probe(name: str, role: str, spec: str, fn: Callable[[], str]) -> dict[str, 
 def run_doctor(config: PicscopeConfig, library_path: Path, llm: str | None = None,
                vision: str | None = None) -> list[dict[str, Any]]:
     from picscope.encoders import make_encoder
-    from picscope.models import make_chat_model, make_vision_model
+    from picscope.models import USES_LLM, VISIONS, make_chat_model, make_vision_model
     from picscope.store import make_store
 
     state: dict[str, Any] = {}
@@ -86,7 +86,8 @@ def run_doctor(config: PicscopeConfig, library_path: Path, llm: str | None = Non
         from PIL import Image
 
         chat_model = state.get("chat")
-        if chat_model is None and vision_spec.startswith("socratic") and ":" not in vision_spec:
+        entry, arg = VISIONS.split(vision_spec)
+        if chat_model is None and USES_LLM in entry.traits and not arg:
             chat_model = make_chat_model(llm_spec)  # the socratic model uses the configured llm
         model = make_vision_model(vision_spec, chat=chat_model, encoder=state.get("encoder"))
         if hasattr(model, "check"):
@@ -120,3 +121,29 @@ def doctor(
             out.print(f"{r['name']:8} {mark:8} {r['spec']}  {r['detail']}", highlight=False)
     if any(r["status"] != "ok" for r in rows):
         raise typer.Exit(1)
+
+
+@app.command()
+def specs(
+    as_json: Annotated[bool, typer.Option("--json", help="print {\"specs\": [...]} as JSON")] = False,
+) -> None:
+    """List every backend a spec string can name (stores, encoders, llm, vision, reasoners): how to write it, what
+    it needs and whether that is installed."""
+    from picscope.specs import all_registries
+
+    entries = [(reg.kind, e) for reg in all_registries() for e in reg.entries()]
+    if as_json:
+        rows = [{"kind": kind, "spec": e.usage, "installed": e.installed, "missing": e.missing(),
+                 "needs": list(e.needs), "summary": e.summary} for kind, e in entries]
+        out.print_json(json.dumps({"specs": rows}))
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("kind", "spec", "installed", "needs", "what it is"):
+        table.add_column(col, overflow="fold")
+    for kind, e in entries:
+        missing = e.missing()
+        have = f"no (missing {', '.join(missing)})" if missing else "yes"
+        table.add_row(kind, e.usage, have, ", ".join(e.needs) or "-", e.summary)
+    out.print(table)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from picscope.cli.app import LibraryOpt, app, err, out
-from picscope.errors import ConfigError, PicscopeError
+from picscope.errors import PicscopeError
+
+if TYPE_CHECKING:
+    from picscope.library import Library
 
 HELP = """commands:
   +3 +5 -7     mark results 3 and 5 relevant, 7 not relevant (numbers of the current page)
@@ -21,15 +24,12 @@ HELP = """commands:
   quit         leave (the session is saved; resume with --resume ID)"""
 
 
-def _models(chat: str | None, vision: str | None, library: Any) -> tuple[Any, Any]:
+def _models(chat: str | None, vision: str | None, library: Library) -> tuple[Any, Any]:
     if not chat and not vision:
         return None, None
-    from picscope import models  # the model-backends issue provides the factories
+    from picscope.models import make_chat_model as make_chat
+    from picscope.models import make_vision_model as make_vision
 
-    make_chat = getattr(models, "make_chat_model", None)
-    make_vision = getattr(models, "make_vision_model", None)
-    if make_chat is None or make_vision is None:
-        raise ConfigError("this build has no model backends (picscope.models); leave out --chat/--vision")
     llm = make_chat(chat) if chat else None
     vis = make_vision(vision, chat=llm, encoder=library.encoder) if vision else None
     return llm, vis

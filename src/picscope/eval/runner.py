@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,10 @@ from picscope.feedback.base import FeedbackState
 from picscope.feedback.rounds import unseen_page
 from picscope.library import Library
 from picscope.paths import cache_dir
+from picscope.vectors import compose
+
+if TYPE_CHECKING:
+    from picscope.pipeline.base import Pipeline
 
 KS = (1, 5, 10, 50)
 RANKED = 50  # results asked of a pipeline per query; the rest of the ranking is the encoder's
@@ -116,8 +120,7 @@ def _query_vector(
     if q.reference:
         ref_id = idx.id_of[q.reference]
         exclude = [ref_id]
-        vec = vec + lib.vectors([ref_id])[0]  # encoder baseline for composed queries: sum of embeddings
-        vec = (vec / np.linalg.norm(vec)).astype(np.float32)
+        vec = compose(vec, lib.vectors([ref_id])[0])  # the encoder baseline for composed queries
     return vec, exclude
 
 
@@ -156,40 +159,8 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
                 stopped_early = True
                 break
             t0 = time.perf_counter()
-            relevant = set(q.relevant)
-            vec, exclude = _query_vector(lib, idx, tv, q)
-            ranking = _ranking(lib, idx, vec, exclude)
-            calls, tokens = 0, 0
-            stage_info: dict[str, Any] = {}
-            if pipe is not None:
-                ranking, calls, tokens, stage_info = _pipeline_ranking(pipe, idx, q, ranking, len(q.turns or ()))
-            row: dict[str, Any] = {
-                "id": q.id,
-                "text": q.text,
-                "relevant": len(relevant),
-                **_metrics_for(ranking, relevant),
-            }
-            row["top10"] = ranking[:10]
-            per_stage = stage_info.pop("stage_rankings", None)
-            if per_stage:
-                row["per_stage"] = {s: {f"recall@{k}": M.recall_at_k(r, relevant, k) for k in (1, 5, 10)}
-                                    for s, r in per_stage.items()}
-            row.update(stage_info)
-            if q.turns:
-                rankings = []
-                for r in range(len(q.turns) + 1):
-                    base = _ranking(lib, idx, *_query_vector(lib, idx, tv, q, r))
-                    if pipe is not None:
-                        base, c, t, _ = _pipeline_ranking(pipe, idx, q, base, r)
-                        calls, tokens = calls + c, tokens + t
-                    rankings.append(base)
-                row["dialog_hits@10"] = M.cumulative_hits(rankings, relevant, 10)
-            if cfg.feedback:
-                row["rounds"], fb_calls, row["fallback_rounds"] = _interactive(lib, idx, q, vec, exclude, cfg)
-                calls += fb_calls
+            row = _query_row(lib, idx, tv, q, pipe, cfg)
             row["seconds"] = time.perf_counter() - t0 + embed_seconds
-            row["model_calls"] = calls
-            row["tokens"] = tokens
             per_query.append(row)
             if progress:
                 progress(n, len(queries))
@@ -200,14 +171,48 @@ def run(dataset_dir: str | Path, cfg: RunConfig, progress: Callable[[int, int], 
         lib.close()
 
 
-def _make_pipeline(lib: Library, cfg: RunConfig) -> Any:
+def _query_row(lib: Library, idx: _Index, tv: _TextVectors, q: Query, pipe: Pipeline | None,
+               cfg: RunConfig) -> dict[str, Any]:
+    """Every metric of one query: the first ranking, each stage's, each dialogue round's, each feedback round's."""
+    relevant = set(q.relevant)
+    vec, exclude = _query_vector(lib, idx, tv, q)
+    ranking = _ranking(lib, idx, vec, exclude)
+    calls, tokens = 0, 0
+    stage_info: dict[str, Any] = {}
+    if pipe is not None:
+        ranking, calls, tokens, stage_info = _pipeline_ranking(pipe, idx, q, ranking, len(q.turns or ()))
+    row: dict[str, Any] = {"id": q.id, "text": q.text, "relevant": len(relevant), **_metrics_for(ranking, relevant)}
+    row["top10"] = ranking[:10]
+    per_stage = stage_info.pop("stage_rankings", None)
+    if per_stage:
+        row["per_stage"] = {str(s): {f"recall@{k}": M.recall_at_k(r, relevant, k) for k in (1, 5, 10)}
+                            for s, r in per_stage.items()}
+    row.update(stage_info)
+    if q.turns:
+        rankings = []
+        for r in range(len(q.turns) + 1):
+            base = _ranking(lib, idx, *_query_vector(lib, idx, tv, q, r))
+            if pipe is not None:
+                base, c, t, _ = _pipeline_ranking(pipe, idx, q, base, r)
+                calls, tokens = calls + c, tokens + t
+            rankings.append(base)
+        row["dialog_hits@10"] = M.cumulative_hits(rankings, relevant, 10)
+    if cfg.feedback:
+        row["rounds"], fb_calls, row["fallback_rounds"] = _interactive(lib, idx, q, vec, exclude, cfg)
+        calls += fb_calls
+    row["model_calls"] = calls
+    row["tokens"] = tokens
+    return row
+
+
+def _make_pipeline(lib: Library, cfg: RunConfig) -> Pipeline:
     from picscope.pipeline import make_pipeline
 
     return make_pipeline(lib, "imagescope", stages=cfg.stages, llm=cfg.llm, vision=cfg.vision,
                          config=cfg.pipeline_config)
 
 
-def _pipeline_ranking(pipe: Any, idx: _Index, q: Query, encoder_ranking: list[str], turns_upto: int
+def _pipeline_ranking(pipe: Pipeline, idx: _Index, q: Query, encoder_ranking: list[str], turns_upto: int
                       ) -> tuple[list[str], int, int, dict[str, Any]]:
     """The pipeline's top results, then the rest of the gallery in encoder order (for full-ranking metrics)."""
     from picscope.pipeline import Request
@@ -220,27 +225,9 @@ def _pipeline_ranking(pipe: Any, idx: _Index, q: Query, encoder_ranking: list[st
     info: dict[str, Any] = {"stages_run": out.stages, "skipped": out.explanation.get("skipped", {}),
                             "intent_source": out.explanation.get("intent", {}).get("source")}
     if turns_upto == len(q.turns or ()):
-        info["stage_rankings"] = {str(s): r + rest for s, r in _stage_orders(out.explanation, idx).items()}
+        info["stage_rankings"] = {stage: [idx.key_of[i] for i in ids if i in idx.key_of] + rest
+                                  for stage, ids in out.stage_orders.items()}
     return head + rest, out.model_calls, out.tokens, info
-
-
-def _stage_orders(explanation: dict[str, Any], idx: _Index) -> dict[int, list[str]]:
-    """The order of the pipeline's candidates after each stage that ran, from the per-candidate ranks."""
-    cands = explanation.get("candidates", [])
-    orders: dict[int, list[str]] = {}
-    for stage in explanation.get("stages", []):
-        key = f"stage{stage}"
-
-        def pos(c: dict[str, Any], key: str = key) -> tuple[int, int]:
-            r = c.get("ranks", {})
-            if key in r:
-                return (0, int(r[key]))
-            # not re-ranked by this stage: after its window, in the previous stage's order
-            prev = [int(r[k]) for k in ("stage2", "stage1") if k in r and k < key]
-            return (1, prev[0] if prev else int(r.get("final", 10**6)))
-
-        orders[stage] = [idx.key_of[c["id"]] for c in sorted(cands, key=pos) if c["id"] in idx.key_of]
-    return orders
 
 
 def user_seed(seed: int, query_id: str) -> int:

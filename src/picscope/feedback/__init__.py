@@ -15,34 +15,33 @@ as `vision=` / `llm=`, or leave them out to build the offline defaults through `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from picscope.errors import ConfigError
 from picscope.feedback.base import FeedbackState, FeedbackStrategy
 from picscope.feedback.rocchio import NoFeedback, Rocchio
 from picscope.feedback.text import CaptionExpansion, Combined, LLMRewrite
 
+if TYPE_CHECKING:
+    from picscope.library import Library
+
 __all__ = ["NAMES", "FeedbackState", "FeedbackStrategy", "default_models", "make_strategy"]
 
 NAMES = ("none", "rocchio", "rocchio-classic", "caption", "rewrite", "combined")
 
 
-def default_models(library: Any, *, need_llm: bool = True) -> tuple[Any, Any]:
+def default_models(library: Library, *, need_llm: bool = True) -> tuple[Any, Any]:
     """(chat model, vision model) from the offline defaults of `picscope.models`, or a clear ConfigError."""
     try:
-        from picscope import models
+        from picscope.models import DEFAULT_CHAT_SPEC, DEFAULT_VISION_SPEC, make_chat_model, make_vision_model
     except ImportError as exc:
         raise ConfigError(f"the model backends are not available in this build ({exc}); pass llm= and vision=") from exc
-    make_chat = getattr(models, "make_chat_model", None)
-    make_vision = getattr(models, "make_vision_model", None)
-    if make_chat is None or make_vision is None:
-        raise ConfigError("picscope.models has no make_chat_model/make_vision_model yet; pass llm= and vision=")
-    chat = make_chat(getattr(models, "DEFAULT_CHAT_SPEC", "bundled"))
-    vision = make_vision(getattr(models, "DEFAULT_VISION_SPEC", "socratic"), chat=chat, encoder=library.encoder)
+    chat = make_chat_model(DEFAULT_CHAT_SPEC)
+    vision = make_vision_model(DEFAULT_VISION_SPEC, chat=chat, encoder=library.encoder)
     return chat, vision
 
 
-def make_strategy(name: str, library: Any, *, llm: Any = None, vision: Any = None, **kw: Any) -> FeedbackStrategy:
+def make_strategy(name: str, library: Library, *, llm: Any = None, vision: Any = None, **kw: Any) -> FeedbackStrategy:
     if name == "none":
         return NoFeedback()
     if name == "rocchio":

@@ -7,6 +7,7 @@ A `FeedbackStrategy` turns the marks of one round into a new query state. Strate
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -36,3 +37,21 @@ class FeedbackStrategy(Protocol):
     def update(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
         """Return the next state (never mutate `state`); must not raise on model failures (fall back)."""
         ...
+
+
+class HasVectorParts(Protocol):
+    @property
+    def vector_parts(self) -> dict[str, tuple[int, int]] | None: ...
+
+
+@runtime_checkable
+class VectorSource(Protocol):
+    """What embedding feedback (Rocchio) reads: stored vectors by id, text embeddings, and the encoder's named
+    vector parts. A `Library` is one; so is a small in-memory test double."""
+
+    @property
+    def encoder(self) -> HasVectorParts: ...
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...

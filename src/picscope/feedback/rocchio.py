@@ -22,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from picscope.feedback.base import FeedbackState
+from picscope.feedback.base import FeedbackState, VectorSource
+from picscope.vectors import unit
 
 
 class NoFeedback:
@@ -78,8 +78,8 @@ def coherence(vectors: np.ndarray) -> float | None:
     n = len(vectors)
     if n < 2:
         return None
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    sims = unit @ unit.T
+    rows = unit(vectors)
+    sims = rows @ rows.T
     return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
 
 
@@ -101,7 +101,7 @@ class Rocchio:
 
     def __init__(
         self,
-        library: Any,
+        library: VectorSource,
         alpha: float | None = None,
         beta: float | None = None,
         gamma: float | None = None,
@@ -124,7 +124,7 @@ class Rocchio:
     def _weights(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(classic, diverse) weight columns for vectors of `dim` columns (cached)."""
         if self._columns is None or self._columns[0] != dim:
-            parts = getattr(getattr(self.library, "encoder", None), "vector_parts", None)
+            parts = self.library.encoder.vector_parts
             if parts and max(stop for _, stop in parts.values()) > dim:
                 parts = None  # stored vectors of another layout: weight them as one space
             self._columns = (dim, weight_columns(dim, None, {"*": self.classic}),
@@ -155,7 +155,7 @@ class Rocchio:
             q = q + w[1] * pos.mean(axis=0)
         if negatives:
             q = q - w[2] * self.library.vectors(negatives).mean(axis=0)
-        q = (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
+        q = unit(q)
         note = f"{self.name}: {len(positives)} relevant, {len(negatives)} not relevant so far{how}"
         return dataclasses.replace(
             state,

@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from picscope.feedback.base import FeedbackState
 from picscope.feedback.negatives import negative_propositions
 from picscope.feedback.rocchio import Rocchio
+from picscope.vectors import unit
+
+if TYPE_CHECKING:
+    from picscope.library import Library
 
 MAX_NEGATIVE_CAPTIONS = 3  # captions of not-relevant images feed only the negative propositions: the latest few
 DEFAULT_MAX_WORDS = 40  # MiniLM/CLIP-class text towers read ~60-77 tokens; 40 words stays inside
-
-
-def _prompt(name: str) -> str:
-    return resources.files("picscope.feedback").joinpath("prompts", name).read_text(encoding="utf-8")
 
 
 def words(text: str) -> list[str]:
@@ -42,10 +40,6 @@ def cap_words(text: str, max_words: int) -> str:
     return " ".join(parts[:max_words])
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
-
-
 class Captioner:
     """Captions library images through a `VisionModel` on the one captioning path, `CaptionStore.ensure` (safe
     decode, stored per image, model and style, so no image is captioned twice), and keeps them in
@@ -53,7 +47,7 @@ class Captioner:
 
     STYLE = "short"
 
-    def __init__(self, library: Any, vision: Any) -> None:
+    def __init__(self, library: Library, vision: Any) -> None:
         self.library, self.vision = library, vision
         self._store: Any = None
 
@@ -81,7 +75,7 @@ class Captioner:
 class CaptionExpansion:
     name = "caption"
 
-    def __init__(self, library: Any, vision: Any, max_words: int = DEFAULT_MAX_WORDS) -> None:
+    def __init__(self, library: Library, vision: Any, max_words: int = DEFAULT_MAX_WORDS) -> None:
         self.library = library
         self.captioner = Captioner(library, vision)
         self.max_words = max_words
@@ -95,7 +89,7 @@ class CaptionExpansion:
         text = state.original_query
         if pos_caps:
             text = cap_words(". ".join([state.original_query, *pos_caps]), self.max_words)
-        vec = _unit(self.library.embed_texts([text])[0]) if text != state.original_query else state.query_vector
+        vec = unit(self.library.embed_texts([text])[0]) if text != state.original_query else state.query_vector
         props = negative_propositions(state.original_query, pos_caps, neg_caps)
         note = (
             f"caption: appended {len(pos_caps)} caption(s) of relevant images (capped at {self.max_words} words)"
@@ -147,11 +141,10 @@ class LLMRewrite:
 
     def __init__(
         self,
-        library: Any,
+        library: Library,
         llm: Any,
         vision: Any,
         max_words: int = DEFAULT_MAX_WORDS,
-        retries: int = 1,
         timeout: float | None = None,  # None: the backend's own call deadline
         fallback: Rocchio | None = None,
     ) -> None:
@@ -159,42 +152,33 @@ class LLMRewrite:
         self.llm = llm
         self.captioner = Captioner(library, vision)
         self.max_words = max_words
-        self.retries = retries
         self.timeout = timeout
         self.fallback = fallback or Rocchio(library)
 
     def _ask(self, query: str, pos_caps: list[str], neg_caps: list[str]) -> tuple[RewriteAnswer, int]:
+        """One chat call (the chat model retries, repairs unparsable JSON and falls back itself: the one retry
+        layer); RewriteFailed when its answer is still unusable."""
         from picscope.models.base import Message
+        from picscope.models.prompts import load_prompt
 
-        system = _prompt("rewrite_system.txt").replace("{max_words}", str(self.max_words))
-        user = (
-            _prompt("rewrite_user.txt")
-            .replace("{query}", query)
-            .replace("{positives}", "\n".join(f"- {c}" for c in pos_caps) or "- (none)")
-            .replace("{negatives}", "\n".join(f"- {c}" for c in neg_caps) or "- (none)")
-        )
-        messages = [Message("system", system), Message("user", user)]
-        calls = 0
-        last = "no answer"
-        for _ in range(self.retries + 1):
-            calls += 1
-            try:
-                res = self.llm.chat(
-                    messages, schema=RewriteAnswer, temperature=0.0, max_tokens=200, timeout=self.timeout
-                )
-            except Exception as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            parsed = res.parsed
-            try:
-                if isinstance(parsed, RewriteAnswer):
-                    return parsed, calls
-                if isinstance(parsed, dict):
-                    return RewriteAnswer.model_validate(parsed), calls
-                return RewriteAnswer.model_validate_json(_json_part(res.text)), calls
-            except (ValidationError, ValueError) as exc:
-                last = f"unparsable answer ({str(exc).splitlines()[0]})"
-        raise RewriteFailed(f"{last} after {calls} call(s)")
+        system, user = load_prompt("rewrite").render(
+            max_words=self.max_words, query=query,
+            positives="\n".join(f"- {c}" for c in pos_caps) or "- (none)",
+            negatives="\n".join(f"- {c}" for c in neg_caps) or "- (none)")
+        try:
+            res = self.llm.chat([Message("system", system), Message("user", user)], schema=RewriteAnswer,
+                                temperature=0.0, max_tokens=200, timeout=self.timeout)
+        except Exception as exc:
+            raise RewriteFailed(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            if isinstance(res.parsed, RewriteAnswer):
+                return res.parsed, 1
+            if isinstance(res.parsed, dict):
+                return RewriteAnswer.model_validate(res.parsed), 1
+            return RewriteAnswer.model_validate_json(_json_part(res.text)), 1
+        except (ValidationError, ValueError) as exc:
+            why = f"; {res.fallback}" if res.fallback else ""
+            raise RewriteFailed(f"unparsable answer ({str(exc).splitlines()[0]}{why})") from exc
 
     def rewrite(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
         positives = [*state.positives, *[i for i in new_positives if i not in state.positives]]
@@ -234,7 +218,7 @@ class LLMRewrite:
         return dataclasses.replace(
             base,
             query_text=text,
-            query_vector=_unit(self.library.embed_texts([text])[0]),
+            query_vector=unit(self.library.embed_texts([text])[0]),
             positives=positives,
             negatives=negatives,
             negative_propositions=props,
@@ -262,7 +246,7 @@ class Combined:
 
     name = "combined"
 
-    def __init__(self, library: Any, llm: Any, vision: Any, **kw: Any) -> None:
+    def __init__(self, library: Library, llm: Any, vision: Any, **kw: Any) -> None:
         self.library = library
         self.rocchio = Rocchio(library, **{k: kw.pop(k) for k in ("alpha", "beta", "gamma") if k in kw})
         self.rewriter = LLMRewrite(library, llm, vision, fallback=self.rocchio, **kw)
@@ -273,11 +257,11 @@ class Combined:
             return nxt  # already embedding feedback
         anchor = state.anchor_vector
         if anchor is None:
-            anchor = _unit(self.library.embed_texts([state.original_query])[0])
+            anchor = unit(self.library.embed_texts([state.original_query])[0])
         text_vec = nxt.query_vector if nxt.query_text != state.original_query else anchor
         mixed = dataclasses.replace(
             nxt,
-            anchor_vector=_unit(0.5 * anchor + 0.5 * text_vec),
+            anchor_vector=unit(0.5 * anchor + 0.5 * text_vec),
             positives=state.positives,
             negatives=state.negatives,
             round=state.round,

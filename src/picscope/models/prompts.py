@@ -25,7 +25,10 @@ class Prompt:
         return f"{self.name}.v{self.version}"
 
     def render(self, **values: Any) -> tuple[str, str]:
-        return self.system.strip(), Template(self.user).substitute(**{k: str(v) for k, v in values.items()}).strip()
+        """(system, user) with the `$name` placeholders filled: all of the user part's (a missing value is a
+        KeyError), and those of the system part that are given (most system prompts have none)."""
+        text = {k: str(v) for k, v in values.items()}
+        return Template(self.system).safe_substitute(text).strip(), Template(self.user).substitute(text).strip()
 
 
 @cache

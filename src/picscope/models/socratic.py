@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from picscope.models import events
-from picscope.models.base import ChatModel, Message, Verdict
+from picscope.models.base import ChatModel, Message, Verdict, VisionBase
 from picscope.models.cache import ResponseCache, image_hash, make_key
 from picscope.models.prompts import load_prompt
 
@@ -152,7 +152,9 @@ class Evidence:
         return s
 
 
-class SocraticVision:
+class SocraticVision(VisionBase):
+    answers_from_encoder = True  # verify = the encoder's similarities of statement vs. negation (no LLM by default)
+
     def __init__(self, chat: ChatModel, encoder: Any = None, *, ocr: bool = True, llm_weight: float = 0.3,
                  vocabulary: Path = VOCAB_FILE, cache: ResponseCache | None = None, tau: float = 0.03,
                  verify_llm_weight: float = 0.0) -> None:
@@ -274,12 +276,15 @@ class SocraticVision:
     def encoder_name(self) -> str:
         return str(getattr(self.encoder, "name", ""))
 
-    def verify_from_vector(self, vector: np.ndarray, questions: Sequence[str]) -> list[float] | None:
-        """`verify` for an image already embedded by the same encoder (a library image): no decode, no
-        image forward pass. None when verification would also ask the LLM (then call `verify`)."""
-        if self.verify_llm_weight > 0:
+    def verify_vectors(self, vectors: np.ndarray, questions: Sequence[str], encoder_name: str
+                       ) -> list[list[float]] | None:
+        """`verify` for images already embedded by this model's own encoder (library images): no decode, no
+        image forward pass. None for another encoder's vectors, or when verification would also ask the LLM
+        (then call `verify`)."""
+        if self.verify_llm_weight > 0 or encoder_name != self.encoder_name:
             return None
-        return self.encoder_p_vector(vector, [str(q) for q in questions])
+        qs = [str(q) for q in questions]
+        return [self.encoder_p_vector(v, qs) for v in np.asarray(vectors, np.float32)]
 
     # -- VisionModel ---------------------------------------------------------------------------------
     def caption(self, image: Image.Image, style: str = "short") -> str:

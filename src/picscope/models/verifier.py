@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,7 +63,8 @@ class Verifier:
     def __init__(self, weights: dict[str, np.ndarray], meta: dict[str, object], name: str) -> None:
         self.w = {k: np.asarray(v, np.float32) for k, v in weights.items()}
         self.lam = float(meta["lam"])  # type: ignore[arg-type]
-        self.calibration = tuple(float(x) for x in meta.get("calibration", (1.0, 0.0)))  # type: ignore[union-attr]
+        cal: Any = meta.get("calibration", (1.0, 0.0))
+        self.calibration = (float(cal[0]), float(cal[1]))
         self.meta = meta
         self.name = name
 

@@ -19,6 +19,7 @@ from picscope.library import Library
 from picscope.pipeline.base import Pipeline, PipelineOutput, Request, run_deduped
 from picscope.pipeline.encoder import EncoderPipeline
 from picscope.pipeline.imagescope import ImageScopePipeline
+from picscope.pipeline.reasoner import AUTO_RULES_NOTE, choose_reasoner, resolve_reasoner
 
 __all__ = [
     "AUTO_RULES_NOTE",
@@ -52,18 +53,6 @@ def parse_stages(text: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(set(nums)))
 
 
-AUTO_RULES_NOTE = ("reasoner auto: the rules reasoner, because the bundled LLM's descriptions measured below the "
-                   "rules on Flickr8k dev (set [pipeline] reasoner = \"llm\" to use it anyway)")
-
-
-def resolve_reasoner(reasoner: str, chat_spec: str | None) -> str:
-    """`auto` (default): the LLM when it is one the user configured (an `openai:` endpoint or a `gguf:` file),
-    the rules when it is a bundled tiny model, whose descriptions cost recall (see docs/pipeline.md)."""
-    if reasoner != "auto":
-        return reasoner
-    return "rules" if not chat_spec or chat_spec.startswith("bundled") else "llm"
-
-
 def make_pipeline(library: Library, spec: str = "imagescope", *, stages: tuple[int, ...] | None = None,
                   llm: Any = None, vision: Any = None, config: PipelineConfig | None = None) -> Pipeline:
     """Build a pipeline. `llm` / `vision` are model objects or spec strings (default: the library's config);
@@ -79,9 +68,8 @@ def make_pipeline(library: Library, spec: str = "imagescope", *, stages: tuple[i
     from picscope.models import backend_options, make_chat_model, make_vision_model
     from picscope.pipeline.meter import MeteredChat
 
-    llm_spec = llm if isinstance(llm, str) else getattr(llm, "spec", None) if llm is not None else library.config.llm
-    auto_rules = cfg.reasoner == "auto" and resolve_reasoner("auto", llm_spec) == "rules"
-    cfg.reasoner = resolve_reasoner(cfg.reasoner, llm_spec)
+    llm_spec = llm if isinstance(llm, str) else llm.spec if llm is not None else library.config.llm
+    cfg.reasoner, note = choose_reasoner(cfg.reasoner, llm_spec)  # before any model is built: rules need no LLM
     chat = None
     if cfg.reasoner == "llm" or vision is None or isinstance(vision, str):
         chat_spec = llm or library.config.llm
@@ -94,6 +82,6 @@ def make_pipeline(library: Library, spec: str = "imagescope", *, stages: tuple[i
                                    **backend_options(vision_spec, library.config.models))
     pipe = ImageScopePipeline(library, cfg, chat=chat if cfg.reasoner == "llm" else None, vision=vision,
                               meter=chat)
-    if auto_rules:
-        pipe.standing_notes.append(AUTO_RULES_NOTE)
+    if note:
+        pipe.standing_notes.append(note)
     return pipe

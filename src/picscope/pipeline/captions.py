@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -27,6 +27,9 @@ from picscope.imageio import load_image
 from picscope.layout import LibraryLayout
 from picscope.store.catalog import connect_readonly
 from picscope.store.sqlite import Migration, chunks, marks, migrate, run_script, too_new, user_version
+
+if TYPE_CHECKING:
+    from picscope.library import Library
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS captions (
@@ -47,7 +50,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 VIEW_SIZE = 448  # pixels on the long side handed to vision models
 
 
-def load_view(library: Any, file_id: int, size: int = VIEW_SIZE) -> Image.Image:
+def load_view(library: Library, file_id: int, size: int = VIEW_SIZE) -> Image.Image:
     """A library image, decoded safely and shrunk for a vision model."""
     rec = library.get(int(file_id))
     if rec is None or rec.status != "ok":
@@ -73,7 +76,7 @@ class CaptionStore:
             migrate(con, MIGRATIONS, "caption store", self.path)
 
     @classmethod
-    def for_library(cls, library: Any) -> CaptionStore:
+    def for_library(cls, library: Library) -> CaptionStore:
         return cls(LibraryLayout(library.path).captions)
 
     @classmethod
@@ -132,7 +135,7 @@ class CaptionStore:
         row = self._con().execute("SELECT COUNT(*) FROM captions WHERE model=? AND style=?", (model, style)).fetchone()
         return int(row[0])
 
-    def ensure(self, library: Any, vision: Any, ids: list[int], style: str, limit: int,
+    def ensure(self, library: Library, vision: Any, ids: list[int], style: str, limit: int,
                progress: Callable[[int, int], None] | None = None) -> tuple[dict[int, str], int, list[str]]:
         """Stored captions for `ids`, making at most `limit` missing ones. Returns (captions, calls, errors)."""
         model = str(getattr(vision, "spec", type(vision).__name__))

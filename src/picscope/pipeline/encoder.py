@@ -12,8 +12,9 @@ import numpy as np
 
 from picscope.arithmetic import parse_term
 from picscope.library import Library
-from picscope.pipeline.base import PipelineOutput, Request
+from picscope.pipeline.base import Candidate, PipelineOutput, Request
 from picscope.pipeline.reference import resolve_reference
+from picscope.vectors import compose
 
 
 class EncoderPipeline:
@@ -35,8 +36,7 @@ class EncoderPipeline:
         ref_info = None
         if request.reference is not None:
             ref = resolve_reference(self.library, request.reference)
-            vec = vec + np.asarray(ref.vector, np.float32)
-            vec = (vec / max(float(np.linalg.norm(vec)), 1e-9)).astype(np.float32)
+            vec = compose(vec, ref.vector)
             if ref.id is not None:
                 exclude.append(ref.id)
             ref_info = ref.describe()
@@ -46,7 +46,6 @@ class EncoderPipeline:
                  "subtract": [parse_term(t).describe() for t in request.subtract]}
         explanation = {"request": {"text": request.text, "turns": list(request.turns), "reference": ref_info,
                                    **({"terms": terms} if request.add or request.subtract else {})},
-                       "query_text": text, "stages": [], "pipeline": "encoder",
-                       "candidates": [{"id": r.id, "path": r.path, "ranks": {"final": r.rank},
-                                       "stage1": {"score": round(r.score, 4)}} for r in results]}
-        return PipelineOutput(results, [], explanation, 0, 0, time.perf_counter() - t0)
+                       "query_text": text, "stages": [], "pipeline": "encoder"}
+        candidates = [Candidate(r.id, r.path, r.score, s1=r.score, ranks={"final": r.rank}) for r in results]
+        return PipelineOutput(results, [], explanation, 0, 0, time.perf_counter() - t0, candidates=candidates)

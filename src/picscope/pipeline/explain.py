@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+if TYPE_CHECKING:
+    from picscope.pipeline.base import Candidate
 
-def render(explanation: dict[str, Any], k: int = 10) -> Group:
+
+def render(explanation: dict[str, Any], candidates: Sequence[Candidate] = (), k: int = 10) -> Group:
+    """`explanation`: a `PipelineOutput`'s (or the plain search's) account; `candidates`: its typed candidates."""
     parts: list[Any] = []
     req = explanation.get("request", {})
     if req.get("reference_caption"):
@@ -34,13 +39,12 @@ def render(explanation: dict[str, Any], k: int = 10) -> Group:
     table = Table(show_edge=False, pad_edge=False, title="candidates", title_justify="left")
     for col in ("rank", "s1", "s2", "s3", "file", "answers (P yes)", "judge"):
         table.add_column(col, overflow="fold")
-    for c in explanation.get("candidates", [])[:k]:
-        r = c.get("ranks", {})
-        st2, st3 = c.get("stage2"), c.get("stage3")
-        answers = " ".join(f"Q{i + 1}:{p:.2f}" for i, p in enumerate(st2["p_yes"])) if st2 else ""
-        judge = f"{st3['judge']:.2f} {st3.get('reason') or ''}" if st3 else ""
+    for c in candidates[:k]:
+        r = c.ranks
+        answers = " ".join(f"Q{i + 1}:{p:.2f}" for i, p in enumerate(c.answers))
+        judge = f"{c.judge:.2f} {c.reason or ''}" if c.judge is not None else ""
         table.add_row(str(r.get("final", "")), str(r.get("stage1", "")), str(r.get("stage2", "")),
-                      str(r.get("stage3", "")), os.path.basename(c.get("path", "")), answers, judge)
+                      str(r.get("stage3", "")), os.path.basename(c.path), answers, judge)
     parts.append(table)
     skipped = explanation.get("skipped") or {}
     line = f"stages run: {explanation.get('stages') or 'encoder only'}"
@@ -55,5 +59,6 @@ def render(explanation: dict[str, Any], k: int = 10) -> Group:
     return Group(*parts)
 
 
-def print_explanation(explanation: dict[str, Any], console: Console, k: int = 10) -> None:
-    console.print(render(explanation, k))
+def print_explanation(explanation: dict[str, Any], console: Console, k: int = 10,
+                      candidates: Sequence[Candidate] = ()) -> None:
+    console.print(render(explanation, candidates, k))

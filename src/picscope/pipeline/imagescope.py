@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from picscope.errors import ConfigError
 from picscope.library import Library, SearchResult
 from picscope.models.base import ChatModel, VisionModel
 from picscope.models.deadline import call_scope
-from picscope.pipeline.base import PipelineOutput, Request
+from picscope.pipeline.base import Candidate, PipelineOutput, Request, stage_orders
 from picscope.pipeline.captions import CaptionStore, load_view
 from picscope.pipeline.fusion import expected_log_odds, zscore
 from picscope.pipeline.intent import (
@@ -39,28 +38,12 @@ from picscope.pipeline.intent import (
     rules_propositions,
 )
 from picscope.pipeline.meter import MeteredChat
+from picscope.pipeline.reasoner import choose_reasoner
 from picscope.pipeline.reference import Reference, resolve_reference
 
 VIEW_CACHE = 64
-AUTO_VERIFY_WEIGHT_SOCRATIC = 0.0  # bundled-v2, held-out dev captions: 0 → R@1 27.1, 0.3 → 26.3, 1.0 → 23.8
+AUTO_VERIFY_WEIGHT_FROM_ENCODER = 0.0  # bundled-v2, held-out dev captions: 0 → R@1 27.1, 0.3 → 26.3, 1.0 → 23.8
 AUTO_VERIFY_WEIGHT = 0.3
-
-
-@dataclass
-class _Cand:
-    id: int
-    path: str
-    image_sim: float
-    caption_sim: float | None = None
-    caption: str | None = None
-    s1: float = 0.0
-    s2: float | None = None
-    s3: float | None = None
-    answers: list[float] = field(default_factory=list)
-    log_odds: float | None = None
-    judge: float | None = None
-    reason: str | None = None
-    ranks: dict[str, int] = field(default_factory=dict)
 
 
 class _Budget:
@@ -91,13 +74,11 @@ class ImageScopePipeline:
         self.config = config or library.config.pipeline
         self.chat = MeteredChat(chat) if chat is not None and not isinstance(chat, MeteredChat) else chat
         self.standing_notes: list[str] = []  # said with every result (e.g. how `auto` chose the reasoner)
-        if self.config.reasoner == "auto":
-            from picscope.pipeline import AUTO_RULES_NOTE, resolve_reasoner
-
-            chosen = resolve_reasoner("auto", getattr(self.chat, "spec", None))
+        if self.config.reasoner == "auto":  # built directly (make_pipeline passes the reasoner resolved)
+            chosen, note = choose_reasoner("auto", self.chat.spec if self.chat is not None else None)
             self.config = self.config.model_copy(update={"reasoner": chosen})
-            if chosen == "rules" and self.chat is not None:
-                self.standing_notes.append(AUTO_RULES_NOTE)
+            if note and self.chat is not None:
+                self.standing_notes.append(note)
         self.vision = vision
         self.captions = CaptionStore.for_library(library)
         self._cap_vec: dict[str, np.ndarray] = {}
@@ -132,19 +113,13 @@ class ImageScopePipeline:
 
     def _run(self, request: Request, k: int = 10, *, exclude_ids: tuple[int, ...] = (),
              stages: tuple[int, ...] | None = None) -> PipelineOutput:
-        if not request.text or not request.text.strip():
-            raise ValueError("empty request")
-        if k <= 0:
-            raise ValueError("k must be positive")
-        if request.add or request.subtract:
-            raise ConfigError("query arithmetic (add/subtract) works with encoder search only; leave out the stages")
+        self._check(request, k)
         cfg = self.config
         wanted = sorted(set(stages if stages is not None else cfg.stages) | {1})
         budget = _Budget(cfg)
         meter = self.meter if self.meter is not None else self.chat
         tokens0 = meter.snapshot()[1] if isinstance(meter, MeteredChat) else 0
         notes: list[str] = list(self.standing_notes)
-        skipped: dict[str, str] = {}
 
         ref = resolve_reference(self.library, request.reference) if request.reference is not None else None
         ref_caption = self._reference_caption(ref, budget, notes) if ref is not None else None
@@ -155,9 +130,42 @@ class ImageScopePipeline:
         intent = self._intent(request, ref_caption, budget)
         anchor = self._anchor(request, intent)
         cands = self._stage1(intent, anchor, max(k, cfg.verify_k, cfg.alpha), exclude, budget, notes)
-        ran = [1]
-        order = list(range(len(cands)))
+        ran, skipped = self._later_stages(wanted, request, intent, ref, cands, budget, notes)
+        # stages reorder `cands` in place, each within its own window: their order is the final one
+        for r, c in enumerate(cands):
+            c.ranks["final"] = r + 1
+        results = [SearchResult(c.id, c.path, c.s1, r + 1) for r, c in enumerate(cands[:k])]
+        tokens = (meter.snapshot()[1] - tokens0) if isinstance(meter, MeteredChat) else 0
+        explanation = {
+            "request": {"text": request.text, "turns": list(request.turns),
+                        "reference": ref.describe() if ref is not None else None,
+                        "reference_caption": ref_caption},
+            "intent": {"source": intent.source, "descriptions": intent.descriptions,
+                       "operations": [vars(o) for o in intent.operations],
+                       "anchor": anchor, "anchor_weight": cfg.anchor_weight if anchor else 0.0},
+            "propositions": {"source": intent.propositions_source,
+                             "items": [vars(p) for p in intent.propositions]} if 2 in ran else None,
+            "stages": ran, "skipped": skipped, "notes": notes, "config": self._explained_config(),
+            "cost": {"model_calls": budget.calls, "tokens": tokens, "seconds": round(budget.elapsed(), 3)},
+        }
+        shown = cands[: max(k, cfg.alpha)]
+        return PipelineOutput(results=results, stages=ran, explanation=explanation, model_calls=budget.calls,
+                              tokens=tokens, seconds=budget.elapsed(), candidates=shown,
+                              stage_orders=stage_orders(shown, ran))
 
+    @staticmethod
+    def _check(request: Request, k: int) -> None:
+        if not request.text or not request.text.strip():
+            raise ValueError("empty request")
+        if k <= 0:
+            raise ValueError("k must be positive")
+        if request.add or request.subtract:
+            raise ConfigError("query arithmetic (add/subtract) works with encoder search only; leave out the stages")
+
+    def _later_stages(self, wanted: list[int], request: Request, intent: Intent, ref: Reference | None,
+                      cands: list[Candidate], budget: _Budget, notes: list[str]) -> tuple[list[int], dict[str, str]]:
+        """Stages 2 and 3 where wanted: (the stages that ran, why each other wanted one did not)."""
+        ran, skipped = [1], {}
         if 2 in wanted:
             why = self._stage2(request, intent, ref, cands, budget, notes)
             if why is None:
@@ -170,37 +178,22 @@ class ImageScopePipeline:
                 ran.append(3)
             else:
                 skipped["3"] = why
-        order = self._final_order(cands)
-        results = [SearchResult(cands[i].id, cands[i].path, cands[i].s1, r + 1) for r, i in enumerate(order[:k])]
-        for r, i in enumerate(order):
-            cands[i].ranks["final"] = r + 1
-        tokens = (meter.snapshot()[1] - tokens0) if isinstance(meter, MeteredChat) else 0
-        explanation = {
-            "request": {"text": request.text, "turns": list(request.turns),
-                        "reference": ref.describe() if ref is not None else None,
-                        "reference_caption": ref_caption},
-            "intent": {"source": intent.source, "descriptions": intent.descriptions,
-                       "operations": [vars(o) for o in intent.operations],
-                       "anchor": anchor, "anchor_weight": cfg.anchor_weight if anchor else 0.0},
-            "propositions": {"source": intent.propositions_source,
-                             "items": [vars(p) for p in intent.propositions]} if 2 in ran else None,
-            "candidates": [self._explain(cands[i]) for i in order[: max(k, cfg.alpha)]],
-            "stages": ran, "skipped": skipped, "notes": notes,
-            "config": {"verify_k": cfg.verify_k, "alpha": cfg.alpha, "caption_weight": cfg.caption_weight,
-                       "verify_weight": self.verify_weight(cfg), "judge_weight": cfg.judge_weight,
-                       "reasoner": cfg.reasoner if self.chat is not None else "rules"},
-            "cost": {"model_calls": budget.calls, "tokens": tokens, "seconds": round(budget.elapsed(), 3)},
-        }
-        return PipelineOutput(results=results, stages=ran, explanation=explanation, model_calls=budget.calls,
-                              tokens=tokens, seconds=budget.elapsed())
+        return ran, skipped
+
+    def _explained_config(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"verify_k": cfg.verify_k, "alpha": cfg.alpha, "caption_weight": cfg.caption_weight,
+                "verify_weight": self.verify_weight(cfg), "judge_weight": cfg.judge_weight,
+                "reasoner": cfg.reasoner if self.chat is not None else "rules"}
 
     def verify_weight(self, cfg: PipelineConfig) -> float:
-        """The stage-2 fusion weight: the configured one, else 0 for the offline socratic vision (its answers are the
-        retrieval encoder's own similarities, so they add no evidence: measured in README) and 0.3 otherwise."""
+        """The stage-2 fusion weight: the configured one, else 0 for a vision model whose answers are the retrieval
+        encoder's own similarities (`answers_from_encoder`, the offline socratic one: they add no evidence, measured
+        in README) and 0.3 otherwise."""
         if cfg.verify_weight is not None:
             return float(cfg.verify_weight)
-        spec = str(getattr(self.vision, "spec", ""))
-        return AUTO_VERIFY_WEIGHT_SOCRATIC if spec.startswith("socratic") else AUTO_VERIFY_WEIGHT
+        from_encoder = self.vision is not None and self.vision.answers_from_encoder
+        return AUTO_VERIFY_WEIGHT_FROM_ENCODER if from_encoder else AUTO_VERIFY_WEIGHT
 
     # -- stage 1 -------------------------------------------------------------------------------------------
     def _reference_caption(self, ref: Reference, budget: _Budget, notes: list[str]) -> str | None:
@@ -253,7 +246,7 @@ class ImageScopePipeline:
         return " ".join([request.text, *request.turns])
 
     def _stage1(self, intent: Intent, anchor: str | None, n: int, exclude: set[int], budget: _Budget,
-                notes: list[str]) -> list[_Cand]:
+                notes: list[str]) -> list[Candidate]:
         cfg = self.config
         texts = list(intent.descriptions)
         weights = np.full(len(texts), 1.0 / len(texts))
@@ -264,7 +257,7 @@ class ImageScopePipeline:
         mean_t = (weights @ t).astype(np.float32)  # weighted mean over descriptions of t·v == (mean t)·v
         pool = max(n, cfg.pool if cfg.caption_weight > 0 else n)
         hits = self.library.search_vector(mean_t, pool, exclude_ids=sorted(exclude))
-        cands = [_Cand(h.id, h.path, float(h.score)) for h in hits]
+        cands = [Candidate(h.id, h.path, float(h.score)) for h in hits]
         tau = cfg.caption_weight
         if tau > 0 and self.vision is not None and cands:
             allowance = int(min(cfg.lazy_captions, budget.calls_left()))
@@ -291,7 +284,7 @@ class ImageScopePipeline:
         return cands
 
     # -- stage 2 -------------------------------------------------------------------------------------------
-    def _stage2(self, request: Request, intent: Intent, ref: Reference | None, cands: list[_Cand],
+    def _stage2(self, request: Request, intent: Intent, ref: Reference | None, cands: list[Candidate],
                 budget: _Budget, notes: list[str]) -> str | None:
         cfg = self.config
         if self.vision is None:
@@ -318,16 +311,16 @@ class ImageScopePipeline:
         expected = [p.expected for p in props]
         needs_ref = ref is not None and any(p.reference for p in props)
         done = 0
-        fast = self._vector_verifier() if not needs_ref else None
-        vectors = self.library.vectors([c.id for c in cands[:k]]) if fast is not None else None
+        vectors = self._stored_vectors(cands[:k]) if not needs_ref else None
         for n, c in enumerate(cands[:k]):
             if budget.out_of_time():
                 notes.append(f"stage 2 stopped after {done} of {k} candidates (time budget)")
                 break
             budget.calls += 1
             try:
-                got = fast(vectors[n], questions) if fast is not None and vectors is not None else None
-                p = got if got is not None else self.vision.verify(
+                got = None if vectors is None else self.vision.verify_vectors(
+                    vectors[n : n + 1], questions, self.library.encoder.name)
+                p = got[0] if got is not None else self.vision.verify(
                     self._view(c.id), questions, reference=ref.image if needs_ref and ref is not None else None)
             except Exception as exc:
                 notes.append(f"verification of image {c.id} failed ({type(exc).__name__}: {exc})")
@@ -350,14 +343,14 @@ class ImageScopePipeline:
             c.ranks["stage2"] = r + 1
         return None
 
-    def _vector_verifier(self) -> Any:
-        """The vision model's shortcut for library images, when it verifies with this library's own encoder."""
-        fn = getattr(self.vision, "verify_from_vector", None)
-        same = getattr(self.vision, "encoder_name", None) == getattr(self.library.encoder, "name", object())
-        return fn if callable(fn) and same else None
+    def _stored_vectors(self, cands: list[Candidate]) -> np.ndarray | None:
+        """The candidates' library vectors, for a vision model that answers from the encoder (None otherwise)."""
+        if self.vision is None or not self.vision.answers_from_encoder:
+            return None
+        return self.library.vectors([c.id for c in cands])
 
     # -- stage 3 -------------------------------------------------------------------------------------------
-    def _stage3(self, request: Request, ref: Reference | None, cands: list[_Cand], budget: _Budget,
+    def _stage3(self, request: Request, ref: Reference | None, cands: list[Candidate], budget: _Budget,
                 notes: list[str]) -> str | None:
         cfg = self.config
         if self.vision is None:
@@ -388,21 +381,3 @@ class ImageScopePipeline:
         for r, c in enumerate(top):
             c.ranks["stage3"] = r + 1
         return None
-
-    @staticmethod
-    def _final_order(cands: list[_Cand]) -> list[int]:
-        return list(range(len(cands)))  # stages reorder `cands` in place, each within its own window
-
-    @staticmethod
-    def _explain(c: _Cand) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": c.id, "path": c.path, "ranks": dict(c.ranks),
-                               "stage1": {"score": round(c.s1, 4), "image_sim": round(c.image_sim, 4)}}
-        if c.caption is not None:
-            out["stage1"].update(caption=c.caption, caption_sim=round(float(c.caption_sim or 0), 4))
-        if c.answers:
-            out["stage2"] = {"p_yes": [round(p, 3) for p in c.answers], "log_odds": round(c.log_odds or 0.0, 3),
-                             "score": round(c.s2 or 0.0, 3)}
-        if c.judge is not None:
-            out["stage3"] = {"judge": round(c.judge, 3), "reason": c.reason, "score": round(c.s3 or 0.0, 3)}
-        return out
-

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from picscope.errors import LibraryError
+from picscope.errors import ImageNotFoundError
 from picscope.imageio import load_image
 from picscope.pipeline.captions import VIEW_SIZE, load_view
+
+if TYPE_CHECKING:
+    from picscope.library import Library
 
 
 @dataclass
@@ -26,7 +29,7 @@ class Reference:
         return {"id": self.id, "source": self.source}
 
 
-def resolve_reference(library: Any, ref: int | str | Path | Image.Image) -> Reference:
+def resolve_reference(library: Library, ref: int | str | Path | Image.Image) -> Reference:
     if isinstance(ref, Image.Image):
         img = ref.convert("RGB")
         vec, fid = library.resolve_image(img)
@@ -37,7 +40,7 @@ def resolve_reference(library: Any, ref: int | str | Path | Image.Image) -> Refe
         try:
             img = load_view(library, fid)
         except KeyError:
-            raise LibraryError(f"no indexed image with id {fid}") from None
+            raise ImageNotFoundError(f"no indexed image with id {fid}") from None
         vec, _ = library.resolve_image(fid)
         return Reference(img, vec, fid, f"library id {fid}")
     path = os.path.abspath(os.path.expanduser(os.fspath(ref)))

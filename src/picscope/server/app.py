@@ -18,7 +18,7 @@ from picscope.errors import (
     ConfigError,
     EncoderError,
     ImageDecodeError,
-    LibraryError,
+    ImageNotFoundError,
     LibraryLockedError,
     PicscopeError,
 )
@@ -45,23 +45,25 @@ def error(status: int, detail: str, code: str | None = None, headers: dict[str, 
                         headers=headers)
 
 
+# The one table from picscope's typed errors to HTTP statuses: the first class the error is an instance of wins
+# (so subclasses come before their bases); any other PicscopeError is a 400.
+STATUS_OF_ERROR: tuple[tuple[type[PicscopeError], int, str], ...] = (
+    (SessionNotFoundError, 404, "not_found"),
+    (StaleRoundError, 409, "stale"),
+    (NotShownError, 400, "not_shown"),
+    (SessionError, 400, "bad_request"),
+    (ImageNotFoundError, 404, "not_found"),
+    (LibraryLockedError, 503, "busy"),
+    (ImageDecodeError, 415, "not_an_image"),
+    (ConfigError, 503, "unavailable"),
+    (EncoderError, 503, "unavailable"),
+)
+
+
 def picscope_status(exc: PicscopeError) -> tuple[int, str]:
-    if isinstance(exc, SessionNotFoundError):
-        return 404, "not_found"
-    if isinstance(exc, StaleRoundError):
-        return 409, "stale"
-    if isinstance(exc, NotShownError):
-        return 400, "not_shown"
-    if isinstance(exc, SessionError):
-        return 400, "bad_request"
-    if isinstance(exc, LibraryLockedError):
-        return 503, "busy"
-    if isinstance(exc, ImageDecodeError):
-        return 415, "not_an_image"
-    if isinstance(exc, LibraryError) and "no indexed image" in str(exc):
-        return 404, "not_found"
-    if isinstance(exc, ConfigError | EncoderError):
-        return 503, "unavailable"
+    for cls, status, code in STATUS_OF_ERROR:
+        if isinstance(exc, cls):
+            return status, code
     return 400, "bad_request"
 
 

@@ -135,7 +135,7 @@ def run_search(state: AppState, req: SearchRequest) -> SearchResponse:
     results = results[req.offset : req.offset + req.k]
     return SearchResponse(results=state.items(results), query=req.text, pipeline=getattr(pipe, "name", spec),
                           stages=list(out.stages), model_calls=int(out.model_calls),
-                          seconds=round(time.perf_counter() - t0, 4), explanation=jsonable(out.explanation))
+                          seconds=round(time.perf_counter() - t0, 4), explanation=jsonable(out.to_dict()))
 
 
 @router.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Text search")

@@ -24,6 +24,7 @@ from picscope.server.models import (
 from picscope.server.routes_search import check_text, reference_value
 from picscope.server.state import AppState, get_state
 from picscope.sessions import Session
+from picscope.vectors import compose
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 StateDep = Annotated[AppState, Depends(get_state)]
@@ -61,8 +62,7 @@ def _create(state: AppState, body: CreateSession) -> SessionState:
     if ref is not None:  # a composed start: text + reference photo, as the encoder pipeline combines them
         text_vec = np.asarray(state.library.embed_texts([body.query])[0], np.float32)
         ref_vec, _ = state.library.resolve_image(ref)
-        v = text_vec + np.asarray(ref_vec, np.float32)
-        vector = (v / max(float(np.linalg.norm(v)), 1e-9)).astype(np.float32)
+        vector = compose(text_vec, ref_vec)
         options["reference"] = body.reference.model_dump(exclude_none=True) if body.reference else None
     s = Session.create(state.library, body.query, strategy=body.strategy, page_size=body.page_size, vector=vector,
                        llm=state.llm, vision=state.vision, options=options)

@@ -18,7 +18,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from picscope.sessions.store import (
     SessionStore,
     StaleRoundError,
 )
+
+if TYPE_CHECKING:
+    from picscope.library import Library
 
 DEFAULT_STRATEGY = "rocchio"  # offline default: no model calls, well under a second per round
 
@@ -54,7 +57,7 @@ class ShownImage:
 
 class Session:
     def __init__(
-        self, library: Any, record: SessionRecord, *, llm: Any = None, vision: Any = None, store: SessionStore
+        self, library: Library, record: SessionRecord, *, llm: Any = None, vision: Any = None, store: SessionStore
     ) -> None:
         self.library = library
         self.store = store
@@ -67,7 +70,7 @@ class Session:
     @classmethod
     def create(
         cls,
-        library: Any,
+        library: Library,
         query: str,
         *,
         strategy: str = DEFAULT_STRATEGY,
@@ -96,12 +99,12 @@ class Session:
         return cls(library, store.load(sid), llm=llm, vision=vision, store=store)
 
     @classmethod
-    def open(cls, library: Any, session_id: str, *, llm: Any = None, vision: Any = None) -> Session:
+    def open(cls, library: Library, session_id: str, *, llm: Any = None, vision: Any = None) -> Session:
         store = SessionStore.for_library(library)
         return cls(library, store.load(session_id.strip()), llm=llm, vision=vision, store=store)
 
     @staticmethod
-    def list_sessions(library: Any, limit: int = 50) -> list[dict[str, Any]]:
+    def list_sessions(library: Library, limit: int = 50) -> list[dict[str, Any]]:
         return SessionStore.for_library(library).list(limit)
 
     def refresh(self) -> Session:

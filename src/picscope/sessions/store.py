@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from picscope.errors import PicscopeError
 from picscope.feedback.base import FeedbackState
 from picscope.layout import LibraryLayout
 from picscope.store.sqlite import Migration, migrate, run_script, user_version
+
+if TYPE_CHECKING:
+    from picscope.library import Library
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -266,7 +269,7 @@ class SessionStore:
             ) from exc
 
     @classmethod
-    def for_library(cls, library: Any) -> SessionStore:
+    def for_library(cls, library: Library) -> SessionStore:
         return cls(LibraryLayout(library.path).sessions)
 
     def _connect(self) -> sqlite3.Connection:

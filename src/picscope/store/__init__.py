@@ -10,37 +10,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 from picscope.errors import ConfigError
+from picscope.specs import SpecRegistry
 from picscope.store.base import Hits, VectorStore
 
-__all__ = ["Hits", "VectorStore", "make_store", "register_store"]
+__all__ = ["STORES", "Hits", "VectorStore", "make_store", "register_store"]
 
 StoreBuilder = Callable[[str, Path, int], VectorStore]
-_BUILDERS: dict[str, StoreBuilder] = {}
+STORES: SpecRegistry[StoreBuilder] = SpecRegistry(
+    "store", ConfigError, optional=("picscope.store.ann", "picscope.store.milvus"))
 
 
-def register_store(prefix: str) -> Callable[[StoreBuilder], StoreBuilder]:
-    def deco(fn: StoreBuilder) -> StoreBuilder:
-        _BUILDERS[prefix] = fn
-        return fn
-
-    return deco
+def register_store(prefix: str, *, usage: str | None = None, summary: str = "", needs: tuple[str, ...] = ()
+                   ) -> Callable[[StoreBuilder], StoreBuilder]:
+    return STORES.register(prefix, usage=usage, summary=summary, needs=needs)
 
 
-@register_store("exact")
+@register_store("exact", summary="brute force over a memory-mapped matrix (default)", needs=("numpy",))
 def _exact(arg: str, folder: Path, dim: int) -> VectorStore:
     from picscope.store.exact import ExactStore
 
     return ExactStore(folder, dim)
-
-
-def _load_optional() -> None:
-    """Import optional store modules so that they register themselves."""
-    import contextlib
-    import importlib
-
-    for mod in ("picscope.store.ann", "picscope.store.milvus"):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(mod)
 
 
 def make_store(spec: str, folder: Path, dim: int, *, readonly: bool = False) -> VectorStore:
@@ -48,14 +37,9 @@ def make_store(spec: str, folder: Path, dim: int, *, readonly: bool = False) -> 
 
     `readonly`: a library on a read-only folder or mount (the exact store maps its files read-only;
     other stores open as usual)."""
-    prefix, _, arg = spec.partition(":")
-    if prefix not in _BUILDERS:
-        _load_optional()  # the optional backends register on import (not needed, nor imported, for `exact`)
-    if readonly and prefix == "exact":
+    entry, arg = STORES.split(spec)
+    if readonly and entry.prefix == "exact":
         from picscope.store.exact import ExactStore
 
         return ExactStore(folder, dim, readonly=True)
-    builder = _BUILDERS.get(prefix)
-    if builder is None:
-        raise ConfigError(f"unknown store spec {spec!r}; known: {', '.join(sorted(_BUILDERS))}")
-    return builder(arg, folder, dim)
+    return entry.build(arg, folder, dim)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -30,9 +30,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from picscope.errors import ConfigError, StoreError
+from picscope.errors import ConfigError
 from picscope.store import register_store
-from picscope.store.base import Hits, as_queries, topk_from_scores
+from picscope.store.base import Hits, as_queries, refuse_filter, topk_from_scores, validate_batch
+from picscope.store.meta import FileMeta, MetaFilter
 from picscope.store.options import load_section
 
 
@@ -105,6 +106,7 @@ def _fsync_append(path: Path, data: bytes) -> None:
 
 class AnnStore:
     spec = "ann"
+    supports_filter = False
 
     def __init__(self, folder: Path, dim: int, options: AnnOptions | None = None) -> None:
         self.folder = Path(folder)
@@ -247,16 +249,10 @@ class AnnStore:
 
     # -- VectorStore -------------------------------------------------------------------------------
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids = np.asarray(ids, dtype=np.int64).ravel()
+        ids, vecs = validate_batch(ids, vectors, self.dim)
         if len(ids) == 0:
             return
-        vecs = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1))
-        if vecs.shape[1] != self.dim:
-            raise StoreError(f"vector dim {vecs.shape[1]} does not match the store's {self.dim}")
-        if (ids <= 0).any():
-            raise StoreError("store ids must be positive integers")
-        if len(np.unique(ids)) != len(ids):
-            raise StoreError("duplicate ids in one upsert")
+        vecs = np.ascontiguousarray(vecs)
         with self._lock.write():
             old_rows, found = self._rows_of(ids)
             start = self.rows
@@ -299,7 +295,12 @@ class AnnStore:
         with self._lock.read():
             return int(np.count_nonzero(self._ids))
 
-    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> Hits:
+    def upsert_with_meta(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[FileMeta]) -> None:
+        self.upsert(ids, vectors)  # no file metadata is kept here (`supports_filter` is False)
+
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
+               filter: MetaFilter | None = None) -> Hits:
+        refuse_filter(filter, self.spec)
         q = np.ascontiguousarray(as_queries(queries, self.dim))
         with self._lock.read():
             live = int(np.count_nonzero(self._ids))
@@ -379,7 +380,7 @@ class AnnStore:
             self._map(0)
 
 
-@register_store("ann")
+@register_store("ann", summary="FAISS HNSW over an append-only vector log", needs=("faiss",))
 def _build(arg: str, folder: Path, dim: int) -> AnnStore:
     if arg:
         raise ConfigError(

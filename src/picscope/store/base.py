@@ -1,12 +1,22 @@
 """The `VectorStore` interface. Ids are positive integers (the catalog's file ids); vectors are
-float32 and L2-normalised, so scores are cosine similarities (inner products)."""
+float32 and L2-normalised, so scores are cosine similarities (inner products).
+
+Capabilities are declared, never sniffed: every store has `supports_filter` (it keeps each file's path and
+modification time with its vector and applies a `MetaFilter` on its side), `upsert_with_meta` (stores without
+metadata store the vectors and ignore the metadata), `search(..., filter=...)` (a store without metadata refuses
+a non-empty filter: callers filter by `allowed_ids` instead) and `drop()`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from picscope.errors import StoreError
+from picscope.store.meta import FileMeta, MetaFilter
 
 
 @dataclass(frozen=True)
@@ -25,8 +35,18 @@ class VectorStore(Protocol):
     dim: int
     spec: str
 
+    @property
+    def supports_filter(self) -> bool:
+        """Whether the store keeps path/mtime with each vector and filters on them (`search(..., filter=...)`)."""
+        ...
+
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace vectors; durable once this returns."""
+        ...
+
+    def upsert_with_meta(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[FileMeta]) -> None:
+        """`upsert`, with each file's path and mtime for stores that keep them (`supports_filter`); others
+        ignore `meta`."""
         ...
 
     def delete(self, ids: np.ndarray) -> None: ...
@@ -39,13 +59,42 @@ class VectorStore(Protocol):
         """All stored ids (int64, any order)."""
         ...
 
-    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> Hits:
-        """Top-k by inner product for each query row; `allowed_ids` restricts the candidates."""
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
+               filter: MetaFilter | None = None) -> Hits:
+        """Top-k by inner product for each query row; `allowed_ids` restricts the candidates, and so does
+        `filter` on stores with `supports_filter` (others raise `StoreError` for a non-empty one)."""
+        ...
+
+    def drop(self) -> None:
+        """Delete this store's data, also what lives outside its folder (a Milvus collection)."""
         ...
 
     def __len__(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+def validate_batch(ids: np.ndarray, vectors: np.ndarray, dim: int,
+                   dtype: type[np.generic] | np.dtype[np.generic] = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """The checks every store makes before writing: (ids as int64, vectors as `dtype` rows of `dim`).
+    `StoreError` for a wrong dimension, an id that is not positive, or an id given twice."""
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    if not len(ids):
+        return ids, np.zeros((0, dim), dtype)
+    vecs = np.asarray(vectors, dtype=dtype).reshape(len(ids), -1)
+    if vecs.shape[1] != dim:
+        raise StoreError(f"vector dim {vecs.shape[1]} does not match the store's {dim}")
+    if (ids <= 0).any():
+        raise StoreError("store ids must be positive integers")
+    if len(np.unique(ids)) != len(ids):
+        raise StoreError("duplicate ids in one upsert")
+    return ids, vecs
+
+
+def refuse_filter(filter: MetaFilter | None, spec: str) -> None:
+    """For stores without metadata (`supports_filter = False`): a non-empty filter is a caller's mistake."""
+    if filter is not None and not filter.is_empty():
+        raise StoreError(f"the {spec} store keeps no file metadata to filter on; filter with allowed_ids")
 
 
 def as_queries(queries: np.ndarray, dim: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,8 @@ import numpy as np
 
 from picscope.diskspace import ensure_free
 from picscope.errors import DiskFullError, StoreError
-from picscope.store.base import Hits, as_queries, topk_from_scores
+from picscope.store.base import Hits, as_queries, refuse_filter, topk_from_scores, validate_batch
+from picscope.store.meta import FileMeta, MetaFilter
 
 _GROW_ROWS = 4096
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.int8): "i8"}
@@ -33,6 +35,7 @@ def _flush(arr: np.ndarray) -> None:
 
 class ExactStore:
     spec = "exact"
+    supports_filter = False
 
     def __init__(
         self, folder: Path, dim: int, dtype: type[np.generic] = np.float32, *, readonly: bool = False
@@ -124,16 +127,9 @@ class ExactStore:
 
     # -- VectorStore -----------------------------------------------------------------------
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids = np.asarray(ids, dtype=np.int64).ravel()
-        vecs = np.asarray(vectors, dtype=self.dtype).reshape(len(ids), -1) if len(ids) else vectors
+        ids, vecs = validate_batch(ids, vectors, self.dim, self.dtype)
         if len(ids) == 0:
             return
-        if vecs.shape[1] != self.dim:
-            raise StoreError(f"vector dim {vecs.shape[1]} does not match the store's {self.dim}")
-        if (ids <= 0).any():
-            raise StoreError("store ids must be positive integers")
-        if len(np.unique(ids)) != len(ids):
-            raise StoreError("duplicate ids in one upsert")
         with self._lock:
             row_of = self._index()
             rows = np.empty(len(ids), np.int64)
@@ -208,7 +204,12 @@ class ExactStore:
     def __len__(self) -> int:
         return int(np.count_nonzero(self._ids))
 
-    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> Hits:
+    def upsert_with_meta(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[FileMeta]) -> None:
+        self.upsert(ids, vectors)  # no file metadata is kept here (`supports_filter` is False)
+
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
+               filter: MetaFilter | None = None) -> Hits:
+        refuse_filter(filter, self.spec)
         q = as_queries(queries, self.dim)
         with self._lock:
             vecs, ids = self._vecs, np.asarray(self._ids)

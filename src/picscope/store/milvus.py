@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from picscope.errors import ConfigError, StoreError
 from picscope.store import register_store
-from picscope.store.base import Hits, as_queries
+from picscope.store.base import Hits, as_queries, validate_batch
 from picscope.store.meta import FileMeta, MetaFilter
 from picscope.store.options import load_section
 
@@ -274,15 +274,6 @@ class MilvusStore:
         self._remember_collection()
 
     # -- writing ----------------------------------------------------------------------------------------
-    @staticmethod
-    def _check(ids: np.ndarray, vecs: np.ndarray, dim: int) -> None:
-        if vecs.shape[1] != dim:
-            raise StoreError(f"vector dim {vecs.shape[1]} does not match the store's {dim}")
-        if (ids <= 0).any():
-            raise StoreError("store ids must be positive integers")
-        if len(np.unique(ids)) != len(ids):
-            raise StoreError("duplicate ids in one upsert")
-
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace vectors, keeping the stored path/mtime of ids that already exist."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
@@ -293,11 +284,9 @@ class MilvusStore:
         self.upsert_with_meta(ids, vectors, meta)
 
     def upsert_with_meta(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[FileMeta]) -> None:
-        ids = np.asarray(ids, dtype=np.int64).ravel()
+        ids, vecs = validate_batch(ids, vectors, self.dim)
         if not len(ids):
             return
-        vecs = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
-        self._check(ids, vecs, self.dim)
         if len(meta) != len(ids):
             raise StoreError("one metadata record per id is needed")
         for m in meta:
@@ -483,6 +472,7 @@ def _merge(a: Hits, b: Hits, k: int) -> Hits:
     return Hits(np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1))
 
 
-@register_store("milvus")
+@register_store("milvus", usage="milvus:<uri>", summary="Milvus Lite (a .db file) or a Milvus server",
+                needs=("pymilvus",))
 def _build(arg: str, folder: Path, dim: int) -> MilvusStore:
     return MilvusStore(arg, folder, dim, load_section(folder, "milvus", MilvusOptions))

@@ -21,7 +21,7 @@ import numpy as np
 from picscope.errors import LibraryError, PicscopeError
 from picscope.library import Library
 from picscope.store import VectorStore, make_store
-from picscope.store.meta import FileMeta, SupportsMeta
+from picscope.store.meta import FileMeta
 
 CHUNK = 8192
 
@@ -45,26 +45,22 @@ def _ok_records(lib: Library) -> dict[int, FileMeta]:
 
 
 def _write(store: VectorStore, ids: np.ndarray, vecs: np.ndarray, meta: dict[int, FileMeta]) -> None:
-    if isinstance(store, SupportsMeta):
-        store.upsert_with_meta(ids, vecs, [meta[int(i)] for i in ids.tolist()])
-    else:
-        store.upsert(ids, vecs)
+    store.upsert_with_meta(ids, vecs, [meta[int(i)] for i in ids.tolist()])
 
 
 def _sync_meta(store: VectorStore, records: dict[int, FileMeta]) -> int:
     """Rewrite path/mtime in a metadata store wherever it disagrees with the catalog."""
-    iter_meta = getattr(store, "iter_meta", None)
-    if not isinstance(store, SupportsMeta) or not callable(iter_meta):
+    iter_meta = getattr(store, "iter_meta", None)  # an extra of the metadata stores (Milvus), not a capability
+    if not store.supports_filter or not callable(iter_meta):
         return 0
     wrong = [
         i
         for i, path, mtime in iter_meta()
         if i in records and (path != records[i].path or mtime != records[i].mtime_ns // 1_000_000_000)
     ]
-    vectors: VectorStore = store
     for s in range(0, len(wrong), CHUNK):
         ids = np.array(wrong[s : s + CHUNK], np.int64)
-        store.upsert_with_meta(ids, vectors.get(ids), [records[int(i)] for i in ids.tolist()])
+        store.upsert_with_meta(ids, store.get(ids), [records[int(i)] for i in ids.tolist()])
     return len(wrong)
 
 
@@ -127,10 +123,8 @@ def move_store(
     lib._store = new
     _switch(lib, spec)
     if old is not None and old_spec != spec:
-        drop = getattr(old, "drop", None)
-        if callable(drop):
-            with contextlib.suppress(PicscopeError, OSError):
-                drop()  # an unreachable old server keeps its data; the library no longer refers to it
+        with contextlib.suppress(PicscopeError, OSError):
+            old.drop()  # an unreachable old server keeps its data; the library no longer refers to it
         old.close()
     orphans, missing = lib.reconcile()
     report.orphans_removed, report.missing_marked = orphans, missing

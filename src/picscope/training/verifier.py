@@ -318,7 +318,8 @@ def save_verifier(weights: dict[str, np.ndarray], meta: dict[str, Any], folder: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{version}.npz"
-    np.savez_compressed(path, **{k: (v if v.ndim == 0 else v.astype(np.float16)) for k, v in weights.items()})
+    arrays: dict[str, Any] = {k: (v if v.ndim == 0 else v.astype(np.float16)) for k, v in weights.items()}
+    np.savez_compressed(path, **arrays)
     meta = {**meta, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     (folder / f"{version}.json").write_text(json.dumps(meta, indent=1) + "\n")
 
