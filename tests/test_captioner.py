@@ -127,9 +127,9 @@ def test_beam_of_one_is_greedy_decoding() -> None:
 
 def test_beam_search_handles_batches_and_one_photo_alike() -> None:
     dec = load_captioner().decoder
-    cells = _cells(5, seed=7)
+    cells = _cells(3, seed=7)
     together = dec.beam_search(cells, beam=3)
-    alone = [dec.beam_search(cells[i : i + 1], beam=3)[0] for i in range(5)]
+    alone = [dec.beam_search(cells[i : i + 1], beam=3)[0] for i in range(3)]
     assert together == alone
     assert all(1 <= len(ids) <= 20 for ids in together)
 
@@ -191,6 +191,16 @@ def test_corrupt_or_missing_weights_are_clear_errors(tmp_path: Path) -> None:
         BundledCaptioner(bad)
     with pytest.raises(CaptionerError, match="is missing"):
         BundledCaptioner(tmp_path / "nothing.npz")
+
+
+def test_commands_reject_bad_options_with_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from picscope.cli import main
+
+    assert main(["eval-captioner", "--beam", "0"]) == 2
+    assert "--beam" in capsys.readouterr().err
+    assert main(["train-captioner", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs" in err and "Traceback" not in err
 
 
 # --- the scorers, on hand-computed cases ------------------------------------------------------------------------

@@ -32,6 +32,8 @@ def train_captioner_cmd(
     from picscope.training.data import flickr8k
     from picscope.training.grid import image_grids
 
+    if epochs < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--epochs")
     train, dev = flickr8k("train"), flickr8k("dev")
     recipe = replace(CaptionerRecipe(), seed=seed, epochs=epochs, max_minutes=max_minutes)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

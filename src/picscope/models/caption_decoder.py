@@ -14,6 +14,7 @@ Text: lowercase words (`tokenize`), a vocabulary of the train captions' words se
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -133,17 +134,17 @@ class Decoder:
 
     def _attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """q (m, heads, 1, dh), k/v (m, heads, t, dh) → (m, d)."""
-        s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(self.dh)
+        s = np.einsum("mhd,mhtd->mht", q[:, :, 0], k) / math.sqrt(self.dh)
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         s /= s.sum(axis=-1, keepdims=True)
-        return (s @ v).reshape(len(q), -1)
+        return np.einsum("mht,mhtd->mhd", s, v).reshape(len(q), -1)
 
     def _attend_cells(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, width: int) -> np.ndarray:
         """Cross-attention for m = n × width sequences, `width` consecutive ones per image: q (m, d), k/v (n,
-        heads, cells, dh) → (m, d). All sequences of an image share one product with its cells (no copies)."""
+        heads, cells, dh) → (m, d). All sequences of an image share its cells' keys and values (no copies)."""
         n = len(k)
         q = q.reshape(n, width, self.cfg.heads, self.dh).transpose(0, 2, 1, 3)  # (n, heads, width, dh)
-        s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(self.dh)
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(self.dh)
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         s /= s.sum(axis=-1, keepdims=True)
         return (s @ v).transpose(0, 2, 1, 3).reshape(n * width, -1)
@@ -156,7 +157,7 @@ class Decoder:
         cache."""
         width = len(tokens) // len(memory[0][0])
         w, cfg = self.w, self.cfg
-        x = w["embed"][tokens] * np.sqrt(cfg.d) + w["pos"][pos]
+        x = w["embed"][tokens] * math.sqrt(cfg.d) + w["pos"][pos]
         new_cache = []
         for i in range(cfg.layers):
             p = f"l{i}."
@@ -192,7 +193,14 @@ class Decoder:
         """Word ids of the best caption per image: beam search over all images at once; a hypothesis ends when
         <eos> is among its beam's best `beam` continuations; the winner has the highest mean log-probability
         per word (<eos> included). An image leaves the batch once it has `beam` finished hypotheses; all stop at
-        `max_words`."""
+        `max_words`. Runs on one BLAS thread: its matrix products are small, and two threads on a busy 2-core
+        machine made it ~10× slower (measured)."""
+        from picscope.encoders.numerics import single_threaded_blas
+
+        with single_threaded_blas():
+            return self._beam_search(grids, beam, max_words)
+
+    def _beam_search(self, grids: np.ndarray, beam: int, max_words: int) -> list[list[int]]:
         n = len(grids)
         if n == 0:
             return []
