@@ -100,6 +100,31 @@ def test_packing_keeps_the_weights_within_int8_rounding() -> None:
     assert (np.abs(back["l0.ff1"] - weights["l0.ff1"]) <= step / 2 + 1e-7).all()
 
 
+def test_training_end_to_end_writes_weights_the_captioner_loads(tmp_path: Path) -> None:
+    """A tiny run of the real recipe (whitening, length batches, early stopping, folding, packing, saving)."""
+    pytest.importorskip("torch", reason="training needs the train extra")
+    from dataclasses import replace
+
+    from picscope.training.captioner import CaptionerRecipe, save_weights, train_captioner
+
+    words = ["dog", "cat", "runs", "sits", "snow", "grass"]
+    captions = [[f"a {words[i % 2]} {words[2 + i % 2]} on the {words[4 + i % 2]}"] * 5 for i in range(24)]
+    cells = _cells(24, seed=1)
+    recipe = replace(CaptionerRecipe(), model=DecoderConfig(d=32, heads=2, layers=1, ffn=64, max_len=10),
+                     epochs=2, input_dim=16, batch_captions=40, warmup_steps=2, min_count=1, log_every=1000)
+    logs: list[str] = []
+    arrays, summary = train_captioner(cells[:20], captions[:20], cells[20:], captions[20:], recipe,
+                                      log=logs.append)
+    assert summary["best_epoch"] in (1, 2) and len(summary["history"]) == 2
+    assert summary["vocab"] == 4 + len({w for c in captions for w in tokenize(c[0])})
+    assert any("epoch 2" in line for line in logs)
+    digest = save_weights(arrays, tmp_path / WEIGHTS_NAME)
+    cap = BundledCaptioner(tmp_path / WEIGHTS_NAME)
+    assert cap.name == f"captioner-v1@{digest[:12]}"
+    out = cap.caption_grids(cells[20:22])  # raw cells: the whitening is folded into the first layer
+    assert len(out) == 2 and all(set(tokenize(c)) <= set(cap.decoder.vocab) for c in out)
+
+
 # --- beam search -----------------------------------------------------------------------------------------------
 
 def test_beam_of_one_is_greedy_decoding() -> None:

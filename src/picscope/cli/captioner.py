@@ -64,6 +64,7 @@ def eval_captioner_cmd(
     limit: Annotated[int | None, typer.Option(help="only the first N dev photos")] = None,
     beam: Annotated[int, typer.Option(help="beam width")] = 3,
     samples: Annotated[int, typer.Option(help="also print this many random dev photos' captions")] = 0,
+    speed_photos: Annotated[int, typer.Option(help="dev photos timed for the speed figure (0: no timing)")] = 64,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """BLEU-4 and CIDEr-D on Flickr8k dev (5 human captions each) for the captioner and the nearest-neighbour
@@ -72,7 +73,9 @@ def eval_captioner_cmd(
 
     if beam < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--beam")
-    report = evaluate_captioner(weights, limit=limit, beam=beam, samples=samples)
+    if speed_photos < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--speed-photos")
+    report = evaluate_captioner(weights, limit=limit, beam=beam, samples=samples, speed_photos=speed_photos)
     if as_json:
         out.print_json(json.dumps(report))
         return
@@ -81,7 +84,7 @@ def eval_captioner_cmd(
         if not rows:
             continue
         table = Table(title=f"Flickr8k dev captions: {title}, {rows['photos']} photos")
-        table.add_column("captioner")
+        table.add_column("captioner", no_wrap=True)
         for h in ("BLEU-1", "BLEU-4", "CIDEr-D", "words/caption"):
             table.add_column(h, justify="right")
         for name in ("model", "baseline"):
@@ -89,8 +92,10 @@ def eval_captioner_cmd(
             table.add_row(report["names"][name], f"{m['bleu1']:.3f}", f"{m['bleu4']:.3f}", f"{m['cider']:.3f}",
                           f"{m['words']:.1f}")
         out.print(table)
-    out.print(f"speed: {report['speed']['captions_per_s']:.1f} captions/s from decoded photos "
-              f"({report['speed']['grid_ms']:.0f} ms cells + {report['speed']['decode_ms']:.0f} ms beam search "
-              f"per photo, {report['speed']['threads']} threads)")
+    speed = report["speed"]
+    if speed:
+        out.print(f"speed: {speed['captions_per_s']:.1f} captions/s from decoded photos ({speed['grid_ms']:.1f} ms "
+                  f"cells + {speed['decode_ms']:.1f} ms beam search per photo; {speed['photos']} photos, "
+                  f"{speed['threads']} CPUs, load average {speed['load_before']:.1f})")
     for row in report["samples"]:
         out.print(f"{row['image']}: model: {row['model']} | human: {row['human']} | baseline: {row['baseline']}")

@@ -39,7 +39,7 @@ class DecoderConfig:
     d: int = 256
     heads: int = 4
     layers: int = 2
-    ffn: int = 1024
+    ffn: int = 512
     max_len: int = 24  # positions: <bos> + up to 23 words
     cells: int = 49
     cell_dim: int = 1280

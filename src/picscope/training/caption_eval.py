@@ -46,6 +46,7 @@ def measure_speed(captioner: Any, paths: list[Path], repeats: int = 1) -> dict[s
     from picscope.imageio import load_image
 
     images = [load_image(str(p), target_size=towers.IMAGE_SIZE) for p in paths]
+    load_before = os.getloadavg()[0]  # the machine is shared: say how busy it was
     tower = towers.efficientnet()
     captioner.caption_grids(tower.grid(np.stack([towers.prepare_efficientnet(images[0])])))  # warm up
     grid_s = decode_s = 0.0
@@ -60,7 +61,7 @@ def measure_speed(captioner: Any, paths: list[Path], repeats: int = 1) -> dict[s
         decode_s += t2 - t1
     n = len(images) * repeats
     return {"photos": n, "grid_ms": 1000 * grid_s / n, "decode_ms": 1000 * decode_s / n,
-            "captions_per_s": n / (grid_s + decode_s), "threads": os.cpu_count() or 1}
+            "captions_per_s": n / (grid_s + decode_s), "threads": os.cpu_count() or 1, "load_before": load_before}
 
 
 def evaluate_captioner(weights: Path | None = None, *, limit: int | None = None, beam: int = 3,
@@ -87,10 +88,9 @@ def evaluate_captioner(weights: Path | None = None, *, limit: int | None = None,
                         "baseline": caption_scores([base[i] for i in sel], [refs[i] for i in sel])}
     picked = random.Random(0).sample(range(n), min(samples, n))
     report = {
-        "names": {"model": f"bundled ({captioner.name}, beam {beam})",
-                  "baseline": "nearest train photo (bundled encoder), consensus caption"},
+        "names": {"model": f"{captioner.name}, beam {beam}", "baseline": "nearest neighbour (bundled encoder)"},
         "scores": scores,
-        "speed": measure_speed(captioner, dev.paths[:speed_photos]),
+        "speed": measure_speed(captioner, dev.paths[:speed_photos]) if speed_photos > 0 else {},
         "samples": [{"image": dev.paths[i].name, "model": model[i], "human": dev.captions[i][0],
                      "baseline": base[i]} for i in picked],
     }

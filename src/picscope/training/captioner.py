@@ -25,7 +25,7 @@ DEV_STOP = 500  # dev photos 0..499 pick the epoch; 500..999 are never looked at
 
 @dataclass(frozen=True)
 class CaptionerRecipe:
-    model: DecoderConfig = field(default_factory=lambda: DecoderConfig(d=256, heads=4, layers=2, ffn=512))
+    model: DecoderConfig = field(default_factory=DecoderConfig)
     min_count: int = 5
     epochs: int = 5
     batch_captions: int = 128  # of similar length
@@ -170,13 +170,16 @@ def fit_whitening(grids: np.ndarray, dim: int, sample: int = 40_000, seed: int =
     """Mean (cell_dim,) and a projection (cell_dim, dim) onto the top `dim` principal components of the cells,
     each scaled to unit variance. Training runs on these (5× less work for the input layer); export folds the
     projection into `w_in`, so inference takes raw cells."""
+    from picscope.encoders.numerics import single_threaded_blas
+
     rng = np.random.default_rng(seed)
     n, cells, _ = grids.shape
     pick = np.sort(rng.choice(n * cells, size=min(sample, n * cells), replace=False))
     x = np.stack([np.asarray(grids[i // cells, i % cells], np.float32) for i in pick]).astype(np.float64)
     mean = x.mean(axis=0)
     x -= mean
-    vals, vecs = np.linalg.eigh(x.T @ x / len(x))
+    with single_threaded_blas():  # two OpenBLAS threads made eigh ~7× slower on the busy 2-core machine
+        vals, vecs = np.linalg.eigh(x.T @ x / len(x))
     top = np.argsort(vals)[::-1][:dim]
     proj = vecs[:, top] / np.sqrt(np.maximum(vals[top], 1e-6))
     return mean.astype(np.float32), proj.astype(np.float32)
