@@ -197,6 +197,17 @@ def test_captioner_is_lazy_pinned_and_cached() -> None:
     assert len(out) == 2 and all(isinstance(c, str) and c for c in out)
 
 
+def test_photos_of_any_mode_and_size_get_captions() -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 255, (120, 300), np.uint8), "L"),
+              Image.fromarray(rng.integers(0, 255, (500, 240, 4), np.uint8), "RGBA"),
+              Image.new("P", (64, 64))]
+    out = load_captioner().caption_images(photos)
+    assert len(out) == 3 and all(c.strip() for c in out)
+
+
 def test_wrong_grid_shape_is_a_clear_error() -> None:
     with pytest.raises(CaptionerError, match=r"grids must have shape \(n, 49, 1280\), not \(2, 7, 7, 1280\)"):
         load_captioner().caption_grids(np.zeros((2, 7, 7, 1280), np.float32))
