@@ -14,13 +14,15 @@ import sys
 from picscope.cli.app import app, run_app
 
 # Command modules, in registration order (the order `picscope --help` lists their commands in).
-MODULES = ("core", "eval", "train", "models", "chat", "captions", "session", "serve", "scale", "duplicates")
+MODULES = ("core", "eval", "train", "captioner", "models", "chat", "captions", "session", "serve", "scale",
+           "duplicates")
 
 # Top-level command or group name → the module (under picscope.cli) that registers it.
 COMMANDS: dict[str, str] = {
     "index": "core", "search": "core", "status": "core", "demo": "core", "cache": "core",
     "eval": "eval", "dataset": "eval",
     "train-encoder": "train", "eval-encoder": "train", "train-codec": "train", "train-verifier": "train",
+    "train-captioner": "captioner", "eval-captioner": "captioner",
     "doctor": "models", "specs": "models",
     "chat": "chat",
     "captions": "captions",
