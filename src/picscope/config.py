@@ -57,12 +57,14 @@ class PipelineConfig(BaseModel):
     pool: int = Field(100, ge=1, description="stage-1 candidates whose captions are fused")
     lazy_captions: int = Field(0, ge=0, description="captions made on demand per query (0: stored ones only)")
     verify_k: int = Field(20, ge=1, description="K: stage-1 candidates checked by stage 2")
-    # None (auto): 0 with the offline `socratic` vision, whose answers come from the retrieval encoder itself (with
-    # bundled-v2 every weight above 0 lowered R@1 on held-out dev captions); 0.3 with any other vision backend.
+    # Unset (None): the values the vision model declares as measured for it (`VisionModel.fusion`): the offline
+    # `socratic` vision answers from the retrieval encoder itself, so its stage-2 weight is 0; the `bundled`
+    # verifier's were tuned on held-out dev captions; other backends get 0.3 / 0.5 / 5.
     verify_weight: float | None = Field(None, ge=0, description="weight of mean log-odds of the expected answers "
-                                        "(unset: 0 for socratic vision, 0.3 otherwise)")
-    alpha: int = Field(5, ge=2, description="candidates judged by stage 3")
-    judge_weight: float = Field(0.5, ge=0, description="weight of the judge's standardised score")
+                                        "(unset: the vision model's measured default)")
+    alpha: int | None = Field(None, ge=2, description="candidates judged by stage 3 (unset: the vision model's)")
+    judge_weight: float | None = Field(None, ge=0, description="weight of the judge's standardised score (unset: "
+                                       "the vision model's)")
     max_propositions: int = Field(6, ge=1, le=12)
     max_model_calls: int | None = Field(None, ge=1, description="per-query budget; later stages are skipped")
     max_seconds: float | None = Field(15.0, gt=0, description="per-query time budget: model calls get at most the "

@@ -68,15 +68,32 @@ class Verdict:
     rank: int | None = None
 
 
+@dataclass(frozen=True)
+class FusionDefaults:
+    """How much the pipeline trusts a vision model, when the configuration leaves it unset: the stage-2 weight of
+    its answers' log-odds, the stage-3 weight of its standardised judge score, and how many candidates it judges.
+    Each backend declares the values measured for it (README, "Language-guided search")."""
+
+    verify_weight: float = 0.3
+    judge_weight: float = 0.5
+    alpha: int = 5
+
+
 @runtime_checkable
 class VisionModel(Protocol):
     """Capabilities are declared here, never sniffed from the spec string: `answers_from_encoder` (its `verify`
     answers are the retrieval encoder's own similarities, so they add no evidence to stage-1 scores and can be
-    computed from a library image's stored vector) and `verify_vectors` (that shortcut; None when the model
-    cannot take it). `VisionBase` gives a new backend the defaults (False / None)."""
+    computed from a library image's stored vector), `verify_vectors` (that shortcut; None when the model
+    cannot take it) and `fusion` (its measured stage-2/3 weights). `VisionBase` gives a new backend the
+    defaults (False / None / `FusionDefaults()`)."""
 
     spec: str
     answers_from_encoder: bool
+    fusion: FusionDefaults
+
+    def prepare(self, images: Sequence[Image.Image]) -> None:
+        """Called with the candidates of stage 2 before their one-by-one `verify` calls (batch work goes here)."""
+        ...
 
     def caption(self, image: Image.Image, style: str = "short") -> str: ...
 
@@ -105,6 +122,11 @@ class VisionBase:
     """Defaults for a `VisionModel` backend: no encoder shortcut. Subclass it and implement caption, verify, judge."""
 
     answers_from_encoder: bool = False
+    fusion: FusionDefaults = FusionDefaults()
+
+    def prepare(self, images: Sequence[Image.Image]) -> None:
+        """Work to do once for images that `verify`/`judge` will see next (e.g. batched features); optional."""
+        return None
 
     def verify_vectors(self, vectors: np.ndarray, questions: Sequence[str], encoder_name: str
                        ) -> list[list[float]] | None:

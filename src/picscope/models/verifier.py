@@ -72,7 +72,8 @@ class Verifier:
     def cells(self, grid: np.ndarray) -> np.ndarray:
         """(n, 49, 1280) head cells -> (n, 50, d) unit cell vectors (the 50th is the mean cell)."""
         w = self.w
-        c = (np.asarray(grid, np.float32) - w["pca_mean"]) @ w["pca"].T
+        with single_threaded_blas():
+            c = (np.asarray(grid, np.float32) - w["pca_mean"]) @ w["pca"].T
         c = np.concatenate([c, c.mean(axis=1, keepdims=True)], axis=1)
         return _unit(c).astype(np.float32)
 
@@ -106,7 +107,8 @@ class Verifier:
         att = np.exp(self.lam * (sim - sim.max(-1, keepdims=True)))
         att /= att.sum(-1, keepdims=True)
         tok = (att * sim).sum(-1)  # (n, T)
-        words = [(w, idx) for w, idx in text.words if w.lower() not in STOP_WORDS and idx]
+        words = [(w, idx) for w, idx in text.words
+                 if idx and w.lower() not in STOP_WORDS and any(ch.isalnum() for ch in w)]
         out = []
         for row in tok:
             scored = [(w, float(row[list(idx)].mean())) for w, idx in words]

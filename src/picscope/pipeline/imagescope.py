@@ -24,7 +24,7 @@ from PIL import Image
 from picscope.config import PipelineConfig
 from picscope.errors import ConfigError
 from picscope.library import Library, SearchResult
-from picscope.models.base import ChatModel, VisionModel
+from picscope.models.base import ChatModel, FusionDefaults, VisionModel
 from picscope.models.deadline import call_scope
 from picscope.pipeline.base import Candidate, PipelineOutput, Request, stage_orders
 from picscope.pipeline.captions import CaptionStore, load_view
@@ -42,8 +42,6 @@ from picscope.pipeline.reasoner import choose_reasoner
 from picscope.pipeline.reference import Reference, resolve_reference
 
 VIEW_CACHE = 64
-AUTO_VERIFY_WEIGHT_FROM_ENCODER = 0.0  # bundled-v2, held-out dev captions: 0 → R@1 27.1, 0.3 → 26.3, 1.0 → 23.8
-AUTO_VERIFY_WEIGHT = 0.3
 
 
 class _Budget:
@@ -129,7 +127,7 @@ class ImageScopePipeline:
 
         intent = self._intent(request, ref_caption, budget)
         anchor = self._anchor(request, intent)
-        cands = self._stage1(intent, anchor, max(k, cfg.verify_k, cfg.alpha), exclude, budget, notes)
+        cands = self._stage1(intent, anchor, max(k, cfg.verify_k, self.alpha(cfg)), exclude, budget, notes)
         ran, skipped = self._later_stages(wanted, request, intent, ref, cands, budget, notes)
         # stages reorder `cands` in place, each within its own window: their order is the final one
         for r, c in enumerate(cands):
@@ -148,7 +146,7 @@ class ImageScopePipeline:
             "stages": ran, "skipped": skipped, "notes": notes, "config": self._explained_config(),
             "cost": {"model_calls": budget.calls, "tokens": tokens, "seconds": round(budget.elapsed(), 3)},
         }
-        shown = cands[: max(k, cfg.alpha)]
+        shown = cands[: max(k, self.alpha(cfg))]
         return PipelineOutput(results=results, stages=ran, explanation=explanation, model_calls=budget.calls,
                               tokens=tokens, seconds=budget.elapsed(), candidates=shown,
                               stage_orders=stage_orders(shown, ran))
@@ -182,18 +180,24 @@ class ImageScopePipeline:
 
     def _explained_config(self) -> dict[str, Any]:
         cfg = self.config
-        return {"verify_k": cfg.verify_k, "alpha": cfg.alpha, "caption_weight": cfg.caption_weight,
-                "verify_weight": self.verify_weight(cfg), "judge_weight": cfg.judge_weight,
+        return {"verify_k": cfg.verify_k, "alpha": self.alpha(cfg), "caption_weight": cfg.caption_weight,
+                "verify_weight": self.verify_weight(cfg), "judge_weight": self.judge_weight(cfg),
                 "reasoner": cfg.reasoner if self.chat is not None else "rules"}
 
+    def _fusion(self) -> FusionDefaults:
+        return self.vision.fusion if self.vision is not None else FusionDefaults()
+
     def verify_weight(self, cfg: PipelineConfig) -> float:
-        """The stage-2 fusion weight: the configured one, else 0 for a vision model whose answers are the retrieval
-        encoder's own similarities (`answers_from_encoder`, the offline socratic one: they add no evidence, measured
-        in README) and 0.3 otherwise."""
-        if cfg.verify_weight is not None:
-            return float(cfg.verify_weight)
-        from_encoder = self.vision is not None and self.vision.answers_from_encoder
-        return AUTO_VERIFY_WEIGHT_FROM_ENCODER if from_encoder else AUTO_VERIFY_WEIGHT
+        """The stage-2 fusion weight: the configured one, else the vision model's measured default (0 for the
+        offline socratic one, whose answers are the retrieval encoder's own similarities: measured in README)."""
+        return float(cfg.verify_weight if cfg.verify_weight is not None else self._fusion().verify_weight)
+
+    def judge_weight(self, cfg: PipelineConfig) -> float:
+        return float(cfg.judge_weight if cfg.judge_weight is not None else self._fusion().judge_weight)
+
+    def alpha(self, cfg: PipelineConfig) -> int:
+        """Candidates judged by stage 3: the configured number, else the vision model's."""
+        return int(cfg.alpha if cfg.alpha is not None else self._fusion().alpha)
 
     # -- stage 1 -------------------------------------------------------------------------------------------
     def _reference_caption(self, ref: Reference, budget: _Budget, notes: list[str]) -> str | None:
@@ -312,6 +316,7 @@ class ImageScopePipeline:
         needs_ref = ref is not None and any(p.reference for p in props)
         done = 0
         vectors = self._stored_vectors(cands[:k]) if not needs_ref else None
+        self._prepare(cands[:k], notes)
         for n, c in enumerate(cands[:k]):
             if budget.out_of_time():
                 notes.append(f"stage 2 stopped after {done} of {k} candidates (time budget)")
@@ -343,6 +348,15 @@ class ImageScopePipeline:
             c.ranks["stage2"] = r + 1
         return None
 
+    def _prepare(self, cands: list[Candidate], notes: list[str]) -> None:
+        """Let a vision model that reads pixels batch its work for the candidates it is about to verify."""
+        if self.vision is None or self.vision.answers_from_encoder:
+            return
+        try:
+            self.vision.prepare([self._view(c.id) for c in cands])
+        except Exception as exc:  # verify() then works image by image, and says what fails
+            notes.append(f"batch preparation failed ({type(exc).__name__}: {exc})")
+
     def _stored_vectors(self, cands: list[Candidate]) -> np.ndarray | None:
         """The candidates' library vectors, for a vision model that answers from the encoder (None otherwise)."""
         if self.vision is None or not self.vision.answers_from_encoder:
@@ -359,7 +373,7 @@ class ImageScopePipeline:
             return f"time budget spent ({budget.elapsed():.1f} s)"
         if budget.calls_left() < 1:
             return "model-call budget spent"
-        top = cands[: min(cfg.alpha, len(cands))]
+        top = cands[: min(self.alpha(cfg), len(cands))]
         if len(top) < 2:
             return "fewer than two candidates"
         budget.calls += 1
@@ -375,7 +389,7 @@ class ImageScopePipeline:
         zp, zj = zscore(prev), zscore([v.score for v in verdicts])
         for c, a, b, v in zip(top, zp, zj, verdicts, strict=True):
             c.judge, c.reason = float(v.score), v.reason
-            c.s3 = float(a) + cfg.judge_weight * float(b)
+            c.s3 = float(a) + self.judge_weight(cfg) * float(b)
         top.sort(key=lambda c: -(c.s3 or 0.0))
         cands[: len(top)] = top
         for r, c in enumerate(top):

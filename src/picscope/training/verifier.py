@@ -227,7 +227,8 @@ def evaluate(model: Any, torch: Any, data: TrainData, caps: np.ndarray,
 
 
 def train_verifier(data: TrainData, cfg: VerifierConfig, log: Callable[[str], None] = print,
-                   max_minutes: float | None = None) -> VerifierResult:
+                   max_minutes: float | None = None,
+                   epoch_log: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> VerifierResult:
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -277,6 +278,8 @@ def train_verifier(data: TrainData, cfg: VerifierConfig, log: Callable[[str], No
         row = {"epoch": epoch, "weight": wbest, **scores[wbest], "seconds": time.perf_counter() - t0}
         result.history.append(row)
         log(f"dev (5th captions) {row}")
+        if epoch_log is not None:
+            epoch_log(epoch, export_weights(model, data.pca_mean, data.pca))
         if scores[wbest]["R@1"] + 0.5 * scores[wbest]["R@5"] > best:
             best = scores[wbest]["R@1"] + 0.5 * scores[wbest]["R@5"]
             result.weights, result.best = export_weights(model, data.pca_mean, data.pca), row
@@ -292,20 +295,32 @@ def config_dict(cfg: VerifierConfig) -> dict[str, Any]:
 
 
 def calibrate(scores: np.ndarray, hit: np.ndarray) -> tuple[float, float]:
-    """Logistic fit P(match) = σ(a·score + b) of gold vs. wrong candidates (Newton steps, no dependency)."""
-    x = scores.ravel().astype(np.float64)
+    """Logistic fit P(match) = σ(a·score + b) of gold vs. wrong candidates: Newton steps on standardised scores,
+    each step halved until the log-likelihood improves (no dependency)."""
+    raw = scores.ravel().astype(np.float64)
     y = hit.ravel().astype(np.float64)
-    a, b = 1.0, 0.0
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-(a * x + b)))
+    mu, sd = float(raw.mean()), float(raw.std()) or 1.0
+    x = (raw - mu) / sd
+    theta = np.zeros(2)
+
+    def nll(t: np.ndarray) -> float:
+        z = t[0] * x + t[1]
+        return float(np.sum(np.logaddexp(0.0, z) - y * z))
+
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-np.clip(theta[0] * x + theta[1], -40, 40)))
         g = np.array([np.sum((p - y) * x), np.sum(p - y)])
         w = p * (1 - p)
         h = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]]) + 1e-6 * np.eye(2)
         step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-8:
+        scale, before = 1.0, nll(theta)
+        while scale > 1e-4 and nll(theta - scale * step) > before:
+            scale /= 2
+        theta = theta - scale * step
+        if np.abs(scale * step).max() < 1e-9:
             break
-    return float(a), float(b)
+    a = theta[0] / sd
+    return float(a), float(theta[1] - a * mu)
 
 
 def save_verifier(weights: dict[str, np.ndarray], meta: dict[str, Any], folder: Any, version: str) -> None:
