@@ -41,7 +41,7 @@ def test_bad_pipeline_options_fail_clearly(library: Path, capsys: pytest.Capture
 @needs_llm
 def test_three_stage_search_with_explanation(library: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["search", "a cat, no people", "--turn", "is it indoors? yes", "--stages", "1-3", "--explain",
-                 "-k", "3", "--json", "--library", str(library)]) == 0
+                 "-k", "3", "--json", "--vision", "socratic", "--library", str(library)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["stages"][0] == 1 and len(data["results"]) == 3 and data["model_calls"] >= 1
     if 3 in data["stages"]:  # the socratic judge asked the LLM: its tokens are counted with the rules reasoner too
@@ -73,3 +73,24 @@ def test_captions_build_is_resumable(library: Path, capsys: pytest.CaptureFixtur
     assert main(["captions", "show", "1", "2", "3", "--library", str(library)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert len(shown) >= 2 and all(isinstance(v, str) and v for v in shown.values())
+
+
+LLAMA_NOISE = ("llama", "ggml", "slot print_timing", "srv ", "load_tensors", "main loop", "~Server")
+
+
+@needs_llm
+@pytest.mark.parametrize("vision", ["bundled", "socratic-lite"])
+def test_a_pipeline_run_writes_no_engine_output_to_the_terminal(library: Path, vision: str) -> None:
+    """A whole `search --stages 1-3` process: the terminal gets the results and nothing from llama.cpp, with our
+    own vision models (no LLM) and with one that loads the in-process LLM (socratic-lite writes captions)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "picscope", "search", "a cat on a sofa", "--stages", "1-3", "-k",
+                           "3", "--json", "--vision", vision, "--library", str(library)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(proc.stdout)
+    assert data["stages"][:1] == [1] and len(data["results"]) == 3
+    noise = [line for line in (proc.stdout + proc.stderr).splitlines() if any(n in line for n in LLAMA_NOISE)]
+    assert noise == []

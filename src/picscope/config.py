@@ -91,7 +91,7 @@ class PicscopeConfig(BaseModel):
         "compact", description="compact: store the encoder's compact codes when it ships a codec (bundled: 1,280 "
         "bytes per photo instead of 9,640); full: float32 vectors")
     llm: str = "bundled"
-    vision: str = "socratic"
+    vision: str = "bundled"
     index: IndexConfig = Field(default_factory=lambda: IndexConfig())
     search: SearchConfig = Field(default_factory=lambda: SearchConfig())
     pipeline: PipelineConfig = Field(default_factory=lambda: PipelineConfig())

@@ -17,7 +17,7 @@ from picscope.models.base import ChatModel, ChatResult, Message, Usage, Verdict,
 from picscope.specs import SpecRegistry
 
 DEFAULT_CHAT_SPEC = "bundled"
-DEFAULT_VISION_SPEC = "socratic"
+DEFAULT_VISION_SPEC = "bundled"
 
 __all__ = [
     "CHATS",
@@ -118,7 +118,7 @@ def make_vision_model(spec: str | None = None, *, chat: ChatModel | None = None,
 
 
 @VISIONS.register("socratic", usage="socratic[:<llm spec>]", traits=(USES_LLM,),
-                  summary="offline: the dual encoder's evidence, OCR and the llm (default)")
+                  summary="offline: the dual encoder's evidence, OCR and the llm")
 def _socratic(spec: str, arg: str, chat: ChatModel | None, encoder: Any, kw: dict[str, Any]) -> VisionModel:
     from picscope.models.socratic import SocraticVision
 
@@ -141,7 +141,7 @@ def _openai_vision(spec: str, arg: str, chat: ChatModel | None, encoder: Any, kw
 
 
 @VISIONS.register("bundled", usage="bundled", needs=("onnxruntime",),
-                  summary="offline, no llm: our trained image–text verifier (stages 2–3) and captioner")
+                  summary="offline, no llm: our trained image–text verifier (stages 2–3) and captioner (default)")
 def _bundled_vision(spec: str, arg: str, chat: ChatModel | None, encoder: Any, kw: dict[str, Any]) -> VisionModel:
     from picscope.models.bundled_vision import BundledVision
 
