@@ -98,3 +98,30 @@ def test_text_features_sum_to_one() -> None:
 def test_shipped_verifier_loads_and_is_pinned() -> None:
     ver = load_from(WEIGHTS_DIR)
     assert ver.name.startswith("verifier-v1@") and ver.meta.get("sha256")
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not (WEIGHTS_DIR / "verifier-v1.npz").exists(), reason="verifier weights not built")
+def test_the_bundled_judge_prefers_the_described_photo_on_unseen_dev_photos() -> None:
+    """Dev photos 900–999 (never trained on): each caption's own photo against 4 other dev photos, judged by the
+    `bundled` vision model from pixels. Chance is 20%; the verifier reaches far more."""
+    from picscope.imageio import load_image
+    from picscope.models import make_vision_model
+    from picscope.paths import data_root
+    from picscope.training.data import flickr8k
+
+    if not (data_root() / "flickr8k" / "captions.jsonl").exists():
+        pytest.skip(f"Flickr8k not found under {data_root()}")
+    dev = flickr8k("dev")
+    vision = make_vision_model("bundled")
+    rng = np.random.default_rng(0)
+    wins = 0
+    trials = 20
+    for t in range(trials):
+        gold = 900 + t * 3
+        others = rng.choice([i for i in range(900, 1000) if i != gold], size=4, replace=False)
+        photos = [load_image(str(dev.paths[i]), target_size=256) for i in [gold, *others]]
+        verdicts = vision.judge(dev.captions[gold][0], photos)
+        wins += int(verdicts[0].rank == 1)
+        assert "verifier match" in verdicts[0].reason
+    assert wins / trials >= 0.6
