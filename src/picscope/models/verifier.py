@@ -55,6 +55,7 @@ class TextFeatures:
     q: np.ndarray
     w: np.ndarray
     words: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    members: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # (q, w) of every ensemble member (the first is q, w)
 
 
 class Verifier:
@@ -62,6 +63,11 @@ class Verifier:
 
     def __init__(self, weights: dict[str, np.ndarray], meta: dict[str, object], name: str) -> None:
         self.w = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        # an ensemble stores each member's weights under "m<i>." (the cell PCA is shared); its score is the mean
+        prefixes = sorted({k.split(".", 1)[0] for k in self.w if k[0] == "m" and k.split(".", 1)[0][1:].isdigit()})
+        self.members = [{k[len(p) + 1:]: v for k, v in self.w.items() if k.startswith(p + ".")} for p in prefixes]
+        if not self.members:
+            self.members = [self.w]
         self.lam = float(meta["lam"])  # type: ignore[arg-type]
         cal: Any = meta.get("calibration", (1.0, 0.0))
         self.calibration = (float(cal[0]), float(cal[1]))
@@ -78,17 +84,22 @@ class Verifier:
         return _unit(c).astype(np.float32)
 
     def tokens(self, states: np.ndarray) -> TextFeatures:
-        """(T, 384) MiniLM token states of one text -> its token vectors and weights."""
-        w = self.w
+        """(T, 384) MiniLM token states of one text -> its token vectors and weights (for every member)."""
         h = np.asarray(states[:MAX_TOKENS], np.float32)
-        q = gelu(h @ w["t1.weight"].T + w["t1.bias"]) @ w["t2.weight"].T + w["t2.bias"] + h @ w["tskip.weight"].T
-        weight = _softplus(h @ w["tw.weight"].T + w["tw.bias"])[:, 0]
-        return TextFeatures(_unit(q).astype(np.float32), (weight / max(float(weight.sum()), 1e-6)).astype(np.float32))
+        members = []
+        for w in self.members:
+            q = gelu(h @ w["t1.weight"].T + w["t1.bias"]) @ w["t2.weight"].T + w["t2.bias"] + h @ w["tskip.weight"].T
+            weight = _softplus(h @ w["tw.weight"].T + w["tw.bias"])[:, 0]
+            members.append((_unit(q).astype(np.float32),
+                            (weight / max(float(weight.sum()), 1e-6)).astype(np.float32)))
+        return TextFeatures(members[0][0], members[0][1], members=tuple(members))
 
     # -- scoring -------------------------------------------------------------------------------------------
-    def parts(self, cells: np.ndarray, text: TextFeatures) -> tuple[np.ndarray, np.ndarray]:
-        """(n, 50, d) cells, one text -> (s_li, s_x), each (n,)."""
-        w = self.w
+    def parts(self, cells: np.ndarray, text: TextFeatures, member: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 50, d) cells, one text -> one member's (s_li, s_x), each (n,)."""
+        w = self.members[member]
+        if text.members:
+            text = TextFeatures(*text.members[member])
         sim = np.einsum("td,ncd->ntc", text.q, cells)
         att = np.exp(self.lam * (sim - sim.max(-1, keepdims=True)))
         att /= att.sum(-1, keepdims=True)
@@ -116,10 +127,13 @@ class Verifier:
         return out
 
     def score(self, cells: np.ndarray, text: TextFeatures) -> np.ndarray:
-        """(n, 50, d) cells, one text -> (n,) match scores."""
+        """(n, 50, d) cells, one text -> (n,) match scores (the members' mean)."""
+        total = np.zeros(len(cells), np.float64)
         with single_threaded_blas():
-            s_li, s_x = self.parts(cells, text)
-        return (s_li * float(self.w["scale"]) + s_x).astype(np.float32)
+            for m, w in enumerate(self.members):
+                s_li, s_x = self.parts(cells, text, m)
+                total += s_li * float(w["scale"]) + s_x
+        return (total / len(self.members)).astype(np.float32)
 
     def probability(self, scores: np.ndarray) -> np.ndarray:
         a, b = self.calibration
@@ -136,7 +150,7 @@ class Verifier:
             for text, enc in zip(cleaned, model.tokenizer.encode_batch(cleaned), strict=True):
                 tok = np.asarray([enc.ids], np.int64)
                 feats = self.tokens(model.hidden(tok, np.ones(tok.shape, np.float32))[0])
-                out.append(TextFeatures(feats.q, feats.w, _words(text, enc)))
+                out.append(TextFeatures(feats.q, feats.w, _words(text, enc), feats.members))
         return out
 
     def image_cells(self, images: Sequence[Image.Image]) -> np.ndarray:
