@@ -218,18 +218,8 @@ class Decoder:
         width = 1
         for t in range(max_words + 1):
             logp, cache = self.step(tokens, t, memory, cache)
-            logp[:, self._banned] = -np.inf
-            if t == 0:
-                logp[:, EOS] = -np.inf  # at least one word
-            if t == max_words:  # the last position: only <eos>
-                keep = logp[:, EOS].copy()
-                logp[:] = -np.inf
-                logp[:, EOS] = keep
-            cand = (scores[:, None] + logp).reshape(len(active), width * vocab)
-            top = np.argpartition(-cand, 2 * beam - 1, axis=1)[:, : 2 * beam]
-            top_scores = np.take_along_axis(cand, top, 1)
-            order = np.argsort(-top_scores, axis=1, kind="stable")
-            top, top_scores = np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)
+            self._mask(logp, t, max_words)
+            top, top_scores = _best_extensions(scores, logp, len(active), width * vocab, 2 * beam)
             parent, word = top // vocab, top % vocab
             kept, new_tokens, new_scores, new_seqs, parents = [], [], [], [], []
             for a, i in enumerate(active):
@@ -269,5 +259,25 @@ class Decoder:
             width = beam
         return best_seq
 
+    def _mask(self, logp: np.ndarray, t: int, max_words: int) -> None:
+        """Words never generated, no <eos> first (at least one word), only <eos> at the last position."""
+        logp[:, self._banned] = -np.inf
+        if t == 0:
+            logp[:, EOS] = -np.inf
+        if t == max_words:
+            keep = logp[:, EOS].copy()
+            logp[:] = -np.inf
+            logp[:, EOS] = keep
+
     def words(self, ids: list[int]) -> str:
         return detokenize([self.vocab[i] for i in ids])
+
+
+def _best_extensions(scores: np.ndarray, logp: np.ndarray, images: int, per_image: int, count: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the `count` best (hypothesis, word) extensions, best first: flat indices and their scores."""
+    cand = (scores[:, None] + logp).reshape(images, per_image)
+    top = np.argpartition(-cand, count - 1, axis=1)[:, :count]
+    top_scores = np.take_along_axis(cand, top, 1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)

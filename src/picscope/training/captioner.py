@@ -86,6 +86,37 @@ def _shapes(cfg: DecoderConfig, vocab: int) -> dict[str, tuple[int, ...]]:
     return s
 
 
+def _attention(torch: Any, cfg: DecoderConfig, q: Any, k: Any, v: Any, mask: Any | None) -> Any:
+    """Multi-head scaled dot-product attention: (m, tq, d) queries over (m, tk, d) keys/values."""
+    m, tq, _ = q.shape
+    h, dh = cfg.heads, cfg.d // cfg.heads
+    q = q.view(m, tq, h, dh).transpose(1, 2)
+    k = k.view(m, k.shape[1], h, dh).transpose(1, 2)
+    v = v.view(m, v.shape[1], h, dh).transpose(1, 2)
+    s = q @ k.transpose(-1, -2) / math.sqrt(dh)
+    if mask is not None:
+        s = s.masked_fill(mask, float("-inf"))
+    return (torch.softmax(s, dim=-1) @ v).transpose(1, 2).reshape(m, tq, cfg.d)
+
+
+def _init_params(torch: Any, shapes: dict[str, tuple[int, ...]], cfg: DecoderConfig, seed: int) -> Any:
+    """The network's parameters, initialised from `seed` (layer-norm gains 1, biases 0, scaled normal weights)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = torch.nn.ParameterDict()
+    for name, shape in shapes.items():
+        leaf = name.split(".")[-1]
+        if leaf == "g":
+            t = torch.ones(shape)
+        elif len(shape) == 1 or leaf == "b":
+            t = torch.zeros(shape)
+        elif name in ("embed", "pos", "cell_pos"):
+            t = torch.randn(shape, generator=gen) * (cfg.d ** -0.5 if name == "embed" else 0.02)
+        else:
+            t = torch.randn(shape, generator=gen) * (shape[1] ** -0.5)
+        params[name.replace(".", "__")] = torch.nn.Parameter(t)
+    return params
+
+
 def make_net(cfg: DecoderConfig, vocab: int, dropout: float = 0.0, seed: int = 0, in_dim: int | None = None) -> Any:
     """The torch network (a `torch.nn.Module`), randomly initialised. `in_dim`: the width of the cells it is fed
     (training feeds whitened principal components, folded into `w_in` on export; default: the raw cells)."""
@@ -97,20 +128,8 @@ def make_net(cfg: DecoderConfig, vocab: int, dropout: float = 0.0, seed: int = 0
     class CaptionNet(nn.Module):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
-            gen = torch.Generator().manual_seed(seed)
             self.cfg, self.dropout = cfg, dropout
-            self.params = nn.ParameterDict()
-            for name, shape in shapes.items():
-                leaf = name.split(".")[-1]
-                if leaf == "g":
-                    t = torch.ones(shape)
-                elif len(shape) == 1 or leaf == "b":
-                    t = torch.zeros(shape)
-                elif name in ("embed", "pos", "cell_pos"):
-                    t = torch.randn(shape, generator=gen) * (cfg.d ** -0.5 if name == "embed" else 0.02)
-                else:
-                    t = torch.randn(shape, generator=gen) * (shape[1] ** -0.5)
-                self.params[name.replace(".", "__")] = nn.Parameter(t)
+            self.params = _init_params(torch, shapes, cfg, seed)
 
         def p(self, name: str) -> Any:
             return self.params[name.replace(".", "__")]
@@ -121,16 +140,7 @@ def make_net(cfg: DecoderConfig, vocab: int, dropout: float = 0.0, seed: int = 0
             return F.dropout(mem, self.dropout, self.training)
 
         def _attend(self, q: Any, k: Any, v: Any, mask: Any | None) -> Any:
-            m, tq, _ = q.shape
-            h, dh = cfg.heads, cfg.d // cfg.heads
-            q = q.view(m, tq, h, dh).transpose(1, 2)
-            k = k.view(m, k.shape[1], h, dh).transpose(1, 2)
-            v = v.view(m, v.shape[1], h, dh).transpose(1, 2)
-            s = q @ k.transpose(-1, -2) / math.sqrt(dh)
-            if mask is not None:
-                s = s.masked_fill(mask, float("-inf"))
-            a = torch.softmax(s, dim=-1)
-            return (a @ v).transpose(1, 2).reshape(m, tq, cfg.d)
+            return _attention(torch, cfg, q, k, v, mask)
 
         def forward(self, grids: Any, tokens: Any, rows: Any) -> Any:
             """Logits (m, t, vocab) for `tokens` (m, t); `rows` (m,) the image (row of `grids`) of each one."""
@@ -140,20 +150,23 @@ def make_net(cfg: DecoderConfig, vocab: int, dropout: float = 0.0, seed: int = 0
             x = drop(self.p("embed")[tokens] * math.sqrt(cfg.d) + self.p("pos")[:t])
             causal = torch.ones(t, t, dtype=torch.bool).triu(1)
             for i in range(cfg.layers):
-                pre = f"l{i}."
-                h = F.layer_norm(x, (cfg.d,), self.p(pre + "ln1.g"), self.p(pre + "ln1.b"), 1e-5)
-                q, k, v = F.linear(h, self.p(pre + "sa_qkv"), self.p(pre + "sa_qkv_b")).chunk(3, dim=-1)
-                x = x + drop(F.linear(self._attend(q, k, v, causal), self.p(pre + "sa_out"), self.p(pre + "sa_out_b")))
-                h = F.layer_norm(x, (cfg.d,), self.p(pre + "ln2.g"), self.p(pre + "ln2.b"), 1e-5)
-                q = F.linear(h, self.p(pre + "ca_q"), self.p(pre + "ca_q_b"))
-                mk, mv = F.linear(mem, self.p(pre + "ca_kv"), self.p(pre + "ca_kv_b")).chunk(2, dim=-1)
-                x = x + drop(F.linear(self._attend(q, mk[rows], mv[rows], None), self.p(pre + "ca_out"),
-                                      self.p(pre + "ca_out_b")))
-                h = F.layer_norm(x, (cfg.d,), self.p(pre + "ln3.g"), self.p(pre + "ln3.b"), 1e-5)
-                f = F.relu(F.linear(h, self.p(pre + "ff1"), self.p(pre + "ff1_b")))
-                x = x + drop(F.linear(drop(f), self.p(pre + "ff2"), self.p(pre + "ff2_b")))
+                x = self.layer(f"l{i}.", x, mem, rows, causal, drop)
             h = F.layer_norm(x, (cfg.d,), self.p("ln_f.g"), self.p("ln_f.b"), 1e-5)
             return F.linear(h, self.p("embed"), self.p("out_b"))
+
+        def layer(self, pre: str, x: Any, mem: Any, rows: Any, causal: Any, drop: Any) -> Any:
+            """One decoder layer: causal self-attention, cross-attention over the cells, feed-forward."""
+            p = self.p
+            h = F.layer_norm(x, (cfg.d,), p(pre + "ln1.g"), p(pre + "ln1.b"), 1e-5)
+            q, k, v = F.linear(h, p(pre + "sa_qkv"), p(pre + "sa_qkv_b")).chunk(3, dim=-1)
+            x = x + drop(F.linear(self._attend(q, k, v, causal), p(pre + "sa_out"), p(pre + "sa_out_b")))
+            h = F.layer_norm(x, (cfg.d,), p(pre + "ln2.g"), p(pre + "ln2.b"), 1e-5)
+            q = F.linear(h, p(pre + "ca_q"), p(pre + "ca_q_b"))
+            mk, mv = F.linear(mem, p(pre + "ca_kv"), p(pre + "ca_kv_b")).chunk(2, dim=-1)
+            x = x + drop(F.linear(self._attend(q, mk[rows], mv[rows], None), p(pre + "ca_out"), p(pre + "ca_out_b")))
+            h = F.layer_norm(x, (cfg.d,), p(pre + "ln3.g"), p(pre + "ln3.b"), 1e-5)
+            f = F.relu(F.linear(h, p(pre + "ff1"), p(pre + "ff1_b")))
+            return x + drop(F.linear(drop(f), p(pre + "ff2"), p(pre + "ff2_b")))
 
         def arrays(self) -> dict[str, np.ndarray]:
             return {k.replace("__", "."): v.detach().cpu().numpy().astype(np.float32) for k, v in self.params.items()}
@@ -236,6 +249,48 @@ def dev_loss(net: Any, cells: np.ndarray, seqs: np.ndarray, batch: int = 250) ->
     return total / words
 
 
+def _optimizer(torch: Any, net: Any, recipe: CaptionerRecipe) -> Any:
+    """AdamW with weight decay on the matrices (not on positions, norms or biases)."""
+    decayed = {k for k, p in net.params.items() if p.ndim == 2 and k not in ("pos", "cell_pos")}
+    return torch.optim.AdamW([{"params": [net.params[k] for k in sorted(decayed)], "weight_decay": recipe.weight_decay},
+                              {"params": [p for k, p in net.params.items() if k not in decayed], "weight_decay": 0.0}],
+                             lr=recipe.lr, betas=(0.9, 0.98))
+
+
+def _lr_at(recipe: CaptionerRecipe, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 0 at the last step."""
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    frac = (step - recipe.warmup_steps) / max(1, total - recipe.warmup_steps)
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _train_epoch(torch: Any, net: Any, opt: Any, cells: np.ndarray, seqs: np.ndarray, recipe: CaptionerRecipe,
+                 rng: np.random.Generator, clock: tuple[int, int, float], log: Callable[[str], None],
+                 advance: Callable[[int], None] | None) -> tuple[float, int]:
+    """One pass over the captions; `clock` = (step, total steps, start time). (mean train loss, step after)."""
+    step, total, start = clock
+    net.train()
+    running, count = 0.0, 0
+    for pairs in length_batches(seqs, recipe.batch_captions, rng):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(recipe, step, total)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+            loss = _loss(torch, net, cells, seqs, pairs, recipe.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        running += float(loss.detach())
+        count += 1
+        step += 1
+        if advance:
+            advance(1)
+        if step % recipe.log_every == 0:
+            log(f"step {step}/{total}: loss {running / count:.3f}, {(time.monotonic() - start) / 60:.1f} min")
+    return running / max(count, 1), step
+
+
 def train_captioner(
     train_grids: np.ndarray, train_captions: list[list[str]], stop_grids: np.ndarray, stop_captions: list[list[str]],
     recipe: CaptionerRecipe, *, log: Callable[[str], None] = print,
@@ -256,48 +311,21 @@ def train_captioner(
     cells, stop_cells = reduce_cells(train_grids, mean, proj), reduce_cells(stop_grids, mean, proj)
     log(f"cells whitened to {recipe.input_dim} components in {time.monotonic() - start:.0f} s")
     net = make_net(cfg, len(vocab), recipe.dropout, recipe.seed, in_dim=recipe.input_dim)
-    decayed = {k for k, p in net.params.items() if p.ndim == 2 and k not in ("pos", "cell_pos")}
-    opt = torch.optim.AdamW([{"params": [net.params[k] for k in sorted(decayed)], "weight_decay": recipe.weight_decay},
-                             {"params": [p for k, p in net.params.items() if k not in decayed], "weight_decay": 0.0}],
-                            lr=recipe.lr, betas=(0.9, 0.98))
+    opt = _optimizer(torch, net, recipe)
     rng = np.random.default_rng(recipe.seed)
     steps_per_epoch = math.ceil(seqs.shape[0] * seqs.shape[1] / recipe.batch_captions)
     total = steps_per_epoch * recipe.epochs
-
-    def lr_at(step: int) -> float:
-        if step < recipe.warmup_steps:
-            return recipe.lr * (step + 1) / recipe.warmup_steps
-        frac = (step - recipe.warmup_steps) / max(1, total - recipe.warmup_steps)
-        return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
     best: tuple[float, int, dict[str, np.ndarray]] | None = None
     history = []
     step = 0
     for epoch in range(recipe.epochs):
-        net.train()
         advance = bar(f"epoch {epoch + 1}/{recipe.epochs}", steps_per_epoch) if bar else None
-        running, count = 0.0, 0
-        for pairs in length_batches(seqs, recipe.batch_captions, rng):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
-                loss = _loss(torch, net, cells, seqs, pairs, recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            running += float(loss.detach())
-            count += 1
-            step += 1
-            if advance:
-                advance(1)
-            if step % recipe.log_every == 0:
-                log(f"step {step}/{total}: loss {running / count:.3f}, {(time.monotonic() - start) / 60:.1f} min")
+        train_loss, step = _train_epoch(torch, net, opt, cells, seqs, recipe, rng, (step, total, start), log, advance)
         stop = dev_loss(net, stop_cells, stop_seqs)
         minutes = (time.monotonic() - start) / 60
-        history.append({"epoch": epoch + 1, "train_loss": round(running / count, 4), "dev_stop_loss": round(stop, 4),
+        history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 4), "dev_stop_loss": round(stop, 4),
                         "minutes": round(minutes, 2)})
-        log(f"epoch {epoch + 1}: train loss {running / count:.3f} (smoothed), dev[0:{DEV_STOP}] loss {stop:.3f} "
+        log(f"epoch {epoch + 1}: train loss {train_loss:.3f} (smoothed), dev[0:{DEV_STOP}] loss {stop:.3f} "
             f"per word, {minutes:.1f} min")
         if best is None or stop < best[0]:
             best = (stop, epoch + 1, net.arrays())

@@ -226,6 +226,21 @@ def evaluate(model: Any, torch: Any, data: TrainData, caps: np.ndarray,
     return {w: fused_recall(data.dev_scores[index], ver, hit, w) for w in weights}
 
 
+def step_losses(torch: Any, model: Any, data: TrainData, rows: np.ndarray, groups: np.ndarray) -> tuple[Any, Any]:
+    """The two losses of one step: softmax over each caption's group (gold first), and in-batch contrastive on the
+    late-interaction score (every caption against every caption's gold photo)."""
+    flat = np.unique(groups)
+    where = np.searchsorted(flat, groups)
+    cells = model.cells(torch.from_numpy(data.cells[flat]))
+    h, m = _pad_tokens(data, rows)
+    q, w = model.tokens(torch.from_numpy(h), torch.from_numpy(m))
+    logits = model.score(q, w, cells[torch.from_numpy(where)])
+    loss_group = torch.nn.functional.cross_entropy(logits, torch.zeros(len(rows), dtype=torch.long))
+    s_li = model.li_scores(q, w, cells[torch.from_numpy(where[:, 0])])
+    loss_batch = torch.nn.functional.cross_entropy(s_li * model.scale, torch.arange(len(rows)))
+    return loss_group, loss_batch
+
+
 def train_verifier(data: TrainData, cfg: VerifierConfig, log: Callable[[str], None] = print,
                    max_minutes: float | None = None,
                    epoch_log: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> VerifierResult:
@@ -249,19 +264,7 @@ def train_verifier(data: TrainData, cfg: VerifierConfig, log: Callable[[str], No
         order = rng.permutation(caps)
         for s in range(steps_per_epoch):
             rows = order[s * cfg.batch : (s + 1) * cfg.batch]
-            groups = _groups(data, rows, cfg, rng)
-            flat = np.unique(groups)
-            where = np.searchsorted(flat, groups)
-            g = torch.from_numpy(data.cells[flat])
-            h, m = _pad_tokens(data, rows)
-            cells = model.cells(g)
-            q, w = model.tokens(torch.from_numpy(h), torch.from_numpy(m))
-            logits = model.score(q, w, cells[torch.from_numpy(where)])
-            target = torch.zeros(len(rows), dtype=torch.long)
-            loss_group = torch.nn.functional.cross_entropy(logits, target)
-            gold = cells[torch.from_numpy(where[:, 0])]  # in-batch: every caption against every gold photo
-            s_li = model.li_scores(q, w, gold)
-            loss_batch = torch.nn.functional.cross_entropy(s_li * model.scale, torch.arange(len(rows)))
+            loss_group, loss_batch = step_losses(torch, model, data, rows, _groups(data, rows, cfg, rng))
             loss = loss_group + 0.5 * loss_batch
             opt.zero_grad()
             loss.backward()
