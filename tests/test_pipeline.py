@@ -220,17 +220,25 @@ def test_stage2_promotes_images_with_the_expected_answers(library: Library) -> N
     assert next(c for c in out.to_dict()["candidates"] if c["id"] == cand.id)["stage2"]["p_yes"][0] == 0.95
 
 
-def test_unset_verify_weight_is_zero_for_socratic_vision_and_positive_otherwise(library: Library) -> None:
+def test_unset_fusion_weights_are_the_vision_models_declared_ones(library: Library) -> None:
+    from picscope.models.base import FusionDefaults
+    from picscope.models.bundled_vision import BundledVision
+    from picscope.models.socratic import SocraticVision
+
     vision = PathVision(library)
     pipe = _pipe(library, vision)
     assert pipe.config.verify_weight is None and pipe.verify_weight(pipe.config) == 0.3
-    vision.spec = "socratic[bundled]"  # the spec string decides nothing: the declared capability does
+    vision.spec = "socratic[bundled]"  # the spec string decides nothing: the declared fusion does
     assert pipe.verify_weight(pipe.config) == 0.3
-    vision.answers_from_encoder = True  # the offline vision: its answers are the retrieval encoder's similarities
-    assert pipe.verify_weight(pipe.config) == 0.0
+    vision.fusion = FusionDefaults(verify_weight=0.0, judge_weight=0.75, alpha=3)
+    assert (pipe.verify_weight(pipe.config), pipe.judge_weight(pipe.config), pipe.alpha(pipe.config)) == (0.0, 0.75, 4)
+    assert pipe.alpha(PipelineConfig()) == 3  # α unset in the configuration: the vision model's
     assert _pipe(library, vision, verify_weight=0.7).verify_weight(PipelineConfig(verify_weight=0.7)) == 0.7
     out = pipe.run(Request("a photo of a thing"), k=8)
-    assert out.explanation["config"]["verify_weight"] == 0.0
+    assert out.explanation["config"]["verify_weight"] == 0.0 and out.explanation["config"]["judge_weight"] == 0.75
+    # the offline socratic vision answers from the retrieval encoder: its stage-2 weight is 0
+    assert SocraticVision.fusion.verify_weight == 0.0 and SocraticVision.answers_from_encoder
+    assert BundledVision.fusion.alpha >= 2 and not BundledVision.answers_from_encoder
 
 
 def test_stage3_reorders_the_whole_top_alpha(library: Library) -> None:

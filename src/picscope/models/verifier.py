@@ -24,6 +24,7 @@ import numpy as np
 
 from picscope.encoders.numerics import gelu, single_threaded_blas
 from picscope.errors import EncoderError
+from picscope.vectors import unit
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -32,10 +33,6 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 VERSION = "verifier-v1"
 MAX_TOKENS = 32
 _lock = threading.Lock()
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -81,7 +78,7 @@ class Verifier:
         with single_threaded_blas():
             c = (np.asarray(grid, np.float32) - w["pca_mean"]) @ w["pca"].T
         c = np.concatenate([c, c.mean(axis=1, keepdims=True)], axis=1)
-        return _unit(c).astype(np.float32)
+        return unit(c).astype(np.float32)
 
     def tokens(self, states: np.ndarray) -> TextFeatures:
         """(T, 384) MiniLM token states of one text -> its token vectors and weights (for every member)."""
@@ -90,7 +87,7 @@ class Verifier:
         for w in self.members:
             q = gelu(h @ w["t1.weight"].T + w["t1.bias"]) @ w["t2.weight"].T + w["t2.bias"] + h @ w["tskip.weight"].T
             weight = _softplus(h @ w["tw.weight"].T + w["tw.bias"])[:, 0]
-            members.append((_unit(q).astype(np.float32),
+            members.append((unit(q).astype(np.float32),
                             (weight / max(float(weight.sum()), 1e-6)).astype(np.float32)))
         return TextFeatures(members[0][0], members[0][1], members=tuple(members))
 
