@@ -72,6 +72,44 @@ def test_minilm_truncates_at_max_seq_length_and_keeps_input_order() -> None:
     assert tower.encode([]).shape == (0, 384)
 
 
+def _ascii_cases() -> list[str]:
+    import random
+    import string
+
+    rnd = random.Random(0)
+    noise = ["".join(rnd.choice(string.printable + "\x00\x01\x0b\x1f\x7f") for _ in range(rnd.randint(0, 40)))
+             for _ in range(3000)]
+    edge = ["a\x01b", "\x0bq\x0cr\x1cs\x7ft", "x" * 100, "x" * 101, "don't $5 + <3 = ^_^ `|~", "e.g. U.S.A.",
+            "snake_case-and--dash", "a [CLS", "[mask] dog", "[MASK] dog", "123abc456", "word " * 300]
+    return TEXTS + edge + noise
+
+
+def test_the_ascii_tokenizer_gives_the_tokenizers_librarys_ids() -> None:
+    """The fast start path (`AsciiWordPiece`, no `tokenizers` load) equals the `tokenizers` library on ASCII text;
+    other text is left to the library."""
+    model = towers.minilm().numpy
+    cases = _ascii_cases()
+    fast = [model.wordpiece.ascii_ids(t) for t in cases]
+    reference = [enc.ids for enc in model.tokenizer.encode_batch(cases)]
+    checked = [(t, a, b) for t, a, b in zip(cases, fast, reference, strict=True) if a is not None]
+    assert len(checked) >= 3000
+    assert [c for c in checked if c[1] != c[2]] == []
+    left = {t for t, a in zip(cases, fast, strict=True) if a is None}
+    assert {"東京の夜景", "naïve café — résumé", "[MASK] dog"} <= left
+    assert model.tokenize(cases) == reference  # mixed input: each text by the path that takes it
+
+
+def test_the_ascii_tokenizer_on_every_flickr8k_caption(shared_data: Path) -> None:
+    from picscope.training.data import flickr8k
+
+    model = towers.minilm().numpy
+    captions = [c for split in ("train", "dev") for cs in flickr8k(split).captions for c in cs]
+    fast = [model.wordpiece.ascii_ids(c) for c in captions]
+    reference = [enc.ids for enc in model.tokenizer.encode_batch(captions)]
+    pairs = [(a, b) for a, b in zip(fast, reference, strict=True) if a is not None]
+    assert len(pairs) >= 0.99 * len(captions) and all(a == b for a, b in pairs)
+
+
 def test_efficientnet_onnx_graph_matches_the_pytorch_network() -> None:
     torch = pytest.importorskip("torch", reason="torch (the `train` extra) is absent")
     pytest.importorskip("efficientnet_lite_pytorch")

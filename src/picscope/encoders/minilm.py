@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from picscope.encoders.numerics import gelu, read_safetensors, single_threaded_blas
+from picscope.encoders.wordpiece import AsciiWordPiece
 from picscope.errors import EncoderError
 from picscope.vectors import unit
 
@@ -31,33 +32,52 @@ class NumpyMiniLM:
     """Sentence embeddings (384-d, L2-normalised) from the files of a sentence-transformers BERT model folder."""
 
     def __init__(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        try:
-            from tokenizers import Tokenizer
-        except ImportError as exc:
-            raise EncoderError(f"MiniLM needs the `tokenizers` package: {exc}") from exc
+        self.folder = folder = Path(folder)
+        self._tokenizer: Any = None
         try:
             cfg = json.loads((folder / "config.json").read_text())
             st_cfg = json.loads((folder / "sentence_bert_config.json").read_text())
             pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
             modules = json.loads((folder / "modules.json").read_text())
-            self.tokenizer: Any = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            self.max_len = int(st_cfg.get("max_seq_length", 512))
+            self.wordpiece = AsciiWordPiece(folder / "vocab.txt", self.max_len)
             self.w = read_safetensors(folder / "model.safetensors")
         except (OSError, ValueError, KeyError) as exc:
             raise EncoderError(f"cannot load MiniLM from {folder}: {exc}") from exc
         if not pooling.get("pooling_mode_mean_tokens") or cfg.get("hidden_act") != "gelu":
             raise EncoderError(f"{folder}: only mean pooling and exact GELU are supported")
         self.normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
-        self.max_len = int(st_cfg.get("max_seq_length", 512))
         self.layers = int(cfg["num_hidden_layers"])
         self.heads = int(cfg["num_attention_heads"])
         self.dim = int(cfg["hidden_size"])
         self.eps = float(cfg.get("layer_norm_eps", 1e-12))
-        self.tokenizer.enable_truncation(self.max_len)
-        self.tokenizer.no_padding()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The `tokenizers` library's tokenizer of the model (loaded on first use: 40-90 ms)."""
+        if self._tokenizer is None:
+            try:
+                from tokenizers import Tokenizer
+            except ImportError as exc:
+                raise EncoderError(f"MiniLM needs the `tokenizers` package: {exc}") from exc
+            try:
+                tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+            except Exception as exc:  # the library raises its own Exception type for a bad file
+                raise EncoderError(f"cannot load MiniLM's tokenizer from {self.folder}: {exc}") from exc
+            tokenizer.enable_truncation(self.max_len)
+            tokenizer.no_padding()
+            self._tokenizer = tokenizer
+        return self._tokenizer
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        """Token ids per text: ASCII texts by `AsciiWordPiece` (the same ids, without loading `tokenizers`), the
+        others by the `tokenizers` library."""
+        ids: list[list[int] | None] = [self.wordpiece.ascii_ids(t) for t in texts]
+        rest = [i for i, row in enumerate(ids) if row is None]
+        if rest:
+            for i, enc in zip(rest, self.tokenizer.encode_batch([texts[i] for i in rest]), strict=True):
+                ids[i] = enc.ids
+        return [row for row in ids if row is not None]
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(n, L) token ids and mask -> (n, dim) pooled (not yet normalised)."""

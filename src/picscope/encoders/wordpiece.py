@@ -1,0 +1,89 @@
+"""BERT's uncased WordPiece tokenizer for ASCII text, in plain Python, for the start of a new process.
+
+`tokenizers.Tokenizer.from_file` parses MiniLM's 460 kB `tokenizer.json` in 40-90 ms on the 2-core machine: a
+third of what a `picscope search TEXT` process spends above the import floor (README, "A new process per command").
+A query is a few words, so this reads the model's `vocab.txt` (~3 ms) and tokenises ASCII text itself. Only ASCII:
+there BERT's normaliser is control-character removal and lowercasing, its punctuation is ASCII punctuation, and
+there are no accents or CJK characters to treat, so the result equals the `tokenizers` library's ids exactly
+(`tests/test_towers.py` checks every Flickr8k caption and edge cases). `ascii_ids` returns None for any other text,
+and the caller uses `tokenizers`.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_PUNCT = frozenset(string.punctuation)
+_SPACE = frozenset(" \t\n\r")
+MAX_WORD_CHARS = 100  # longer words become [UNK], as in BERT
+
+
+class AsciiWordPiece:
+    """Token ids of ASCII text for an uncased BERT vocabulary (`vocab.txt`, one piece per line)."""
+
+    def __init__(self, vocab_file: str | Path, max_len: int) -> None:
+        pieces = Path(vocab_file).read_text(encoding="utf-8").split("\n")
+        if pieces and pieces[-1] == "":
+            pieces.pop()
+        self.vocab = {piece: i for i, piece in enumerate(pieces)}
+        missing = [s for s in SPECIAL if s not in self.vocab]
+        if missing:
+            raise ValueError(f"{vocab_file}: no {', '.join(missing)} in the vocabulary")
+        self.unk, self.cls, self.sep = self.vocab["[UNK]"], self.vocab["[CLS]"], self.vocab["[SEP]"]
+        self.max_len = max_len
+
+    def ascii_ids(self, text: str) -> list[int] | None:
+        """[CLS] pieces [SEP], truncated to `max_len` ids; None when `text` is not ASCII or names a special token
+        (the `tokenizers` library keeps "[MASK]" and its kind whole)."""
+        if not text.isascii() or ("[" in text and any(s in text for s in SPECIAL)):
+            return None
+        ids = [self.cls]
+        for word in self._words(text):
+            ids.extend(self._pieces(word))
+        ids = ids[: self.max_len - 1]
+        ids.append(self.sep)
+        return ids
+
+    @staticmethod
+    def _words(text: str) -> list[str]:
+        """Lowercased words and single punctuation characters; control characters dropped without splitting the
+        word (BERT's cleaning)."""
+        words: list[str] = []
+        current: list[str] = []
+        for ch in text:
+            if ch not in _SPACE and not ch.isprintable():
+                continue
+            if ch in _SPACE or ch in _PUNCT:
+                if current:
+                    words.append("".join(current).lower())
+                    current = []
+                if ch in _PUNCT:
+                    words.append(ch)
+                continue
+            current.append(ch)
+        if current:
+            words.append("".join(current).lower())
+        return words
+
+    def _pieces(self, word: str) -> list[int]:
+        """Greedy longest-match-first WordPiece; the whole word is [UNK] when a part matches nothing."""
+        if len(word) > MAX_WORD_CHARS:
+            return [self.unk]
+        out: list[int] = []
+        start = 0
+        while start < len(word):
+            end = len(word)
+            found = None
+            while start < end:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                found = self.vocab.get(piece)
+                if found is not None:
+                    break
+                end -= 1
+            if found is None:
+                return [self.unk]
+            out.append(found)
+            start = end
+        return out
