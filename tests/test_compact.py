@@ -96,6 +96,9 @@ QUERIES = ["a tabby cat", "a cup of coffee", "an astronaut", "a rocket on a laun
 def test_new_library_is_compact_and_ranks_like_full_vectors(demo_libraries: tuple[Path, Path]) -> None:
     compact_path, full_path = demo_libraries
     with Library.open(compact_path) as c, Library.open(full_path) as f:
+        # the codec's fidelity: raw score order (the query bank's re-order makes near-ties of its own, e.g.
+        # "a rocket on a launch pad": rocket 0.2954 − Z vs retina 0.3037 − Z, where the codes move scores ~0.01)
+        c.config.search.querybank = f.config.search.querybank = False
         st = c.status()
         assert st.vector_format.startswith("bundled-v2-codec@") and st.bytes_per_photo == 1280
         assert f.status().vector_format == FULL and f.status().bytes_per_photo == c.dim * 4  # type: ignore[operator]

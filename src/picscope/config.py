@@ -218,6 +218,8 @@ class IndexConfig(Section):
 class SearchConfig(Section):
     k: int = rule(10, ge=1)
     min_score: float | None = None
+    querybank: bool = rule(True, description="text searches rank by score minus each photo's query-bank "
+                           "normaliser when the encoder ships a bank (bundled: Flickr8k dev R@1 26.3 → 28.2)")
 
 
 @dataclass

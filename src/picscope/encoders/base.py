@@ -13,6 +13,8 @@ from picscope.vectors import unit
 if TYPE_CHECKING:
     from PIL import Image  # imported where an image is prepared: a text search never loads PIL
 
+    from picscope.encoders.querybank import QueryBank
+
 
 @runtime_checkable
 class DualEncoder(Protocol):
@@ -24,6 +26,8 @@ class DualEncoder(Protocol):
     `vector_parts` ({name: (start, stop)}, see `BaseEncoder`; None for most) lets relevance feedback weight the parts
     of a concatenated vector apart; encoders without parts are treated as one space.
     `codec_path` (None for most) names a compact vector codec that libraries store this encoder's vectors with.
+    `querybank` (None for most) is the encoder's query bank: text searches rank by score minus each photo's
+    normaliser (`picscope.encoders.querybank`).
     """
 
     name: str
@@ -31,6 +35,9 @@ class DualEncoder(Protocol):
     image_size: int
     codec_path: Path | None
     vector_parts: dict[str, tuple[int, int]] | None
+
+    @property
+    def querybank(self) -> QueryBank | None: ...
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
@@ -52,6 +59,8 @@ class BaseEncoder:
     vector_parts: dict[str, tuple[int, int]] | None = None
     # optional: a `picscope.store.compact.VectorCodec` file that new libraries store this encoder's vectors with
     codec_path: Path | None = None
+    # optional: a `picscope.encoders.querybank.QueryBank` of this encoder's text vectors (hubness correction)
+    querybank: QueryBank | None = None
 
     def prepare_image(self, image: Image.Image) -> Any:
         return image

@@ -26,6 +26,8 @@ from picscope.errors import EncoderError
 if TYPE_CHECKING:
     from PIL import Image  # imported where an image is prepared: a text search never loads PIL
 
+    from picscope.encoders.querybank import QueryBank
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 VERSIONS = ("bundled-v2", "bundled-v1")  # newest first
 VERSION = VERSIONS[0]
@@ -116,6 +118,8 @@ class BundledEncoder(BaseEncoder):
         self.version = version
         codec = root / f"{version}-codec.npz"  # compact stored vectors (picscope.training.codec); pinned by hash
         self.codec_path = codec if codec.exists() else None
+        self._bank_file = (root / f"{version}-querybank.npz", sums.get(f"{version}-querybank.npz"))
+        self._bank: QueryBank | None = None
         # the name pins every shipped file (the memory file holds the inference config too); v1 named its heads
         pin = sums[heads_file] if version == "bundled-v1" else hashlib.sha256(
             (sums[heads_file] + sums[memory_file]).encode()).hexdigest()
@@ -125,6 +129,17 @@ class BundledEncoder(BaseEncoder):
             from picscope.paths import cache_dir
 
             self.model.bank_cache = cache_dir() / f"bank-{version}-{pin[:12]}-{label_cache_key()}.npy"
+
+    @property
+    def querybank(self) -> QueryBank | None:  # type: ignore[override]
+        """The encoder's query bank (`picscope train-querybank`), loaded on first use; None when the folder has
+        none (weights trained before it, or a `bundled:<folder>` without one)."""
+        path, pinned = self._bank_file
+        if self._bank is None and path.exists():
+            from picscope.encoders.querybank import load_querybank
+
+            self._bank = load_querybank(path, pinned)
+        return self._bank
 
     def prepare_image(self, image: Image.Image) -> Any:
         arr = towers.prepare_efficientnet(image)

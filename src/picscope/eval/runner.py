@@ -91,7 +91,9 @@ class _Index:
 
 
 def _ranking(lib: Library, idx: _Index, vec: np.ndarray, exclude: list[int]) -> list[str]:
-    hits = lib.search_vector(vec, idx.size, exclude_ids=exclude)
+    """The encoder's ranking of the whole gallery, as a search ranks it (a text query is re-ordered by the
+    encoder's query bank; a composed one, which excludes its reference, is not)."""
+    hits = lib.search_vector(vec, idx.size, exclude_ids=exclude, querybank=not exclude)
     return [idx.key_of[h.id] for h in hits]
 
 

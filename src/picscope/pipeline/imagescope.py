@@ -260,7 +260,7 @@ class ImageScopePipeline:
         t = self._text_vectors(texts)
         mean_t = (weights @ t).astype(np.float32)  # weighted mean over descriptions of t·v == (mean t)·v
         pool = max(n, cfg.pool if cfg.caption_weight > 0 else n)
-        hits = self.library.search_vector(mean_t, pool, exclude_ids=sorted(exclude))
+        hits = self.library.search_vector(mean_t, pool, exclude_ids=sorted(exclude), querybank=True)
         cands = [Candidate(h.id, h.path, float(h.score)) for h in hits]
         tau = cfg.caption_weight
         if tau > 0 and self.vision is not None and cands:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from picscope.errors import StoreError
 from picscope.store.meta import FileMeta, MetaFilter
+
+if TYPE_CHECKING:
+    from picscope.store.compact import VectorCodec
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,11 @@ class VectorStore(Protocol):
 
     def ids(self) -> np.ndarray:
         """All stored ids (int64, any order)."""
+        ...
+
+    def scored_rows(self, ids: np.ndarray) -> tuple[np.ndarray, VectorCodec | None]:
+        """What `search` scores for `ids`: (their vectors, None), or for a compact store (their codes, the codec),
+        scored as `codec.queries(q)` parts · codes + offset. Cheaper than `get` there: nothing is decoded."""
         ...
 
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,

@@ -259,6 +259,12 @@ class CompactStore:
                     continue
             return out
 
+    def scored_rows(self, ids: np.ndarray) -> tuple[np.ndarray, VectorCodec]:
+        """(coarse ‖ dequantised fine codes, the codec): what `search` scores, without decoding."""
+        ids = np.asarray(ids, np.int64).ravel()
+        coarse = self.inner.get(ids)[:, : self.codec.scan_dim]
+        return np.concatenate([coarse, self.codec.dequantize(self._fine_rows(ids))], axis=1), self.codec
+
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64).ravel()
         return self.codec.decode(self.inner.get(ids)[:, : self.codec.scan_dim], self._fine_rows(ids))

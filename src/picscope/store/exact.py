@@ -183,6 +183,9 @@ class ExactStore:
             self._map()
             return True
 
+    def scored_rows(self, ids: np.ndarray) -> tuple[np.ndarray, None]:
+        return self.get(ids), None  # full vectors: scored by a plain inner product
+
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).ravel()
         with self._lock:

@@ -331,6 +331,9 @@ class MilvusStore:
             out.extend(self._call("query", partial(_query, collection=self.collection, expr=expr, fields=fields)))
         return out
 
+    def scored_rows(self, ids: np.ndarray) -> tuple[np.ndarray, None]:
+        return self.get(ids), None  # full vectors: scored by a plain inner product
+
     def get(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).ravel()
         found = {int(r["id"]): r["vec"] for r in self._query_ids(np.unique(ids), ["id", "vec"])}
