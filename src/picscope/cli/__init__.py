@@ -21,7 +21,8 @@ MODULES = ("core", "eval", "train", "captioner", "models", "chat", "captions", "
 COMMANDS: dict[str, str] = {
     "index": "core", "search": "core", "status": "core", "demo": "core", "cache": "core",
     "eval": "eval", "dataset": "eval",
-    "train-encoder": "train", "eval-encoder": "train", "train-codec": "train", "train-verifier": "train",
+    "train-encoder": "train", "eval-encoder": "train", "train-codec": "train", "train-querybank": "train",
+    "train-verifier": "train",
     "train-captioner": "captioner", "eval-captioner": "captioner",
     "doctor": "models", "specs": "models",
     "chat": "chat",

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from picscope.encoders.numerics import single_threaded_blas
 from picscope.errors import EncoderError
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ class QueryBank:
             raise ValueError(f"query bank {self.name} is for {self.dim}-d vectors, got {v.shape}")
         if not len(v):
             return np.zeros(0, np.float32)
-        scores = self.beta * (self.a @ (self.w @ v.T))  # (bank, n)
+        with single_threaded_blas():  # small products: a second BLAS thread only adds waiting on a busy machine
+            scores = self.beta * (self.a @ (self.w @ v.T))  # (bank, n)
         top = scores.max(axis=0)
         return ((np.log(np.exp(scores - top).sum(axis=0)) + top) / self.beta).astype(np.float32)
 
@@ -70,7 +72,8 @@ class QueryBank:
         r = np.asarray(rows, np.float32)
         if not len(r):
             return np.zeros(0, np.float32)
-        scores = self.beta * (self.a @ (w @ r.T + offset[:, None]))
+        with single_threaded_blas():
+            scores = self.beta * (self.a @ (w @ r.T + offset[:, None]))
         top = scores.max(axis=0)
         return ((np.log(np.exp(scores - top).sum(axis=0)) + top) / self.beta).astype(np.float32)
 
@@ -131,12 +134,13 @@ def fit_querybank(text_vectors: np.ndarray, rank: int, beta: float, name: str) -
 
 def load_querybank(path: Path, expected_sha256: str | None = None) -> QueryBank:
     """Read a bank; with `expected_sha256`, refuse a file whose bytes differ (a pinned, shipped file)."""
+    from picscope.encoders.modelcache import file_digest
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        digest = file_digest(path)  # remembered by (path, size, mtime): a later process only stats the file
     except OSError as exc:
         raise EncoderError(f"cannot read the query bank {path}: {exc}") from exc
-    digest = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and digest != expected_sha256:
         raise EncoderError(f"query bank {path} is corrupt (SHA-256 {digest[:16]}… is not the pinned "
                            f"{expected_sha256[:16]}…); reinstall picscope or run `picscope train-querybank`")
