@@ -39,6 +39,9 @@ class SearchConfig(BaseModel):
 
     k: int = Field(10, ge=1)
     min_score: float | None = None
+    rerank: bool | None = Field(None, description="re-rank a text search's top candidates with the bundled verifier "
+                                "(picscope.rerank): unset = for the encoders it was measured on (bundled), true = "
+                                "always, false = never")
 
 
 class PipelineConfig(BaseModel):
