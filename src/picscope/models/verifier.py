@@ -97,14 +97,19 @@ class Verifier:
         w = self.members[member]
         if text.members:
             text = TextFeatures(*text.members[member])
-        sim = np.einsum("td,ncd->ntc", text.q, cells)
+        cells = np.asarray(cells, np.float32)
+        sim = np.matmul(cells, text.q.T).transpose(0, 2, 1)  # (n, T, 50): one BLAS product, not an einsum
         att = np.exp(self.lam * (sim - sim.max(-1, keepdims=True)))
         att /= att.sum(-1, keepdims=True)
         s_li = ((att * sim).sum(-1) * text.w).sum(-1)
         mix = att @ cells  # (n, T, d)
-        q = np.broadcast_to(text.q, mix.shape)
-        feats = np.concatenate([q, mix, q * mix], axis=-1)
-        x = gelu(feats @ w["h1.weight"].T + w["h1.bias"]) @ w["h2.weight"].T + w["h2.bias"]
+        # h1 over [q, mix, q·mix]: the q part is the same for every image, so it is computed once
+        n, t, d = mix.shape
+        h1 = w["h1.weight"]
+        flat = mix.reshape(n * t, d)  # 2-D products: one BLAS call each
+        pre = (flat @ h1[:, d : 2 * d].T + (mix * text.q).reshape(n * t, d) @ h1[:, 2 * d :].T).reshape(n, t, -1)
+        pre += text.q @ h1[:, :d].T + w["h1.bias"]
+        x = gelu(pre) @ w["h2.weight"].T + w["h2.bias"]
         s_x = (x[..., 0] * text.w).sum(-1)
         return s_li, s_x
 
