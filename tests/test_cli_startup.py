@@ -77,7 +77,8 @@ NOT_FOR_TEXT_SEARCH = (
     "picscope.cli.session", "picscope.cli.serve", "picscope.cli.scale", "picscope.cli.duplicates",
     "picscope.cli.progress", "picscope.server", "picscope.pipeline", "picscope.pipeline.imagescope",
     "picscope.indexer", "picscope.imageio", "picscope.scan", "picscope.arithmetic", "picscope.dedupe",
-    "picscope.models.bundled_vision", "picscope.models.chat", "picscope.feedback", "picscope.sessions", "PIL", "PIL.Image", "pillow_heif", "httpx",
+    "picscope.models.bundled_vision", "picscope.models.chat", "picscope.feedback", "picscope.sessions", "PIL",
+    "PIL.Image", "pillow_heif", "httpx",
     "uvicorn", "fastapi", "rich.progress", "rich.table", "onnxruntime",
 )
 

@@ -14,7 +14,6 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -129,6 +128,8 @@ class PhotoCells:
 
     def _compute(self, records: Iterable[FileRecord]) -> dict[int, np.ndarray]:
         """Decode the photos (two threads) and run the image network once for all of them."""
+        from concurrent.futures import ThreadPoolExecutor  # not at import: a search with stored cells never needs it
+
         recs = [r for r in records if r.status == "ok"]
         images: list[tuple[int, Image.Image]] = []
         with ThreadPoolExecutor(max(1, min(2, len(recs)))) as pool:
