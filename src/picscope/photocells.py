@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from picscope.errors import ImageDecodeError, LibraryLockedError
+from picscope.errors import DiskFullError, ImageDecodeError, LibraryLockedError, StoreError
 from picscope.store.cells import CellStore
 
 if TYPE_CHECKING:
@@ -117,8 +117,8 @@ class PhotoCells:
 
     def _keep(self, fresh: dict[int, np.ndarray]) -> None:
         """Write computed cells to the store when no other writer holds the library, else keep them in memory."""
-        if not self.library.readonly:
-            with contextlib.suppress(LibraryLockedError, OSError), self.library.write_lock():
+        if not self.library.readonly:  # a full disk or a busy library must not fail the search: memory then
+            with contextlib.suppress(LibraryLockedError, DiskFullError, StoreError, OSError), self.library.write_lock():
                 self.store.put(np.array(list(fresh), np.int64), np.stack(list(fresh.values())))
                 return
         with self._lock:
