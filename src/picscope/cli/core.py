@@ -48,7 +48,8 @@ def print_report(report: IndexReport, as_json: bool) -> None:
         f"[bold]{report.root}[/]: {report.scanned} files seen — {report.added} added, {report.updated} updated, "
         f"{report.reused} reused (renamed/copied), {report.removed} removed, {report.unchanged} unchanged, "
         f"{report.failed} failed; {report.seconds:.1f} s"
-        + (f" ({report.images_per_second:.1f} img/s encoded)" if report.encoded else ""),
+        + (f" ({report.images_per_second:.1f} img/s encoded)" if report.encoded else "")
+        + (f"; cells for re-ranking computed for {report.cells} earlier photo(s)" if report.cells else ""),
         highlight=False,
     )
     if rows:
