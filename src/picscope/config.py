@@ -220,6 +220,9 @@ class SearchConfig(Section):
     min_score: float | None = None
     querybank: bool = rule(True, description="text searches rank by score minus each photo's query-bank "
                            "normaliser when the encoder ships a bank (bundled: Flickr8k dev R@1 26.3 → 28.2)")
+    rerank: bool | None = rule(None, description="re-rank a text search's top candidates with the bundled verifier "
+                               "(picscope.rerank): unset = for the encoders it was measured on (bundled), true = "
+                               "always, false = never")
 
 
 @dataclass

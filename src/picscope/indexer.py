@@ -42,6 +42,8 @@ from picscope.store.meta import FileMeta
 if TYPE_CHECKING:
     from sqlite3 import Connection
 
+    from picscope.photocells import PhotoCells
+
 
 @dataclass
 class IndexReport:
@@ -56,6 +58,7 @@ class IndexReport:
     skipped: int = 0  # paths this scan saw and did not index (not images, FIFOs, dangling links, ...)
     seconds: float = 0.0
     encoded: int = 0
+    cells: int = 0  # photos whose verifier cells were computed after the scan (older libraries: backfilled)
     # every current problem under the root, as `picscope status` lists them: (path, status, reason), status
     # error (not indexed), stale (previous version kept) or skipped
     problems: list[tuple[str, str]] = field(default_factory=list)
@@ -77,6 +80,9 @@ class Progress:
 
     def finish(self) -> None:
         pass
+
+    def stage(self, label: str) -> None:
+        """The next `start` begins another pass (e.g. the verifier cells of older photos): name it."""
 
 
 @dataclass
@@ -102,6 +108,8 @@ class _Written:
     ids: list[int] = field(default_factory=list)
     vecs: list[np.ndarray] = field(default_factory=list)
     metas: list[FileMeta] = field(default_factory=list)
+    cells: dict[int, np.ndarray] = field(default_factory=dict)  # fid -> verifier cells computed in this run
+    copies: dict[int, int] = field(default_factory=dict)  # fid -> the fid whose vector (and cells) it reuses
 
     def add(self, fid: int, vec: np.ndarray, meta: FileMeta) -> None:
         self.ids.append(fid)
@@ -132,6 +140,7 @@ class Indexer:
         progress: Progress | None = None,
         *,
         read_hook: Callable[[bytes, bytes], None] | None = None,
+        cells: PhotoCells | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -139,6 +148,9 @@ class Indexer:
         self.config = config
         self.progress = progress or Progress()
         self.read_hook = read_hook  # test hook: called with (path, data) right after a file is read
+        # the verifier's cells, kept beside the vectors when the library re-ranks (written, copied and deleted
+        # with them, so the cell store never holds a row the catalog does not)
+        self.cells = cells
 
     # -- per-file work (runs in decode threads) ---------------------------------------------------
     def _read(self, entry: ScanEntry, known: bool) -> tuple[bytes | None, _Work]:
@@ -295,14 +307,17 @@ class Indexer:
     ) -> None:
         chunk: list[_Work] = []
         vectors: dict[int, np.ndarray] = {}  # index in chunk -> vector
+        cells: dict[int, np.ndarray] = {}  # index in chunk -> verifier cells (when kept)
         batch: list[int] = []
 
         def encode_batch() -> None:
             if not batch:
                 return
-            vecs = self.encoder.embed_prepared([chunk[i].prepared for i in batch])
-            for i, v in zip(batch, vecs, strict=True):
+            vecs, grid = self._encode([chunk[i].prepared for i in batch])
+            for n, (i, v) in enumerate(zip(batch, vecs, strict=True)):
                 vectors[i] = v
+                if grid is not None:
+                    cells[i] = grid[n]
                 chunk[i].prepared = None
             report.encoded += len(batch)
             batch.clear()
@@ -312,10 +327,11 @@ class Indexer:
             for w in chunk:
                 if w.skip is not None:
                     skips[w.entry.raw] = (w.size, w.mtime_ns, w.skip)
-            self._commit(chunk, vectors, hashes, known, report)
+            self._commit(chunk, vectors, hashes, known, report, cells)
             self.progress.advance(len(chunk))
             chunk.clear()
             vectors.clear()
+            cells.clear()
 
         for work in self._iter_work(todo, hashes, known):
             chunk.append(work)
@@ -327,6 +343,13 @@ class Indexer:
                 commit()
         commit()
 
+    def _encode(self, prepared: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Vectors, and the verifier's cells from the same network pass when they are kept and the encoder runs it."""
+        if self.cells is None:
+            return self.encoder.embed_prepared(prepared), None
+        vecs, grid = self.encoder.embed_prepared_grid(prepared)
+        return vecs, None if grid is None else self.cells.from_grid(grid)
+
     def _commit(
         self,
         chunk: list[_Work],
@@ -334,6 +357,7 @@ class Indexer:
         hashes: dict[str, int],
         known: dict[bytes, Known],
         report: IndexReport,
+        cells: dict[int, np.ndarray] | None = None,
     ) -> None:
         """One transaction for a chunk: catalog rows for every file, then its vectors (written before the commit)."""
         if not chunk:
@@ -353,6 +377,10 @@ class Indexer:
                     continue
                 fid = self._record_ok(db, w)
                 out.add(fid, vec, FileMeta(display_path(w.entry.raw), w.mtime_ns))
+                if cells is not None and i in cells:
+                    out.cells[fid] = cells[i]
+                elif w.reuse_id is not None and i not in vectors:
+                    out.copies[fid] = w.reuse_id
                 if w.hash:
                     hashes.setdefault(w.hash, fid)
                 _count_indexed(report, w, prev)
@@ -413,6 +441,24 @@ class Indexer:
     def _write_vectors(self, out: _Written) -> None:
         id_arr, vec_arr = np.array(out.ids, np.int64), np.stack(out.vecs).astype(np.float32)
         self.store.upsert_with_meta(id_arr, vec_arr, out.metas)  # the path/mtime, for stores that filter on them
+        if self.cells is not None:
+            self._write_cells(out)
+
+    def _write_cells(self, out: _Written) -> None:
+        """Cells for every file whose vector was just written: new ones, a copy's source's, or none (the old row
+        is deleted; `PhotoCells.backfill` computes it at the end of the run)."""
+        store = self.cells.store if self.cells is not None else None
+        if store is None:
+            return
+        if out.cells:
+            store.put(np.array(list(out.cells), np.int64), np.stack(list(out.cells.values())))
+        sources = store.get_packed(np.array(sorted(set(out.copies.values())), np.int64)) if out.copies else {}
+        copied = {fid: src for fid, src in out.copies.items() if src in sources}
+        if copied:
+            store.put_packed(np.array(list(copied), np.int64), np.stack([sources[s] for s in copied.values()]))
+        stale = [fid for fid in out.ids if fid not in out.cells and fid not in copied]
+        if stale:
+            store.delete(np.array(stale, np.int64))
 
     def _remove_missing(
         self,
@@ -436,4 +482,6 @@ class Indexer:
         with self.catalog.transaction() as db:
             self.catalog.delete_files(db, ids.tolist())
             self.store.delete(ids)
+            if self.cells is not None:
+                self.cells.store.delete(ids)
         return len(gone)

@@ -16,6 +16,7 @@ STORE_DIR = "store"
 LOCK = "write.lock"
 SESSIONS = "sessions.sqlite"
 CAPTIONS = "captions.sqlite"
+CELLS = "cells"
 THUMBS = "thumbs"
 LOGS = "logs"
 
@@ -62,6 +63,11 @@ class LibraryLayout:
     def captions(self) -> Path:
         """Captions of library images (`picscope.pipeline.captions.CaptionStore`)."""
         return self.root / CAPTIONS
+
+    @property
+    def cells(self) -> Path:
+        """The verifier's cell features per photo (`picscope.store.cells.CellStore`)."""
+        return self.root / CELLS
 
     @property
     def thumbs(self) -> Path:

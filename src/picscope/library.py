@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from picscope.dedupe import Fingerprint
     from picscope.encoders.querybank import QueryBank
     from picscope.indexer import IndexReport, Progress
+    from picscope.photocells import PhotoCells
+    from picscope.rerank import RerankInfo, RerankSettings
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class SearchResult:
     rank: int
     relevance: float | None = None  # calibrated P(relevant), when the encoder has a calibration
     similar_ids: tuple[int, ...] = ()  # near-duplicates collapsed into this result (search with dedupe)
+    match: float | None = None  # the verifier's P(match) when the re-rank scored this result (`picscope.rerank`)
+    # score minus the photo's query-bank normaliser, when the query bank ordered this result (`QUERYBANK_POOL`)
+    bank_score: float | None = None
 
     @property
     def similar_count(self) -> int:
@@ -74,6 +79,8 @@ class SearchResult:
         data["relevance"] = None if self.relevance is None else round(self.relevance, 4)
         data["similar_ids"] = list(self.similar_ids)
         data["similar_count"] = self.similar_count
+        data["match"] = None if self.match is None else round(self.match, 4)
+        data["bank_score"] = None if self.bank_score is None else round(self.bank_score, 4)
         return data
 
 
@@ -136,6 +143,7 @@ class Library:
         self._encoder: DualEncoder | None = None
         self._store: VectorStore | None = None
         self._encoder_override: str | None = None
+        self._cells: PhotoCells | None = None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -245,7 +253,13 @@ class Library:
         if self._store is not None:
             self._store.close()
             self._store = None
+        self._close_cells()
         self.catalog.close()
+
+    def _close_cells(self) -> None:
+        if self._cells is not None:
+            self._cells.close()
+            self._cells = None
 
     def save_config(self) -> None:
         """Persist `self.config` (e.g. after changing index globs) to the library's config.toml."""
@@ -391,6 +405,35 @@ class Library:
     def reopen_store(self) -> None:
         """Another process changed the store: the next use reopens it (readers such as the server call this)."""
         self._store = None
+        self._close_cells()
+
+    # -- the verifier re-rank ------------------------------------------------------------------
+    @property
+    def photo_cells(self) -> PhotoCells:
+        """The verifier's cells of this library's photos (`picscope.photocells`)."""
+        if self._cells is None:
+            from picscope.photocells import PhotoCells
+
+            self._cells = PhotoCells(self)
+        return self._cells
+
+    def rerank_for(self, enabled: bool | None = None) -> RerankSettings | None:
+        """The re-rank a text search gets (None: none); `enabled` overrides `[search] rerank` (None: the config's)."""
+        from picscope.rerank import settings_for
+
+        chosen = self.config.search.rerank if enabled is None else enabled
+        return settings_for(self.catalog.get_meta("encoder_name"), chosen)
+
+    def rerank_results(self, text: str, results: list[SearchResult], k: int, settings: RerankSettings,
+                       dedupe: bool = False) -> tuple[list[SearchResult], RerankInfo]:
+        """Re-order the encoder's results for `text` (`picscope.rerank`), then fold copies, then keep `k`."""
+        from picscope.rerank import rerank
+
+        cells = self.photo_cells
+        out, info = rerank(text, results, settings, cells, cells.verifier)
+        if dedupe:
+            out = self.collapse_duplicates(out)
+        return out[:k], info
 
     # -- writing -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -457,8 +500,23 @@ class Library:
             self.migrate_vectors()  # a library of full vectors moves to its encoder's compact format, once
             from picscope.indexer import Indexer
 
-            indexer = Indexer(self.catalog, self.store, self.encoder, self.config.index, progress)
-            return indexer.run(folder)
+            cells = self._cells_for_index()
+            indexer = Indexer(self.catalog, self.store, self.encoder, self.config.index, progress, cells=cells)
+            report = indexer.run(folder)
+            if cells is not None:
+                if progress is not None:
+                    progress.stage("cells for re-ranking")
+                report.cells = cells.backfill(progress)
+            return report
+
+    def _cells_for_index(self) -> PhotoCells | None:
+        """The cell store the indexer keeps up to date, when this library re-ranks. When it does not, cells left
+        from before are dropped: nothing would keep them in step with the photos."""
+        if self.rerank_for() is not None:
+            return self.photo_cells
+        self._close_cells()
+        shutil.rmtree(self.layout.cells, ignore_errors=True)
+        return None
 
     def _reset(self, encoder_spec: str) -> None:
         """Drop every vector (and, for a new encoder, the store) so the next run re-encodes."""
@@ -468,6 +526,8 @@ class Library:
             self._store.close()
             self._store = None
         shutil.rmtree(self.layout.store, ignore_errors=True)
+        self._close_cells()
+        shutil.rmtree(self.layout.cells, ignore_errors=True)
         self.catalog.reset(encoder_spec)
         self.config.encoder = encoder_spec
         self.config.save(self.layout.config)
@@ -486,6 +546,11 @@ class Library:
             self.store.delete(orphans)
         if len(missing):
             self.catalog.mark_missing(missing.tolist())
+        if self.layout.cells.exists() and self.rerank_for() is not None:
+            cells = self.photo_cells.store  # rows written before a kill, for files whose rows never committed
+            stray = np.setdiff1d(cells.ids(), ok_ids)
+            if len(stray):
+                cells.delete(stray)
         return len(orphans), len(missing)
 
     # -- reading -------------------------------------------------------------------------------
@@ -510,19 +575,48 @@ class Library:
         path_prefix: str | None = None,
         exclude_ids: Sequence[int] = (),
         dedupe: bool = False,
+        rerank: bool | None = None,
     ) -> list[SearchResult]:
         """Text → images, best first, with cosine scores.
 
         `add`/`subtract`: query arithmetic terms (text, `WEIGHT:text`, image paths, library ids, PIL images);
-        `min_relevance`: a calibrated P(relevant) threshold; `dedupe`: collapse near-duplicates into one result.
+        `min_relevance`: a calibrated P(relevant) threshold; `dedupe`: collapse near-duplicates into one result;
+        `rerank`: re-order the top candidates with the verifier (`picscope.rerank`; None: `[search] rerank`).
+        A plain text query is re-ranked; one with `add`/`subtract` terms stays encoder-only.
         """
+        return self.text_search(query, k, add=add, subtract=subtract, min_score=min_score,
+                                min_relevance=min_relevance, path_prefix=path_prefix, exclude_ids=exclude_ids,
+                                dedupe=dedupe, rerank=rerank)[0]
+
+    def text_search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        add: Terms = (),
+        subtract: Terms = (),
+        min_score: float | None = None,
+        min_relevance: float | None = None,
+        path_prefix: str | None = None,
+        exclude_ids: Sequence[int] = (),
+        dedupe: bool = False,
+        rerank: bool | None = None,
+    ) -> tuple[list[SearchResult], RerankInfo | None]:
+        """`search`, and what the re-rank did (None when it did not run)."""
         if not query or not query.strip():
             raise ValueError("empty query")
         vec = self.embed_texts([query])[0]
         vec, used = self.apply_terms(vec, add, subtract)
-        return self.search_vector(vec, k, min_score=min_score, min_relevance=min_relevance, path_prefix=path_prefix,
-                                  exclude_ids=[*exclude_ids, *used], dedupe=dedupe,
-                                  text_query=not add and not subtract)
+        plain = not add and not subtract
+        settings = self.rerank_for(rerank) if plain else None
+        options: dict[str, Any] = {"min_score": min_score, "min_relevance": min_relevance,
+                                   "path_prefix": path_prefix, "exclude_ids": [*exclude_ids, *used],
+                                   "text_query": plain}
+        if settings is None:
+            return self.search_vector(vec, k, dedupe=dedupe, **options), None
+        want = max(settings.pool, 4 * k + 32 if dedupe else k)  # dedupe: room for the collapsed copies
+        hits = self.search_vector(vec, want, **options)
+        return self.rerank_results(query, hits, k, settings, dedupe)
 
     def apply_terms(self, vector: np.ndarray, add: Terms = (), subtract: Terms = ()) -> tuple[np.ndarray, list[int]]:
         """Query arithmetic (see `picscope.arithmetic`): the new vector and the library ids of added images."""
@@ -628,8 +722,9 @@ class Library:
         if bank is not None:
             want = max(want, QUERYBANK_POOL)
         hits = self.store.search(query, want, allowed, filter=store_filter).row(0)
+        adjusted: dict[int, float] = {}
         if bank is not None:
-            hits = self._querybank_order(hits, bank)
+            hits, adjusted = self._querybank_order(hits, bank)
         records = self.catalog.get_many(i for i, _ in hits)
         out: list[SearchResult] = []
         for fid, score in hits:
@@ -640,7 +735,7 @@ class Library:
                 if bank is None:
                     break  # in score order: the rest are lower
                 continue
-            out.append(SearchResult(fid, rec.path, score, len(out) + 1))
+            out.append(SearchResult(fid, rec.path, score, len(out) + 1, bank_score=adjusted.get(fid)))
             if len(out) == k and not dedupe:
                 break
         if dedupe:
@@ -652,16 +747,20 @@ class Library:
             return None
         return self.encoder.querybank
 
-    def _querybank_order(self, hits: list[tuple[int, float]], bank: QueryBank) -> list[tuple[int, float]]:
-        """The first `QUERYBANK_POOL` hits re-ordered by score minus normaliser (the rest after them, as they were).
+    def _querybank_order(self, hits: list[tuple[int, float]], bank: QueryBank
+                         ) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        """The first `QUERYBANK_POOL` hits re-ordered by score minus normaliser (the rest after them, as they were),
+        and those adjusted scores by id.
         The normalisers come from what the store scores (vectors or compact codes, ~2 ms for 50 photos) each time, so
         they follow a re-index."""
         head = hits[:QUERYBANK_POOL]
         if not head:
-            return hits
+            return hits, {}
         z = bank.normalizers_of_rows(*self.store.scored_rows(np.asarray([fid for fid, _ in head], np.int64)))
-        order = np.argsort(-(np.array([score for _, score in head], np.float32) - z), kind="stable")
-        return [head[j] for j in order] + hits[QUERYBANK_POOL:]
+        adjusted = np.array([score for _, score in head], np.float32) - z
+        order = np.argsort(-adjusted, kind="stable")
+        return [head[j] for j in order] + hits[QUERYBANK_POOL:], {fid: float(a) for (fid, _), a in
+                                                                   zip(head, adjusted, strict=True)}
 
     def with_relevance(self, results: list[SearchResult]) -> list[SearchResult]:
         """The same results with `relevance` filled in (when the encoder has a calibration)."""

@@ -48,7 +48,8 @@ def print_report(report: IndexReport, as_json: bool) -> None:
         f"[bold]{report.root}[/]: {report.scanned} files seen — {report.added} added, {report.updated} updated, "
         f"{report.reused} reused (renamed/copied), {report.removed} removed, {report.unchanged} unchanged, "
         f"{report.failed} failed; {report.seconds:.1f} s"
-        + (f" ({report.images_per_second:.1f} img/s encoded)" if report.encoded else ""),
+        + (f" ({report.images_per_second:.1f} img/s encoded)" if report.encoded else "")
+        + (f"; cells for re-ranking computed for {report.cells} earlier photo(s)" if report.cells else ""),
         highlight=False,
     )
     if rows:
@@ -142,10 +143,13 @@ def print_results(results: list[SearchResult], paths: bool) -> None:
 
 
 def search_json(request: dict[str, Any], pipeline: str, output: Any, explanation: dict[str, Any] | None) -> str:
-    """The one JSON shape of `search --json`, whatever the request type; `--explain` only adds `explanation`."""
+    """The one JSON shape of `search --json`, whatever the request type; `--explain` only adds `explanation`.
+    `rerank` is what the verifier re-rank did (`picscope.rerank.RerankInfo`), null when it did not run."""
+    rerank = output.explanation.get("rerank") if isinstance(output.explanation, dict) else None
     data: dict[str, Any] = {
         "request": request,
         "pipeline": pipeline,
+        "rerank": rerank,
         "results": [r.to_dict() for r in output.results],
         "stages": list(output.stages),
         "model_calls": output.model_calls,
@@ -190,6 +194,9 @@ PathOpt = Annotated[str | None, typer.Option("--path", metavar="FOLDER", help="o
 SearchJsonOpt = Annotated[bool, typer.Option(
     "--json", help="JSON object: request, results (id, path, score, relevance, rank, similar_count), stages, ...")]
 PathsOpt = Annotated[bool, typer.Option("--paths", help="one path per line (for pipes)")]
+RerankOpt = Annotated[bool | None, typer.Option(
+    "--rerank/--no-rerank", help="re-order a text search's top candidates with the verifier [default: the "
+    "library's `[search] rerank`: on for the bundled encoder]", show_default=False)]
 SearchVerboseOpt = Annotated[bool, typer.Option(
     "--verbose", "-v", help="show the model engines' own log lines (llama.cpp) instead of writing them to "
     "<library>/logs/engines.log")]
@@ -213,6 +220,7 @@ class SearchArgs(NamedTuple):
     dedupe: bool
     path: str | None
     k: int
+    rerank: bool | None = None
 
     @property
     def pipelined(self) -> bool:
@@ -247,13 +255,14 @@ def search(
     as_json: SearchJsonOpt = False,
     paths: PathsOpt = False,
     verbose: SearchVerboseOpt = False,
+    rerank: RerankOpt = None,
 ) -> None:
     """Search the library by text, by example (--image), by example plus a change (--ref), or with dialogue
     answers (--turn); --add/--subtract adjust the query; --stages 1-3 runs the language-guided pipeline
     (LLM + vision model)."""
     _check_search_request(ctx, query, image, bool(ref or turn or stages), as_json=as_json, paths=paths)
     args = SearchArgs(query, image, ref, list(turn or []), list(add or []), list(subtract or []),
-                      _chosen_stages(stages), explain, llm, vision, min_score, min_relevance, dedupe, path, k)
+                      _chosen_stages(stages), explain, llm, vision, min_score, min_relevance, dedupe, path, k, rerank)
     _check_search_options(ctx, args)
     name, result = _run_search(library, args, verbose=verbose or bool(ctx.find_root().params.get("verbose")))
     if as_json:
@@ -302,6 +311,8 @@ def _run_search(library: Path | None, args: SearchArgs, *, verbose: bool) -> tup
     from picscope.cli.engines import engine_logs
 
     with Library.open(library, create=False) as lib, engine_logs(lib.path, verbose=verbose):
+        if args.rerank is not None:  # --rerank/--no-rerank: this search only (the config file is not changed)
+            lib.config.search.rerank = args.rerank
         if args.pipelined:
             return _pipelined_search(lib, args)
         return _plain_search(lib, args)
@@ -319,8 +330,10 @@ def _plain_search(lib: Library, args: SearchArgs) -> tuple[str, Any]:
                                        "query_text": "images that look like the reference"}
     else:
         assert args.query is not None
-        hits = lib.search(args.query, args.k, **filters)
+        hits, rerank = lib.text_search(args.query, args.k, **filters)
         name, explanation = "encoder", {"pipeline": "encoder", "query_text": args.query}
+        if rerank is not None:
+            explanation["rerank"] = rerank.to_dict()
     return name, SimpleNamespace(results=hits, stages=[], explanation=explanation, model_calls=0, tokens=0,
                                  seconds=time.perf_counter() - t0, candidates=[])
 

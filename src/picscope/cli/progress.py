@@ -44,9 +44,12 @@ class RichIndexProgress(Progress):
         if self.task is None:
             return
         self.bar.advance(self.task, n)
-        speed = self.bar.tasks[0].speed
+        speed = next(t.speed for t in self.bar.tasks if t.id == self.task)
         self.bar.update(self.task, rate=f"{speed:.1f} img/s" if speed else "")
 
     def finish(self) -> None:
         if self.task is not None:
             self.bar.stop()
+
+    def stage(self, label: str) -> None:
+        self.label, self.task = label, None

@@ -28,6 +28,8 @@ class DualEncoder(Protocol):
     `codec_path` (None for most) names a compact vector codec that libraries store this encoder's vectors with.
     `querybank` (None for most) is the encoder's query bank: text searches rank by score minus each photo's
     normaliser (`picscope.encoders.querybank`).
+    `embed_prepared_grid` also returns the image network's 7×7 cells when the encoder runs EfficientNet-Lite0
+    (`bundled`, `labels`), else None: the indexer keeps them for the verifier re-rank.
     """
 
     name: str
@@ -46,6 +48,8 @@ class DualEncoder(Protocol):
     def prepare_image(self, image: Image.Image) -> Any: ...
 
     def embed_prepared(self, prepared: Sequence[Any]) -> np.ndarray: ...
+
+    def embed_prepared_grid(self, prepared: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 class BaseEncoder:
@@ -67,6 +71,11 @@ class BaseEncoder:
 
     def embed_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
         raise NotImplementedError
+
+    def embed_prepared_grid(self, prepared: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """`embed_prepared` plus EfficientNet-Lite0's (n, 49, 1280) head cells when the encoder computes them in the
+        same pass (the verifier's input, kept by the indexer); None when it does not run that network."""
+        return self.embed_prepared(prepared), None
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:

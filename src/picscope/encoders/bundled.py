@@ -150,9 +150,17 @@ class BundledEncoder(BaseEncoder):
     def embed_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
         if not prepared:
             return np.zeros((0, self.dim), np.float32)
-        batch = np.concatenate(list(prepared))
-        pooled, logits = towers.efficientnet().forward(batch)
-        if self.model.mem.flip_tta:
+        pooled, logits = towers.efficientnet().forward(np.concatenate(list(prepared)))
+        return self._image_vectors(pooled, logits)
+
+    def embed_prepared_grid(self, prepared: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        if not prepared:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, 49, 1280), np.float32)
+        pooled, logits, grid = towers.efficientnet().forward_grid(np.concatenate(list(prepared)))
+        return self._image_vectors(pooled, logits), grid[0::2] if self.model.mem.flip_tta else grid
+
+    def _image_vectors(self, pooled: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        if self.model.mem.flip_tta:  # rows: each image, then its mirror
             return self.model.image_vectors(pooled[0::2], logits[0::2], pooled[1::2], logits[1::2])
         return self.model.image_vectors(pooled, logits, None, None)
 

@@ -72,6 +72,12 @@ class LabelSpaceEncoder(BaseEncoder):
         _, logits = towers.efficientnet().forward(np.stack(prepared))
         return np.sqrt(_softmax(logits.astype(np.float64))).astype(np.float32)
 
+    def embed_prepared_grid(self, prepared: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        if not prepared:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, 49, 1280), np.float32)
+        _, logits, grid = towers.efficientnet().forward_grid(np.stack(prepared))
+        return np.sqrt(_softmax(logits.astype(np.float64))).astype(np.float32), grid
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)

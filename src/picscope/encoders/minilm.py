@@ -9,6 +9,8 @@ loading costs nothing and a query touches only its own rows of the embedding tab
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,10 @@ class NumpyMiniLM:
         self.heads = int(cfg["num_attention_heads"])
         self.dim = int(cfg["hidden_size"])
         self.eps = float(cfg.get("layer_norm_eps", 1e-12))
+        # token states of the last few single texts: a text search embeds its query, then the verifier re-rank
+        # reads the same query's token states (one network pass instead of two)
+        self._recent: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     @property
     def tokenizer(self) -> Any:
@@ -86,7 +92,23 @@ class NumpyMiniLM:
         return summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
 
     def hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """(n, L) token ids and float mask -> (n, L, dim) last-layer token states (the vision models read them)."""
+        """(n, L) token ids and float mask -> (n, L, dim) last-layer token states (the vision models read them).
+        One text's states are remembered (the last 8 texts; read-only arrays)."""
+        if len(ids) != 1:
+            return self._hidden(ids, mask)
+        key = np.asarray(ids, np.int64).tobytes() + np.asarray(mask, np.float32).tobytes()
+        with self._recent_lock:
+            got = self._recent.get(key)
+        if got is None:
+            got = self._hidden(ids, mask)
+            got.setflags(write=False)
+            with self._recent_lock:
+                self._recent[key] = got
+                while len(self._recent) > 8:
+                    self._recent.popitem(last=False)
+        return got
+
+    def _hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         w = self.w
         n, length = ids.shape
         x = w["embeddings.word_embeddings.weight"][ids]

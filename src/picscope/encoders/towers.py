@@ -83,6 +83,12 @@ def minilm_folder() -> Path:
     return Path(wheel.get_model_path())
 
 
+def _cells(grid: np.ndarray, n: int) -> np.ndarray:
+    """The graph's (n, 1280, 7, 7) grid output -> (n, 49, 1280) float32, row-major cells."""
+    cells = np.asarray(grid, np.float32)
+    return np.ascontiguousarray(cells.reshape(n, cells.shape[1], -1).transpose(0, 2, 1))
+
+
 class EfficientNetTower:
     """EfficientNet-Lite0: pooled 1280-d features and 1000 ImageNet logits per image, on ONNX Runtime.
 
@@ -122,8 +128,16 @@ class EfficientNetTower:
         """(n, 3, 224, 224) -> (n, 49, 1280): the 7×7 head cells before pooling, row-major (the vision models)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         (cells,) = self._ort.run(["grid"], {"x": x})
-        cells = np.asarray(cells, np.float32)
-        return np.ascontiguousarray(cells.reshape(len(x), cells.shape[1], -1).transpose(0, 2, 1))
+        return _cells(cells, len(x))
+
+    def forward_grid(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`forward` and `grid` from one network pass: (pooled, logits, grid), as those two return them."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._ort is None:
+            pooled, logits = self._torch_forward(x)
+            return pooled, logits, self.grid(x)
+        pooled, logits, cells = self._ort.run(["pooled", "logits", "grid"], {"x": x})
+        return np.asarray(pooled, np.float32), np.asarray(logits, np.float32), _cells(cells, len(x))
 
     def _torch_forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The original PyTorch network (needs the `train` extra)."""

@@ -1,6 +1,8 @@
 """Encoder-only retrieval for every request type: the baseline each stage is measured against.
 
-Text: the text embedding. Composed: the normalised sum of the reference image's and the change text's
+Text: the text embedding, its top candidates re-ranked by the verifier when the library re-ranks
+(`picscope.rerank`, the same step as `Library.search`; dialogue turns and query arithmetic stay encoder-only).
+Composed: the normalised sum of the reference image's and the change text's
 embeddings (the reference is excluded). Dialogue: the embedding of the opening text and all answers joined.
 """
 
@@ -41,11 +43,17 @@ class EncoderPipeline:
                 exclude.append(ref.id)
             ref_info = ref.describe()
         plain_text = request.reference is None and not request.add and not request.subtract
-        results = self.library.search_vector(vec, k, exclude_ids=exclude, text_query=plain_text)
+        settings = self.library.rerank_for() if plain_text and not request.turns else None
+        want = k if settings is None else max(k, settings.pool)
+        results = self.library.search_vector(vec, want, exclude_ids=exclude, text_query=plain_text)
+        rerank = None
+        if settings is not None:
+            results, rerank = self.library.rerank_results(text, results, k, settings)
         terms = {"add": [parse_term(t).describe() for t in request.add],
                  "subtract": [parse_term(t).describe() for t in request.subtract]}
         explanation = {"request": {"text": request.text, "turns": list(request.turns), "reference": ref_info,
                                    **({"terms": terms} if request.add or request.subtract else {})},
-                       "query_text": text, "stages": [], "pipeline": "encoder"}
+                       "query_text": text, "stages": [], "pipeline": "encoder",
+                       **({"rerank": rerank.to_dict()} if rerank is not None else {})}
         candidates = [Candidate(r.id, r.path, r.score, s1=r.score, ranks={"final": r.rank}) for r in results]
         return PipelineOutput(results, [], explanation, 0, 0, time.perf_counter() - t0, candidates=candidates)

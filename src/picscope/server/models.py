@@ -113,6 +113,8 @@ class ResultItem(BaseModel):
     id: int
     score: float = Field(description="raw cosine similarity; its scale depends on the encoder")
     relevance: float | None = Field(None, description="calibrated P(relevant), when the encoder has a calibration")
+    match: float | None = Field(None, description="the verifier's P(match), when the re-rank scored this result "
+                                "(the order then comes from the cosine and the verifier together)")
     similar_count: int = Field(0, description="copies and near-identical images folded into this result")
     similar_ids: list[int] = Field(default_factory=list)
     rank: int

@@ -96,6 +96,7 @@ class AppState:
             tag = version_tag(rec) if rec is not None else None
             out.append(ResultItem(id=r.id, score=round(float(r.score), 5), rank=r.rank, path=r.path,
                                   relevance=None if r.relevance is None else round(r.relevance, 4),
+                                  match=None if r.match is None else round(r.match, 4),
                                   similar_count=r.similar_count, similar_ids=list(r.similar_ids),
                                   name=os.path.basename(r.path), thumbnail_url=self.thumb_url(r.id, tag),
                                   image_url=self.image_url(r.id, tag)))

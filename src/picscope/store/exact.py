@@ -36,6 +36,7 @@ def _flush(arr: np.ndarray) -> None:
 class ExactStore:
     spec = "exact"
     supports_filter = False
+    grow_rows = _GROW_ROWS  # rows added at least per growth (a store of wide rows grows by fewer)
 
     def __init__(
         self, folder: Path, dim: int, dtype: type[np.generic] = np.float32, *, readonly: bool = False
@@ -97,7 +98,7 @@ class ExactStore:
         self._row_of = None
 
     def _grow(self, need_rows: int) -> None:
-        new_cap = max(need_rows, self.capacity + max(_GROW_ROWS, self.capacity // 2))
+        new_cap = max(need_rows, self.capacity + max(self.grow_rows, self.capacity // 2))
         row_bytes = self.dim * self.dtype.itemsize
         # the new rows are written through a memory map, where a full disk is a SIGBUS: check the space, then
         # allocate it for real (not a sparse hole), so that running out of space is an error here, before any write
