@@ -71,6 +71,55 @@ def test_codec_file_round_trip_pins_its_numbers(tmp_path: Path) -> None:
         VectorCodec.load(path)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_fine_codes_pack_and_unpack_exactly(bits: int) -> None:
+    from picscope.store.compact import pack_bits, unpack_bits
+
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 1 << bits, size=(7, 64), dtype=np.uint8)
+    packed = pack_bits(codes, bits)
+    assert packed.shape == (7, 64 * bits // 8)
+    np.testing.assert_array_equal(unpack_bits(packed, bits, 64), codes)
+
+
+def _spectrum_data(rng: np.random.Generator, n: int, dim: int = 96) -> np.ndarray:
+    """Vectors whose variance decays over many directions (as the bundled encoder's do), so that the numbers a codec
+    drops still carry some of every ranking."""
+    x = rng.normal(size=(n, dim)) * np.geomspace(1.0, 0.01, dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_format_2_spends_the_same_bytes_better_and_round_trips(tmp_path: Path) -> None:
+    """Codec format 2 (8/4/2-bit segments) against format 1 (int8) at the same bytes per photo: more numbers kept,
+    closer scores, at least the same top-10 agreement; its file keeps the segments and is pinned by its name."""
+    rng = np.random.default_rng(5)
+    images, texts = _spectrum_data(rng, 4000), _spectrum_data(rng, 3000)
+    one = fit_codec(images, texts, CodecRecipe(scan_dim=8, fine_dim=32, rescore=400), "one")
+    two = fit_codec(images, texts, CodecRecipe(scan_dim=8, rescore=400, fine_segments=((16, 8), (16, 4), (32, 2))),
+                    "two")
+    assert (one.format, two.format) == (1, 2)
+    assert one.bytes_per_vector == two.bytes_per_vector == 8 * 4 + 32
+    assert (one.fine_count, two.fine_count, two.fine_dim) == (32, 64, 32)
+    held_img, held_txt = _spectrum_data(rng, 2000), _spectrum_data(rng, 300)
+    exact = held_txt @ held_img.T
+    err = {c.format: np.abs(score_full(c, held_txt, held_img, rescore=0) - exact).mean() for c in (one, two)}
+    assert err[2] < 0.8 * err[1]
+    agree = {c.format: top_agreement(exact, score_full(c, held_txt, held_img)) for c in (one, two)}
+    assert agree[2] >= agree[1] and agree[2] > 0.9
+    _, fine = two.encode(held_img[:4])
+    assert fine.dtype == np.int8 and fine.shape == (4, 32)
+    z = (held_img[:4] - two.mean) @ two.encode_matrix.T
+    assert np.all(np.abs(two.dequantize(fine) - z[:, 8:]) <= two.fine_scale * 1.01 + 1e-6)  # within a step
+    path = tmp_path / "two.npz"
+    two.save(path, matrix_bits=16, split=True, compress=False)
+    loaded = VectorCodec.load(path)
+    assert loaded.fine_segments == ((16, 8), (16, 4), (32, 2)) and loaded.name.startswith("two@")
+    np.testing.assert_array_equal(loaded.encode(held_img[:4])[1], fine)
+    bad = {**loaded.arrays(16), "fine_segments": np.array([[16, 8], [16, 3], [32, 2]], np.int32)}
+    with pytest.raises(StoreError, match="segments"):
+        VectorCodec.from_arrays(bad)
+
+
 needs_codec = pytest.mark.skipif(not SHIPPED.exists(), reason=f"{SHIPPED.name} is not shipped")
 
 
@@ -134,6 +183,53 @@ def test_old_full_library_is_read_as_before_then_migrated_by_index(
     assert not (old / "store" / "vectors.f32").exists()  # the full vectors are gone
     with Library.open(old) as lib:
         assert lib.status().vectors == lib.status().files > 10
+
+
+def _format_1_codec(full_path: Path, out: Path) -> Path:
+    """A codec in format 1 (64 float32 + 1,024 int8 numbers, as shipped before format 2), written with the int8 code
+    path: the shipped matrices' first 1,088 rows, int8 steps from the demo photos' own codes."""
+    shipped = VectorCodec.load(SHIPPED)
+    with Library.open(full_path) as f:
+        vectors = f.vectors(f.store.ids().tolist())
+    a, b = shipped.encode_matrix[:1088], shipped.query_matrix[:1088]
+    z = (vectors - shipped.mean) @ a.T
+    arrays = {"mean": shipped.mean, "encode": a, "query": b, "scan_dim": np.array([64], np.int32),
+              "fine_scale": (np.abs(z[:, 64:]).max(axis=0) * 1.5 / 127).astype(np.float32),
+              "rescore": np.array([512], np.int32), "coarse_norm": np.array([shipped.coarse_norm], np.float32)}
+    codec = VectorCodec.from_arrays(arrays, "bundled-v2-codec")
+    assert codec.format == 1 and codec.bytes_per_vector == 1280
+    codec.save(out / "bundled-v2-codec.npz", matrix_bits=16, split=True)
+    return out / "bundled-v2-codec.npz"
+
+
+@needs_codec
+def test_library_in_codec_format_1_keeps_opening_searching_and_growing(
+    demo_libraries: tuple[Path, Path], demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library written in the previous compact format (codec format 1) opens with today's code, searches like full
+    vectors, and new photos indexed into it are stored in its own format (never mixed)."""
+    _, full_path = demo_libraries
+    old_codec = _format_1_codec(full_path, tmp_path)
+    photos = tmp_path / "photos"
+    shutil.copytree(demo_folder, photos)
+    held_back = ["cat.jpg", "coffee.jpg"]  # the best match of two of QUERIES
+    for name in held_back:
+        (photos / name).rename(tmp_path / name)
+    with Library.open(tmp_path / "old", encoder="bundled") as lib, monkeypatch.context() as m:
+        m.setattr(lib.encoder, "codec_path", old_codec)  # what the encoder shipped then
+        lib.index(photos)
+        fmt = lib.vector_format
+    assert fmt.startswith("bundled-v2-codec@") and fmt != VectorCodec.load(SHIPPED).name
+    for name in held_back:
+        (tmp_path / name).rename(photos / name)
+    with Library.open(tmp_path / "old") as lib, Library.open(full_path) as ref:
+        codec = lib.codec()
+        assert codec is not None and codec.format == 1 and lib.status().bytes_per_photo == 1280
+        report = lib.index(photos)  # the two new photos, in the library's own format
+        assert report.added == 2 and lib.vector_format == fmt
+        for q in QUERIES:
+            assert Path(lib.search(q, k=1)[0].path).name == Path(ref.search(q, k=1)[0].path).name, q
+        assert Path(lib.search("a tabby cat", k=1)[0].path).name == "cat.jpg"
 
 
 @needs_codec
