@@ -33,6 +33,7 @@ from bundled_data import GENERATORS, STAT_LABELS, describe, real_vectors
 from common import machine, percentiles, table
 
 from picscope.encoders import make_encoder
+from picscope.encoders.numerics import single_threaded_blas
 from picscope.store.compact import VectorCodec, coarse_dim, lifted
 from picscope.store.exact import ExactStore
 
@@ -173,7 +174,8 @@ def faiss_flat(folder: Path, codec: VectorCodec, queries: np.ndarray, k: int) ->
     for i in range(len(queries)):
         t0 = time.perf_counter()
         s, rows = index.search(qc[i : i + 1], max(k, codec.rescore))
-        scores = s[0] + codec.dequantize(fine_rows[rows[0]]) @ qf[i]
+        with single_threaded_blas():  # as CompactStore re-scores
+            scores = s[0] + codec.fine_scores(fine_rows[rows[0]], qf[i])
         best = rows[0][np.argsort(-scores)[:k]]
         times.append(time.perf_counter() - t0)
         ids.append(row_ids[best].tolist())
@@ -182,8 +184,8 @@ def faiss_flat(folder: Path, codec: VectorCodec, queries: np.ndarray, k: int) ->
     return times, ids
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--generators", nargs="+", default=["sampled"], choices=sorted(GENERATORS))
     ap.add_argument("--queries", type=int, default=100)
@@ -194,8 +196,15 @@ def main() -> None:
     ap.add_argument("--rescore", type=int, nargs="*", default=[], help="extra rows: exact store re-scoring this many")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the stores (default: a temp folder)")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    run(parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """The whole benchmark for parsed `parser()` arguments (bench_search/bench_stores `--encoder bundled` call it)."""
     enc = make_encoder("bundled")
     if enc.codec_path is None:
         raise SystemExit("the bundled encoder ships no codec")
@@ -207,7 +216,7 @@ def main() -> None:
           f"re-score {codec.rescore}\n")
     print(f"{len(base):,} generated rows (without the real rows they start from) vs the {len(base):,} real photos; "
           f"300 real dev captions as queries:")
-    print(table(["statistic", "real", *GENERATORS], describe(base, captions)) + "\n")
+    print(table(["statistic", "real", *GENERATORS], describe(base, captions)) + "\n", flush=True)
     rows: list[list[object]] = []
     density: list[list[object]] = []
     results: dict[str, object] = {}
@@ -242,7 +251,9 @@ def run_size(args: argparse.Namespace, generator: str, n: int, base: np.ndarray,
                                                                    rescore=r)
         if args.ann:
             for ef in args.ef:
-                runs[f"compact (ann, ef {ef})"] = searcher("ann", folder, codec_path, qpath, args.k, ef)
+                for r in [0, *args.rescore]:
+                    label = f"compact (ann, ef {ef}{f', re-score {r}' if r else ''})"
+                    runs[label] = searcher("ann", folder, codec_path, qpath, args.k, ef, rescore=r)
         flat_times, flat_ids = faiss_flat(folder, codec, queries, args.k)
         runs["FAISS IndexFlatIP over the coarse codes + the same re-score"] = {"times": flat_times, "ids": flat_ids}
         exact_p50 = percentiles(runs["compact (exact store)"]["times"])[0]  # type: ignore[arg-type]

@@ -115,6 +115,14 @@ def test_format_2_spends_the_same_bytes_better_and_round_trips(tmp_path: Path) -
     loaded = VectorCodec.load(path)
     assert loaded.fine_segments == ((16, 8), (16, 4), (32, 2)) and loaded.name.startswith("two@")
     np.testing.assert_array_equal(loaded.encode(held_img[:4])[1], fine)
+    # as shipped: float16 rows, int8 rows for the numbers at 4 bits or fewer; a library's uncompressed copy of it
+    # holds the same numbers, so it keeps the name the library recorded
+    two.save(tmp_path / "mixed.npz", matrix_bits=16, split=True, int8_from=8 + 16)
+    mixed = VectorCodec.load(tmp_path / "mixed.npz")
+    assert "encode_q" in mixed.stored and mixed.stored["encode_q"].shape == (48, 96)  # type: ignore[operator,index]
+    assert np.abs(mixed.encode_matrix - two.encode_matrix).max() < 0.01 * np.abs(two.encode_matrix).max()
+    mixed.save(tmp_path / "copy.npz", matrix_bits=16, split=True, compress=False)
+    assert VectorCodec.load(tmp_path / "copy.npz").name == mixed.name
     bad = {**loaded.arrays(16), "fine_segments": np.array([[16, 8], [16, 3], [32, 2]], np.int32)}
     with pytest.raises(StoreError, match="segments"):
         VectorCodec.from_arrays(bad)

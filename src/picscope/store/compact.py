@@ -30,7 +30,7 @@ import hashlib
 import os
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ class VectorCodec:
     rescore: int = 256  # candidates whose fine part is read per query
     coarse_norm: float = 0.0  # > 0: graph stores get coarse codes lifted to this norm (see `CompactStore`)
     fine_segments: tuple[tuple[int, int], ...] = ()  # format 2: (numbers, bits) per segment; () = format 1 (int8)
+    stored: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)  # as read by `load`
 
     @property
     def format(self) -> int:
@@ -148,8 +149,8 @@ class VectorCodec:
         for n, bits in self.fine_segments:
             width = n * bits // 8
             w = weights[start : start + n]
-            code = unpack_bits(raw[:, byte : byte + width], bits, n)
-            out += code.astype(np.float32) @ w - np.float32(((1 << (bits - 1)) - 0.5) * w.sum())
+            code = unpack_bits(raw[:, byte : byte + width], bits, n).astype(np.float32)  # (a table lookup: 10× slower)
+            out += code @ w - np.float32(((1 << (bits - 1)) - 0.5) * w.sum())
             start += n
             byte += width
         return out
@@ -167,31 +168,39 @@ class VectorCodec:
                 np.ascontiguousarray(bq[:, self.scan_dim :], dtype=np.float32), offset)
 
     # -- files -----------------------------------------------------------------------------------------------
-    def arrays(self, matrix_bits: int = 32) -> dict[str, np.ndarray]:
+    def arrays(self, matrix_bits: int = 32, int8_from: int | None = None) -> dict[str, np.ndarray]:
         """The codec as named arrays; A and B as float32, float16 (`matrix_bits=16`) or int8 rows with float32 row
-        scales (`matrix_bits=8`)."""
+        scales (`matrix_bits=8`); `int8_from=r` keeps rows from r on as int8 rows whatever `matrix_bits` says (rows
+        of numbers stored at 4 bits or fewer: their own quantization is far coarser than the matrix's)."""
         out = {"mean": self.mean, "scan_dim": np.array([self.scan_dim], np.int32), "fine_scale": self.fine_scale,
                "rescore": np.array([self.rescore], np.int32), "coarse_norm": np.array([self.coarse_norm], np.float32),
                "name": np.frombuffer(self.name.split("@")[0].encode(), np.uint8)}
         if self.fine_segments:  # format 1 files have no such key (and keep their names: the digest covers keys)
             out["fine_segments"] = np.array(self.fine_segments, np.int32).reshape(-1, 2)
+        if self.stored is not None and matrix_bits == 16 and int8_from is None and all(
+                v.dtype != np.float32 for k, v in self.stored.items() if k in ("encode", "query")):
+            return dict(self.stored)  # already at most 16 bits: the same numbers (a library's copy keeps the name)
+        split = 0 if matrix_bits == 8 else self.code_dim if int8_from is None else min(int8_from, self.code_dim)
         for key, m in (("encode", self.encode_matrix), ("query", self.query_matrix)):
-            if matrix_bits == 8:
-                scale = np.maximum(np.abs(m).max(axis=1, keepdims=True), 1e-30) / 127.0
-                out[f"{key}_q"] = np.rint(m / scale).astype(np.int8)
+            if split:
+                out[key] = m[:split].astype(np.float16 if matrix_bits == 16 else np.float32)
+            if split < len(m):
+                scale = np.maximum(np.abs(m[split:]).max(axis=1, keepdims=True), 1e-30) / 127.0
+                out[f"{key}_q"] = np.rint(m[split:] / scale).astype(np.int8)
                 out[f"{key}_scale"] = scale.astype(np.float32)
-            else:
-                out[key] = m.astype(np.float16 if matrix_bits == 16 else np.float32)
         return out
 
     @staticmethod
     def _matrix(arrays: dict[str, np.ndarray], key: str, dtype: type[np.floating] | None = np.float32
                 ) -> np.ndarray | None:
-        if key in arrays:
-            return np.asarray(arrays[key], dtype) if dtype is not None else arrays[key]
+        parts = []
+        if key in arrays:  # float rows first, then int8 rows (either may be absent)
+            parts.append(np.asarray(arrays[key], dtype) if dtype is not None else arrays[key])
         if f"{key}_q" in arrays:
-            return (arrays[f"{key}_q"].astype(np.float32) * arrays[f"{key}_scale"]).astype(np.float32)
-        return None
+            parts.append((arrays[f"{key}_q"].astype(np.float32) * arrays[f"{key}_scale"]).astype(np.float32))
+        if len(parts) == 2:
+            return np.concatenate([np.asarray(parts[0], np.float32), parts[1]])
+        return parts[0] if parts else None
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], name: str | None = None) -> VectorCodec:
@@ -238,12 +247,14 @@ class VectorCodec:
         if "mean" not in arrays:
             raise StoreError(f"{path} is not a vector codec")
         base = bytes(arrays["name"]).decode() if "name" in arrays else Path(path).stem
-        return cls.from_arrays(arrays, f"{base}@{_digest(arrays)[:12]}")
+        return replace(cls.from_arrays(arrays, f"{base}@{_digest(arrays)[:12]}"), stored=arrays)
 
-    def save(self, path: Path, matrix_bits: int = 32, split: bool = False, compress: bool = True) -> list[Path]:
+    def save(self, path: Path, matrix_bits: int = 32, split: bool = False, compress: bool = True,
+             int8_from: int | None = None) -> list[Path]:
         """Write the codec; `split` keeps the query matrix in a second file (each shipped file stays under 5 MB),
-        `compress=False` writes it for fast loading (a library's copy). Returns the files."""
-        arrays = self.arrays(matrix_bits)
+        `compress=False` writes it for fast loading (a library's copy); `int8_from`: see `arrays`. Returns the
+        files."""
+        arrays = self.arrays(matrix_bits, int8_from)
         path = Path(path)
         side = path.with_name(path.stem + ".query.npz")
         parts = {path: arrays}

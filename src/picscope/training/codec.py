@@ -38,6 +38,29 @@ class CodecRecipe:
     def fine_numbers(self) -> int:
         return sum(n for n, _ in self.fine_segments) if self.fine_segments else self.fine_dim
 
+    @property
+    def int8_from(self) -> int | None:
+        """The first code row stored at 4 bits or fewer (its matrix rows can be int8 in the file), else None."""
+        row = self.scan_dim
+        for n, bits in self.fine_segments:
+            if bits <= 4:
+                return row
+            row += n
+        return None
+
+
+def parse_segments(text: str) -> tuple[tuple[int, int], ...]:
+    """"384x8,896x4,768x2" → ((384, 8), (896, 4), (768, 2)); a plain number → () (format 1: that many int8)."""
+    if text.strip().isdigit():
+        return ()
+    out = []
+    for part in text.split(","):
+        n, _, bits = part.strip().partition("x")
+        if not (n.isdigit() and bits in ("1", "2", "4", "8")) or int(n) % (8 // int(bits)):
+            raise ValueError(f"{part.strip()!r} is not NUMBERSxBITS (bits 8, 4, 2 or 1, whole bytes per segment)")
+        out.append((int(n), int(bits)))
+    return tuple(out)
+
 
 def _sqrt_and_inverse(c: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
     w, q = np.linalg.eigh(c)
