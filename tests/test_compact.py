@@ -331,3 +331,32 @@ def test_ann_library_keeps_lifted_codes_and_ranks_like_exact(
             assert abs(lib.search(q, k=1)[0].score - ref.search(q, k=1)[0].score) < 1e-4
         some = ref.search("a tabby cat", k=1)[0]
         np.testing.assert_allclose(lib.vectors([some.id]), ref.vectors([some.id]), atol=1e-5)
+
+
+@pytest.mark.slow  # embeds 200 photos: ~1 min on 2 shared cores, 6 min when they are oversubscribed
+@needs_codec
+def test_shipped_codec_keeps_the_full_precision_top_10_on_real_photos(shared_data: Path) -> None:
+    """200 Flickr8k dev photos and their 1,000 captions through the real encoder paths: the shipped codec's search
+    (coarse scan, re-score of the best candidates) keeps the full-precision top 10 and the gold photo's rank.
+    (The fast tests check the same on the 17 demo photos through a library.)"""
+    from picscope.encoders import make_encoder
+    from picscope.imageio import load_image
+    from picscope.training.data import flickr8k
+
+    dev = flickr8k("dev", shared_data)
+    enc = make_encoder("bundled")
+    photos = enc.embed_images([load_image(str(p), target_size=enc.image_size) for p in dev.paths[:200]])
+    captions = [c for caps in dev.captions[:200] for c in caps]
+    texts = enc.embed_texts(captions)
+    gold = np.repeat(np.arange(200), [len(c) for c in dev.captions[:200]])
+    codec = VectorCodec.load(SHIPPED)
+    assert codec.format == 2 and codec.bytes_per_vector == 1280
+    exact = texts @ photos.T
+    approx = score_full(codec, texts, photos, rescore=40)  # re-score a fifth of the photos, as 1,024 of 5,000
+    assert top_agreement(exact, approx) >= 0.99
+    rank_full = (exact > exact[np.arange(len(gold)), gold][:, None]).sum(axis=1)
+    rank_codec = (approx > approx[np.arange(len(gold)), gold][:, None]).sum(axis=1)
+    assert abs(float((rank_codec == 0).mean() - (rank_full == 0).mean())) <= 0.01  # R@1 within a point
+    coarse, fine = codec.encode(photos)
+    seen = np.abs(texts @ (codec.decode(coarse, fine) - photos).T)  # read back, as queries see it
+    assert seen.max() < 0.05 and seen.mean() < 0.001
