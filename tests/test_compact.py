@@ -360,3 +360,19 @@ def test_shipped_codec_keeps_the_full_precision_top_10_on_real_photos(shared_dat
     coarse, fine = codec.encode(photos)
     seen = np.abs(texts @ (codec.decode(coarse, fine) - photos).T)  # read back, as queries see it
     assert seen.max() < 0.05 and seen.mean() < 0.001
+
+
+def test_fine_segments_parse_and_a_bad_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from picscope.cli import main
+    from picscope.training.codec import CodecRecipe, parse_segments
+
+    assert parse_segments("384x8, 896x4,768x2") == ((384, 8), (896, 4), (768, 2))
+    assert parse_segments("1024") == ()  # format 1: that many int8 numbers
+    recipe = CodecRecipe(scan_dim=64, fine_segments=parse_segments("384x8,896x4,768x2"))
+    assert (recipe.fine_numbers, recipe.int8_from) == (2048, 64 + 384)
+    for bad in ("10x3", "7x4", "x8", "384x8,abc"):
+        with pytest.raises(ValueError, match="NUMBERSxBITS"):
+            parse_segments(bad)
+    assert main(["train-codec", "--fine", "10x3"]) == 2  # before any data is read
+    err = capsys.readouterr().err
+    assert "NUMBERSxBITS" in err and "Traceback" not in err
