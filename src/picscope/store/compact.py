@@ -15,7 +15,7 @@ Two fine layouts (the codec's `format`):
     2   segments of fine numbers at 8, 4, 2 or 1 bits each, packed into bytes: z ≈ step · (c − L/2 + ½) for the
         unsigned code c = clip(⌊z / step⌋ + L/2, 0, L − 1), L = 2^bits (a mid-rise quantizer: no level is wasted
         on exactly 0, which matters at 2 bits). Numbers are ordered by importance, so the bits go where queries
-        look: the shipped codec keeps 64 float32 + 320 × 8 + 832 × 4 + 1,152 × 2 bits (2,368 numbers, 1,280 bytes)
+        look: the shipped codec keeps 64 float32 + 384 × 8 + 896 × 4 + 768 × 2 bits (2,112 numbers, 1,280 bytes)
         instead of format 1's 64 float32 + 1,024 × 8 bits (1,088 numbers, also 1,280 bytes).
 
 A and B come from `picscope.training.codec`: a query-aware reduction (B ≠ A) that keeps what queries can tell
@@ -177,9 +177,12 @@ class VectorCodec:
                "name": np.frombuffer(self.name.split("@")[0].encode(), np.uint8)}
         if self.fine_segments:  # format 1 files have no such key (and keep their names: the digest covers keys)
             out["fine_segments"] = np.array(self.fine_segments, np.int32).reshape(-1, 2)
-        if self.stored is not None and matrix_bits == 16 and int8_from is None and all(
-                v.dtype != np.float32 for k, v in self.stored.items() if k in ("encode", "query")):
-            return dict(self.stored)  # already at most 16 bits: the same numbers (a library's copy keeps the name)
+        st = self.stored
+        if st is not None and matrix_bits == 16 and int8_from is None and all(
+                v.dtype != np.float32 for k, v in st.items() if k in ("encode", "query")) and \
+                int(st.get("rescore", [256])[0]) == self.rescore and \
+                float(st.get("coarse_norm", [0.0])[0]) == np.float32(self.coarse_norm):
+            return dict(st)  # already at most 16 bits: the same numbers (a library's copy keeps the name)
         split = 0 if matrix_bits == 8 else self.code_dim if int8_from is None else min(int8_from, self.code_dim)
         for key, m in (("encode", self.encode_matrix), ("query", self.query_matrix)):
             if split:
@@ -251,7 +254,7 @@ class VectorCodec:
 
     def save(self, path: Path, matrix_bits: int = 32, split: bool = False, compress: bool = True,
              int8_from: int | None = None) -> list[Path]:
-        """Write the codec; `split` keeps the query matrix in a second file (each shipped file stays under 5 MB),
+        """Write the codec; `split` keeps the query matrix in a second file (each shipped file about 5 MB),
         `compress=False` writes it for fast loading (a library's copy); `int8_from`: see `arrays`. Returns the
         files."""
         arrays = self.arrays(matrix_bits, int8_from)
