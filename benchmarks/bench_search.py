@@ -6,9 +6,9 @@ Also measures this machine's memory read bandwidth and the fraction of it the ex
 
 `--encoder bundled`: vectors shaped like the default encoder's (2,410-d; `bundled_data`: real vectors of the shared
 photos grown by `--generator`), stored as the product stores them (compact codes), searched from a fresh process:
-bytes per photo, peak memory, p50/p95 and agreement with full-precision scoring, beside FAISS IndexFlatIP on the
-same data in the same run (over the full float32 vectors up to --full-max, and over the same coarse codes with the
-same re-score). It runs `bench_compact` without the HNSW store:
+bytes per photo, peak memory, p50/p95 and agreement with full-precision scoring, beside the exact store over full
+float32 vectors (up to --full-max) and FAISS IndexFlatIP over the same coarse codes with the same re-score, in the
+same run. It runs `bench_compact` without the HNSW store:
 
     nice -n 10 python benchmarks/bench_search.py --encoder bundled --sizes 100000 1000000
 """
