@@ -3,6 +3,14 @@ rclip-style baseline (vectors loaded from SQLite per query, sorted in Python), a
 Also measures this machine's memory read bandwidth and the fraction of it the exact scan achieves.
 
     python benchmarks/bench_search.py --sizes 100000 1000000 --dim 256
+
+`--encoder bundled`: vectors shaped like the default encoder's (2,410-d; `bundled_data`: real vectors of the shared
+photos grown by `--generator`), stored as the product stores them (compact codes), searched from a fresh process:
+bytes per photo, peak memory, p50/p95 and agreement with full-precision scoring, beside the exact store over full
+float32 vectors (up to --full-max) and FAISS IndexFlatIP over the same coarse codes with the same re-score, in the
+same run. It runs `bench_compact` without the HNSW store:
+
+    nice -n 10 python benchmarks/bench_search.py --encoder bundled --sizes 100000 1000000
 """
 
 from __future__ import annotations
@@ -66,7 +74,18 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--rclip-repeats", type=int, default=3)
+    ap.add_argument("--encoder", choices=["synthetic", "bundled"], default="synthetic",
+                    help="synthetic: --dim embedding-like vectors; bundled: the default encoder's (see above)")
+    ap.add_argument("--generator", nargs="+", default=["sampled"], help="bundled: sampled and/or tiled")
+    ap.add_argument("--full-max", type=int, default=100_000, help="bundled: largest N with full float32 vectors")
     args = ap.parse_args()
+    if args.encoder == "bundled":
+        import bench_compact
+
+        bench_compact.run(bench_compact.parser().parse_args(
+            ["--sizes", *map(str, args.sizes), "--generators", *args.generator, "--queries", str(args.repeats),
+             "-k", str(args.k), "--full-max", str(args.full_max)]))
+        return
     import faiss
 
     bw = bandwidth_gbs()

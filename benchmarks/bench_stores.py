@@ -8,6 +8,13 @@ for exact/ann (what the catalog hands them), and as a server-side expression for
 Ground truth is a brute-force numpy top-k. Latency is one query per call (p50/p95 over --queries).
 
     nice -n 10 python benchmarks/bench_stores.py --n 1000000 --dim 256
+
+`--encoder bundled`: the default encoder's vectors (`bundled_data`), kept as the product keeps them (compact codes:
+the exact store, and the HNSW store over the lifted coarse codes with the same re-score, one row per --ef), with
+bytes per photo, the searching process's peak memory, p50/p95 and agreement with full-precision scoring, beside
+FAISS IndexFlatIP on the same codes in the same run. It runs `bench_compact --ann` (Milvus is not included there):
+
+    nice -n 10 python benchmarks/bench_stores.py --encoder bundled --n 1000000 --ef 256 512 1024
 """
 
 from __future__ import annotations
@@ -89,7 +96,17 @@ def main() -> None:
     ap.add_argument("--milvus-index", nargs="*", default=["FLAT", "IVF_FLAT"], help="Milvus Lite index types")
     ap.add_argument("--skip", nargs="*", default=[], choices=["exact", "ann", "milvus"])
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--encoder", choices=["synthetic", "bundled"], default="synthetic",
+                    help="synthetic: --dim embedding-like vectors; bundled: the default encoder's (see above)")
+    ap.add_argument("--generator", nargs="+", default=["sampled"], help="bundled: sampled and/or tiled")
     args = ap.parse_args()
+    if args.encoder == "bundled":
+        import bench_compact
+
+        bench_compact.run(bench_compact.parser().parse_args(
+            ["--sizes", str(args.n), "--generators", *args.generator, "--queries", str(args.queries), "-k", str(args.k),
+             "--ann", "--ef", *map(str, args.ef), *(["--json", str(args.json)] if args.json else [])]))
+        return
     k, n = args.k, args.n
 
     t0 = time.perf_counter()

@@ -77,25 +77,36 @@ def _print_metrics(results: dict[str, dict[str, float]]) -> None:
 def train_codec(
     out_file: Annotated[Path, typer.Option("--out", help="codec file to write")] = Path("bundled-codec.npz"),
     encoder: Annotated[str, typer.Option(help="encoder spec (its vectors are what the codec compresses)")] = "bundled",
-    scan_dim: Annotated[int, typer.Option(help="float32 numbers per photo that every search scans")] = 128,
-    fine_dim: Annotated[int, typer.Option(help="int8 numbers per photo read to re-score the best candidates")] = 768,
-    rescore: Annotated[int, typer.Option(help="candidates re-scored per query")] = 256,
+    scan_dim: Annotated[int, typer.Option(help="float32 numbers per photo that every search scans")] = 64,
+    fine: Annotated[str, typer.Option(help="fine numbers as NUMBERSxBITS segments (bits 8, 4, 2 or 1), most important "
+                                          "first; or a plain number of int8 numbers (codec format 1)")
+                    ] = "384x8,896x4,768x2",
+    rescore: Annotated[int, typer.Option(help="candidates re-scored per query")] = 1024,
+    image_query_share: Annotated[float, typer.Option(help="weight of photos (vs captions) among the queries the "
+                                                          "codec is fitted to")] = 0.0,
 ) -> None:
-    """Fit the compact vector codec on Flickr8k train (photos + captions); print dev recall and agreement."""
-    from picscope.training.codec import CodecRecipe, train_codec_for
+    """Fit the compact vector codec on Flickr8k train (photos + captions); print dev recall and agreement. The
+    defaults reproduce the shipped codec (written as shipped: float16 matrices, int8 rows for the numbers stored at
+    4 bits or fewer, the query matrix in a second file)."""
+    from picscope.training.codec import CodecRecipe, parse_segments, train_codec_for
 
-    recipe = CodecRecipe(scan_dim=scan_dim, fine_dim=fine_dim, rescore=rescore)
+    try:
+        segments = parse_segments(fine)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fine") from None
+    recipe = CodecRecipe(scan_dim=scan_dim, fine_dim=sum(n for n, _ in segments) if segments else int(fine),
+                         rescore=rescore, image_query_share=image_query_share, fine_segments=segments)
     with err.status("embedding Flickr8k train and dev (cached after the first run) and fitting the codec…"):
         codec, report = train_codec_for(encoder, recipe)
-    codec.save(out_file)
+    files = codec.save(out_file, matrix_bits=16, split=True, int8_from=recipe.int8_from)
     table = Table(title=f"{codec.name}: {codec.bytes_per_vector:,} bytes per photo (full vectors: {codec.dim * 4:,})")
     for col in ("vectors", "T→I R@1", "R@5", "R@10", "top-10 agreement with full vectors"):
         table.add_column(col, justify="right" if col != "vectors" else "left")
     for name, row in report.items():
-        table.add_row(name, *(f"{row[c]:.3f}" if c == "agreement" else f"{row[c]:.1f}"
+        table.add_row(name, *(f"{row[c]:.3f}" if c == "agreement" else f"{row[c]:.2f}"
                               for c in ("r1", "r5", "r10", "agreement")))
     out.print(table)
-    out.print(f"wrote {out_file}")
+    out.print(f"wrote {', '.join(map(str, files))}")
 
 
 @app.command("train-querybank")

@@ -5,10 +5,18 @@ records the codec's name as its vector format and keeps a copy of the codec file
 (`exact`, `ann`, `milvus:`) then holds codes instead of vectors:
 
     code          z = A (v − μ)        the first `scan_dim` numbers float32 ("coarse", what a search scans),
-                                       the rest int8 with fixed per-dimension scales ("fine", read for re-scoring)
+                                       the rest quantized with fixed per-dimension steps ("fine", read for re-scoring)
     search        coarse score (B q)[:scan_dim] · z_coarse over every photo in the backend, then the best
                   `rescore` candidates get the fine part added: (B q) · z + q · μ
     read back     v̂ = D z + μ          (feedback, "more like this" and stage 2 read full-size vectors)
+
+Two fine layouts (the codec's `format`):
+    1   every fine number one int8, z ≈ step · round(z / step) (libraries written with codec format 1 keep it)
+    2   segments of fine numbers at 8, 4, 2 or 1 bits each, packed into bytes: z ≈ step · (c − L/2 + ½) for the
+        unsigned code c = clip(⌊z / step⌋ + L/2, 0, L − 1), L = 2^bits (a mid-rise quantizer: no level is wasted
+        on exactly 0, which matters at 2 bits). Numbers are ordered by importance, so the bits go where queries
+        look: the shipped codec keeps 64 float32 + 384 × 8 + 896 × 4 + 768 × 2 bits (2,112 numbers, 1,280 bytes)
+        instead of format 1's 64 float32 + 1,024 × 8 bits (1,088 numbers, also 1,280 bytes).
 
 A and B come from `picscope.training.codec`: a query-aware reduction (B ≠ A) that keeps what queries can tell
 apart (inner products with the query distribution) rather than the images' own variance. The `+ q · μ` term is
@@ -22,7 +30,7 @@ import hashlib
 import os
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -44,10 +52,16 @@ class VectorCodec:
     mean: np.ndarray  # μ: (dim,)
     encode_stored: np.ndarray  # A: (code_dim, dim) as stored (float16 or float32; see `encode_matrix`)
     query_matrix: np.ndarray  # B: (code_dim, dim)
-    scan_dim: int  # coarse (float32) part of a code; the rest is the fine (int8) part
-    fine_scale: np.ndarray  # (code_dim − scan_dim,) value of one int8 step per fine dimension
+    scan_dim: int  # coarse (float32) part of a code; the rest is the fine (quantized) part
+    fine_scale: np.ndarray  # (fine_count,) value of one quantizer step per fine number
     rescore: int = 256  # candidates whose fine part is read per query
     coarse_norm: float = 0.0  # > 0: graph stores get coarse codes lifted to this norm (see `CompactStore`)
+    fine_segments: tuple[tuple[int, int], ...] = ()  # format 2: (numbers, bits) per segment; () = format 1 (int8)
+    stored: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)  # as read by `load`
+
+    @property
+    def format(self) -> int:
+        return 2 if self.fine_segments else 1
 
     @property
     def dim(self) -> int:
@@ -68,58 +82,128 @@ class VectorCodec:
         return int(self.encode_stored.shape[0])
 
     @property
-    def fine_dim(self) -> int:
+    def fine_count(self) -> int:
+        """Numbers in the fine part."""
         return self.code_dim - self.scan_dim
+
+    @property
+    def fine_dim(self) -> int:
+        """Bytes of a stored fine row (the width of the int8 store that keeps them)."""
+        if not self.fine_segments:
+            return self.fine_count
+        return sum(n * bits // 8 for n, bits in self.fine_segments)
 
     @property
     def bytes_per_vector(self) -> int:
         return self.scan_dim * 4 + self.fine_dim
 
     def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Full vectors (n, dim) → (coarse float32 (n, scan_dim), fine int8 (n, fine_dim))."""
+        """Full vectors (n, dim) → (coarse float32 (n, scan_dim), fine bytes as int8 (n, fine_dim))."""
         z = (np.asarray(vectors, np.float32) - self.mean) @ self.encode_matrix.T
         coarse = np.ascontiguousarray(z[:, : self.scan_dim], dtype=np.float32)
-        fine = np.clip(np.rint(z[:, self.scan_dim :] / self.fine_scale), -127, 127).astype(np.int8)
-        return coarse, fine
+        return coarse, self.quantize(z[:, self.scan_dim :])
+
+    def quantize(self, z: np.ndarray) -> np.ndarray:
+        """Fine numbers (n, fine_count) → stored fine rows (n, fine_dim) int8."""
+        if not self.fine_segments:
+            return np.clip(np.rint(z / self.fine_scale), -127, 127).astype(np.int8)
+        parts = []
+        start = 0
+        for n, bits in self.fine_segments:
+            half = 1 << (bits - 1)
+            step = self.fine_scale[start : start + n]
+            code = np.clip(np.floor(z[:, start : start + n] / step) + half, 0, 2 * half - 1).astype(np.uint8)
+            parts.append(pack_bits(code, bits))
+            start += n
+        return np.ascontiguousarray(np.concatenate(parts, axis=1).view(np.int8))
 
     def decode(self, coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
         z = np.concatenate([np.asarray(coarse, np.float32), self.dequantize(fine)], axis=1)
         return np.ascontiguousarray(z @ self.decode_matrix.T + self.mean, dtype=np.float32)
 
     def dequantize(self, fine: np.ndarray) -> np.ndarray:
-        return np.asarray(fine, np.float32) * self.fine_scale
+        """Stored fine rows (n, fine_dim) → fine numbers (n, fine_count) float32."""
+        if not self.fine_segments:
+            return np.asarray(fine, np.float32) * self.fine_scale
+        raw = np.asarray(fine).view(np.uint8)
+        out = np.empty((len(raw), self.fine_count), np.float32)
+        start = byte = 0
+        for n, bits in self.fine_segments:
+            width = n * bits // 8
+            code = unpack_bits(raw[:, byte : byte + width], bits, n)
+            out[:, start : start + n] = (code.astype(np.float32) - ((1 << (bits - 1)) - 0.5)) \
+                * self.fine_scale[start : start + n]
+            start += n
+            byte += width
+        return out
+
+    def fine_scores(self, fine: np.ndarray, q_fine: np.ndarray) -> np.ndarray:
+        """dequantize(fine) @ q_fine for stored fine rows (n, fine_dim) and one query's fine part (fine_count,), without
+        materialising the numbers: per segment, codes @ (q · step) minus the constant offset (a search's re-score)."""
+        weights = np.asarray(q_fine, np.float32) * self.fine_scale
+        if not self.fine_segments:
+            return np.asarray(fine).astype(np.float32) @ weights
+        raw = np.asarray(fine).view(np.uint8)
+        out = np.zeros(len(raw), np.float32)
+        start = byte = 0
+        for n, bits in self.fine_segments:
+            width = n * bits // 8
+            w = weights[start : start + n]
+            code = unpack_bits(raw[:, byte : byte + width], bits, n).astype(np.float32)  # (a table lookup: 10× slower)
+            out += code @ w - np.float32(((1 << (bits - 1)) - 0.5) * w.sum())
+            start += n
+            byte += width
+        return out
+
+    @cached_property
+    def neutral_fine(self) -> np.ndarray:
+        """The stored fine row of z = 0 (scores a photo whose fine row is missing by its coarse part)."""
+        return self.quantize(np.zeros((1, self.fine_count), np.float32))[0]
 
     def queries(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(coarse query parts (n, scan_dim), fine query parts (n, fine_dim), per-query score offsets (n,))."""
+        """(coarse query parts (n, scan_dim), fine query parts (n, fine_count), per-query score offsets (n,))."""
         bq = np.asarray(queries, np.float32) @ self.query_matrix.T
         offset = (np.asarray(queries, np.float32) @ self.mean).astype(np.float32)
         return (np.ascontiguousarray(bq[:, : self.scan_dim], dtype=np.float32),
                 np.ascontiguousarray(bq[:, self.scan_dim :], dtype=np.float32), offset)
 
     # -- files -----------------------------------------------------------------------------------------------
-    def arrays(self, matrix_bits: int = 32) -> dict[str, np.ndarray]:
+    def arrays(self, matrix_bits: int = 32, int8_from: int | None = None) -> dict[str, np.ndarray]:
         """The codec as named arrays; A and B as float32, float16 (`matrix_bits=16`) or int8 rows with float32 row
-        scales (`matrix_bits=8`)."""
+        scales (`matrix_bits=8`); `int8_from=r` keeps rows from r on as int8 rows whatever `matrix_bits` says (rows
+        of numbers stored at 4 bits or fewer: their own quantization is far coarser than the matrix's)."""
         out = {"mean": self.mean, "scan_dim": np.array([self.scan_dim], np.int32), "fine_scale": self.fine_scale,
                "rescore": np.array([self.rescore], np.int32), "coarse_norm": np.array([self.coarse_norm], np.float32),
                "name": np.frombuffer(self.name.split("@")[0].encode(), np.uint8)}
+        if self.fine_segments:  # format 1 files have no such key (and keep their names: the digest covers keys)
+            out["fine_segments"] = np.array(self.fine_segments, np.int32).reshape(-1, 2)
+        st = self.stored
+        if st is not None and matrix_bits == 16 and int8_from is None and all(
+                v.dtype != np.float32 for k, v in st.items() if k in ("encode", "query")) and \
+                int(st.get("rescore", [256])[0]) == self.rescore and \
+                float(st.get("coarse_norm", [0.0])[0]) == np.float32(self.coarse_norm):
+            return dict(st)  # already at most 16 bits: the same numbers (a library's copy keeps the name)
+        split = 0 if matrix_bits == 8 else self.code_dim if int8_from is None else min(int8_from, self.code_dim)
         for key, m in (("encode", self.encode_matrix), ("query", self.query_matrix)):
-            if matrix_bits == 8:
-                scale = np.maximum(np.abs(m).max(axis=1, keepdims=True), 1e-30) / 127.0
-                out[f"{key}_q"] = np.rint(m / scale).astype(np.int8)
+            if split:
+                out[key] = m[:split].astype(np.float16 if matrix_bits == 16 else np.float32)
+            if split < len(m):
+                scale = np.maximum(np.abs(m[split:]).max(axis=1, keepdims=True), 1e-30) / 127.0
+                out[f"{key}_q"] = np.rint(m[split:] / scale).astype(np.int8)
                 out[f"{key}_scale"] = scale.astype(np.float32)
-            else:
-                out[key] = m.astype(np.float16 if matrix_bits == 16 else np.float32)
         return out
 
     @staticmethod
     def _matrix(arrays: dict[str, np.ndarray], key: str, dtype: type[np.floating] | None = np.float32
                 ) -> np.ndarray | None:
-        if key in arrays:
-            return np.asarray(arrays[key], dtype) if dtype is not None else arrays[key]
+        parts = []
+        if key in arrays:  # float rows first, then int8 rows (either may be absent)
+            parts.append(np.asarray(arrays[key], dtype) if dtype is not None else arrays[key])
         if f"{key}_q" in arrays:
-            return (arrays[f"{key}_q"].astype(np.float32) * arrays[f"{key}_scale"]).astype(np.float32)
-        return None
+            parts.append((arrays[f"{key}_q"].astype(np.float32) * arrays[f"{key}_scale"]).astype(np.float32))
+        if len(parts) == 2:
+            return np.concatenate([np.asarray(parts[0], np.float32), parts[1]])
+        return parts[0] if parts else None
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], name: str | None = None) -> VectorCodec:
@@ -137,7 +221,13 @@ class VectorCodec:
         label = name or (bytes(arrays["name"]).decode() if "name" in arrays else "linear")
         rescore = int(arrays["rescore"][0]) if "rescore" in arrays else 256
         norm = float(arrays["coarse_norm"][0]) if "coarse_norm" in arrays else 0.0
-        return cls(label, mean, a, b, scan, scale, rescore, norm)
+        segments = tuple((int(n), int(bits)) for n, bits in np.asarray(arrays.get("fine_segments", np.zeros((0, 2))))
+                         .reshape(-1, 2))
+        if segments and (sum(n for n, _ in segments) != a.shape[0] - scan
+                         or any(bits not in (1, 2, 4, 8) or n % (8 // bits) for n, bits in segments)):
+            raise StoreError(f"codec fine segments {segments} do not fit {a.shape[0] - scan} fine numbers "
+                             "(bits 1, 2, 4 or 8; whole bytes per segment)")
+        return cls(label, mean, a, b, scan, scale, rescore, norm, segments)
 
     @staticmethod
     def files(path: Path) -> list[Path]:
@@ -160,12 +250,14 @@ class VectorCodec:
         if "mean" not in arrays:
             raise StoreError(f"{path} is not a vector codec")
         base = bytes(arrays["name"]).decode() if "name" in arrays else Path(path).stem
-        return cls.from_arrays(arrays, f"{base}@{_digest(arrays)[:12]}")
+        return replace(cls.from_arrays(arrays, f"{base}@{_digest(arrays)[:12]}"), stored=arrays)
 
-    def save(self, path: Path, matrix_bits: int = 32, split: bool = False, compress: bool = True) -> list[Path]:
-        """Write the codec; `split` keeps the query matrix in a second file (each shipped file stays under 5 MB),
-        `compress=False` writes it for fast loading (a library's copy). Returns the files."""
-        arrays = self.arrays(matrix_bits)
+    def save(self, path: Path, matrix_bits: int = 32, split: bool = False, compress: bool = True,
+             int8_from: int | None = None) -> list[Path]:
+        """Write the codec; `split` keeps the query matrix in a second file (each shipped file about 5 MB),
+        `compress=False` writes it for fast loading (a library's copy); `int8_from`: see `arrays`. Returns the
+        files."""
+        arrays = self.arrays(matrix_bits, int8_from)
         path = Path(path)
         side = path.with_name(path.stem + ".query.npz")
         parts = {path: arrays}
@@ -183,6 +275,31 @@ class VectorCodec:
                     np.savez(fh, **data)  # type: ignore[arg-type]
             os.replace(tmp, file)
         return list(parts)
+
+
+def pack_bits(code: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned codes (n, m) below 2^bits → bytes (n, m · bits / 8); number j sits in byte j // (8 / bits) at bit
+    (j mod (8 / bits)) · bits."""
+    if bits == 8:
+        return code
+    per = 8 // bits
+    grouped = code.reshape(len(code), -1, per)
+    out = np.zeros(grouped.shape[:2], np.uint8)
+    for j in range(per):
+        out |= grouped[:, :, j] << np.uint8(j * bits)
+    return out
+
+
+def unpack_bits(raw: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The inverse of `pack_bits`: bytes (n, count · bits / 8) → codes (n, count) uint8."""
+    if bits == 8:
+        return raw
+    per = 8 // bits
+    mask = np.uint8((1 << bits) - 1)
+    out = np.empty((len(raw), raw.shape[1], per), np.uint8)
+    for j in range(per):
+        out[:, :, j] = (raw >> np.uint8(j * bits)) & mask
+    return out.reshape(len(raw), count)
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -251,7 +368,7 @@ class CompactStore:
         try:
             return self.fine.get(ids)
         except KeyError:  # only after a crash between the two writes: such rows are scored coarsely
-            out = np.zeros((len(ids), self.codec.fine_dim), np.int8)
+            out = np.tile(self.codec.neutral_fine, (len(ids), 1))
             for i, id_ in enumerate(ids.tolist()):
                 try:
                     out[i] = self.fine.get(np.array([id_], np.int64))[0]
@@ -292,8 +409,9 @@ class CompactStore:
             ids = hits.ids[i][valid]
             if not len(ids):
                 continue
-            fine = self.codec.dequantize(self._fine_rows(ids))
-            scores = hits.scores[i][valid] + fine @ q_fine[i] + offset[i]
+            with single_threaded_blas():  # small products: on a busy machine threads cost 10× (16 ms vs 1.3 ms)
+                fine = self.codec.fine_scores(self._fine_rows(ids), q_fine[i])
+            scores = hits.scores[i][valid] + fine + offset[i]
             top = topk_from_scores(scores[None, :].astype(np.float32), ids, k)
             out_ids[i], out_scores[i] = top.ids[0], top.scores[0]
         return Hits(out_ids, out_scores)

@@ -5,9 +5,13 @@ across photos matter. With C_q the second moment of queries and C_v the covarian
 maps A (photos) and B (queries) minimising E (q · (v − μ) − (B q) · (A (v − μ)))² come from the SVD of
 C_q^½ C_v^½ = U S Wᵀ:  A = S_d W_dᵀ C_v^−½,  B = U_dᵀ C_q^−½ (a query-aware PCA; with C_q = I it is plain PCA).
 Queries are mostly texts but also photos ("more like this", feedback), so C_q mixes both.
-Codes are ordered by importance: the first `scan_dim` numbers are kept as float32 and scanned for every search,
-the next `fine_dim` as int8 (per-dimension steps from the 99.9th percentile of |z| on train) and added for the best
-candidates only.
+Codes are ordered by importance: the first `scan_dim` numbers are kept as float32 and scanned for every search, the
+rest are quantized and added for the best candidates only. Codec format 1 (`fine_segments=()`): `fine_dim` numbers as
+int8 with per-dimension steps from the 99.9th percentile of |z| on train. Format 2: segments of (numbers, bits), each
+number's step the one that minimises its squared error on train (a grid over multiples of its standard deviation).
+Since z_i has variance s_i² (the i-th singular value) and every query direction has unit variance, a number's share of
+the score error is its quantization error: reverse water-filling says to give the large ones more bits and to keep
+many more small ones at 2 bits than to drop them (what format 1 did past 1,088 numbers).
 """
 
 from __future__ import annotations
@@ -28,6 +32,34 @@ class CodecRecipe:
     rescore: int = 256
     clip_percentile: float = 99.9
     coarse_norm_margin: float = 1.25  # graph stores lift coarse codes to this × the largest train norm
+    fine_segments: tuple[tuple[int, int], ...] = ()  # format 2: (numbers, bits); () = format 1, `fine_dim` int8
+
+    @property
+    def fine_numbers(self) -> int:
+        return sum(n for n, _ in self.fine_segments) if self.fine_segments else self.fine_dim
+
+    @property
+    def int8_from(self) -> int | None:
+        """The first code row stored at 4 bits or fewer (its matrix rows can be int8 in the file), else None."""
+        row = self.scan_dim
+        for n, bits in self.fine_segments:
+            if bits <= 4:
+                return row
+            row += n
+        return None
+
+
+def parse_segments(text: str) -> tuple[tuple[int, int], ...]:
+    """"384x8,896x4,768x2" → ((384, 8), (896, 4), (768, 2)); a plain number → () (format 1: that many int8)."""
+    if text.strip().isdigit():
+        return ()
+    out = []
+    for part in text.split(","):
+        n, _, bits = part.strip().partition("x")
+        if not (n.isdigit() and bits in ("1", "2", "4", "8")) or int(n) % (8 // int(bits)):
+            raise ValueError(f"{part.strip()!r} is not NUMBERSxBITS (bits 8, 4, 2 or 1, whole bytes per segment)")
+        out.append((int(n), int(bits)))
+    return tuple(out)
 
 
 def _sqrt_and_inverse(c: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
@@ -47,17 +79,40 @@ def fit_codec(images: np.ndarray, texts: np.ndarray, recipe: CodecRecipe, name: 
     lq, lq_inv = _sqrt_and_inverse(cov_q, recipe.ridge)
     lv, lv_inv = _sqrt_and_inverse(cov_v, recipe.ridge)
     u, s, wt = np.linalg.svd(lq @ lv)
-    d = recipe.scan_dim + recipe.fine_dim
+    d = recipe.scan_dim + recipe.fine_numbers
     a = ((s[:d, None] * wt[:d]) @ lv_inv).astype(np.float32)
     b = (u[:, :d].T @ lq_inv).astype(np.float32)
     codes = x @ a.T
     norm = float(recipe.coarse_norm_margin * np.linalg.norm(codes[:, : recipe.scan_dim], axis=1).max())
     z = codes[:, recipe.scan_dim :]
-    scale = np.maximum(np.percentile(np.abs(z), recipe.clip_percentile, axis=0) / 127.0, 1e-8).astype(np.float32)
+    if recipe.fine_segments:
+        bits = np.repeat([b for _, b in recipe.fine_segments], [n for n, _ in recipe.fine_segments])
+        scale = np.concatenate([best_steps(z[:, bits == b], b) for b in np.unique(bits)])
+        scale = scale[np.argsort(np.argsort(bits, kind="stable"), kind="stable")].astype(np.float32)
+    else:
+        scale = np.percentile(np.abs(z), recipe.clip_percentile, axis=0) / 127.0
     arrays = {"mean": mean.astype(np.float32), "encode": a, "query": b,
-              "scan_dim": np.array([recipe.scan_dim], np.int32), "fine_scale": scale,
+              "scan_dim": np.array([recipe.scan_dim], np.int32),
+              "fine_scale": np.maximum(scale, 1e-8).astype(np.float32),
               "rescore": np.array([recipe.rescore], np.int32), "coarse_norm": np.array([norm], np.float32)}
+    if recipe.fine_segments:
+        arrays["fine_segments"] = np.array(recipe.fine_segments, np.int32)
     return VectorCodec.from_arrays(arrays, name)
+
+
+def best_steps(z: np.ndarray, bits: int, grid: int = 60) -> np.ndarray:
+    """Per column of z (n, m): the step of a `bits`-bit mid-rise quantizer with the least mean squared error."""
+    half = 1 << (bits - 1)
+    sd = np.maximum(z.std(axis=0), 1e-12)
+    factors = np.geomspace(0.004, 2.5, grid)  # step / standard deviation (Gaussian optima: 8 bits ~0.03, 1 bit ~1.6)
+    best = np.full(z.shape[1], np.inf)
+    out = sd.copy()
+    for f in factors:
+        step = f * sd
+        err = (((np.clip(np.floor(z / step), -half, half - 1) + 0.5) * step - z) ** 2).mean(axis=0)
+        better = err < best
+        best[better], out[better] = err[better], step[better]
+    return out
 
 
 def score_full(codec: VectorCodec, queries: np.ndarray, images: np.ndarray, rescore: int | None = None) -> np.ndarray:
