@@ -382,3 +382,17 @@ def test_fine_segments_parse_and_a_bad_one_is_a_usage_error(capsys: pytest.Captu
     assert main(["train-codec", "--fine", "10x3"]) == 2  # before any data is read
     err = capsys.readouterr().err
     assert "NUMBERSxBITS" in err and "Traceback" not in err
+
+
+@needs_codec
+def test_the_read_back_matrix_is_the_pseudo_inverse_and_is_computed_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PICSCOPE_CACHE", str(tmp_path / "cache"))
+    codec = VectorCodec.load(SHIPPED)
+    d = codec.decode_matrix
+    a = codec.encode_matrix.astype(np.float64)
+    np.testing.assert_allclose(d, np.linalg.pinv(a), atol=1e-5)
+    assert len(list((tmp_path / "cache").glob("decode-*.npy"))) == 1
+    monkeypatch.setattr(np.linalg, "solve", lambda *a, **k: pytest.fail("computed again"))
+    again = VectorCodec.load(SHIPPED).decode_matrix  # a new process's codec: read from the cache folder
+    np.testing.assert_array_equal(again, d)
