@@ -247,3 +247,19 @@ def test_a_missing_weights_wheel_says_how_to_install_it(module: str, finder: obj
     with pytest.raises(EncoderError, match="weights are not installed") as info:
         finder()
     assert str(info.value).endswith(hint)
+
+
+def test_the_verifiers_words_are_the_same_on_the_ascii_path() -> None:
+    """The verifier's text features (ids, and each word with its token positions) from `AsciiWordPiece` equal those
+    from the `tokenizers` library (what explanations' word evidence reads)."""
+    from picscope.models.verifier import MAX_TOKENS, Verifier, _words
+
+    model = towers.minilm().numpy
+    checked = 0
+    for text in _ascii_cases():
+        text = " ".join(text.split())
+        enc = model.tokenizer.encode(text)
+        ids, words = Verifier._tokenized(model, text)
+        assert ids == enc.ids and words == _words(text, enc), text
+        checked += model.wordpiece.ascii_ids(text) is not None
+    assert checked >= 3000 and MAX_TOKENS < 256

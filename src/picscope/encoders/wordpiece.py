@@ -18,6 +18,7 @@ SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _PUNCT = frozenset(string.punctuation)
 _SPACE = frozenset(" \t\n\r")
 MAX_WORD_CHARS = 100  # longer words become [UNK], as in BERT
+_DROP = {c: None for c in range(128) if not chr(c).isprintable() and chr(c) not in _SPACE}  # control characters
 
 
 class AsciiWordPiece:
@@ -28,6 +29,7 @@ class AsciiWordPiece:
         if pieces and pieces[-1] == "":
             pieces.pop()
         self.vocab = {piece: i for i, piece in enumerate(pieces)}
+        self._piece_text = pieces
         missing = [s for s in SPECIAL if s not in self.vocab]
         if missing:
             raise ValueError(f"{vocab_file}: no {', '.join(missing)} in the vocabulary")
@@ -45,6 +47,52 @@ class AsciiWordPiece:
         ids = ids[: self.max_len - 1]
         ids.append(self.sep)
         return ids
+
+    def ascii_words(self, text: str) -> tuple[list[int], list[tuple[int, list[tuple[int, int]]]]] | None:
+        """`ascii_ids`, and each word (or punctuation mark) of `text`: its first character and, per token kept,
+        (position among the ids, the character its piece ends before) — what the `tokenizers` library's `word_ids`
+        and `offsets` give; None as for `ascii_ids`."""
+        ids = self.ascii_ids(text)
+        if ids is None:
+            return None
+        words: list[tuple[int, list[tuple[int, int]]]] = []
+        pos = 1  # after [CLS]
+        for start, end in self._spans(text):
+            pieces = self._pieces(text[start:end].lower().translate(_DROP))
+            if pieces == [self.unk]:
+                ends = [end]
+            else:  # a piece covers its characters (less "##"), counted without the dropped control characters
+                kept_chars = [i for i in range(start, end) if ord(text[i]) not in _DROP]
+                ends, count = [], 0
+                for piece in pieces:
+                    count += len(self._piece_text[piece].removeprefix("##"))
+                    ends.append(kept_chars[min(count, len(kept_chars)) - 1] + 1)
+            kept = [(p, e) for p, e in zip(range(pos, pos + len(pieces)), ends, strict=True) if p < len(ids) - 1]
+            if kept:
+                words.append((start, kept))
+            pos += len(pieces)
+        return ids, words
+
+    @staticmethod
+    def _spans(text: str) -> list[tuple[int, int]]:
+        """(start, end) of each word and punctuation mark, as `_words` splits them."""
+        spans: list[tuple[int, int]] = []
+        start = None
+        for i, ch in enumerate(text):
+            if ch not in _SPACE and not ch.isprintable():
+                continue
+            if ch in _SPACE or ch in _PUNCT:
+                if start is not None:
+                    spans.append((start, i))
+                    start = None
+                if ch in _PUNCT:
+                    spans.append((i, i + 1))
+                continue
+            if start is None:
+                start = i
+        if start is not None:
+            spans.append((start, len(text)))
+        return spans
 
     @staticmethod
     def _words(text: str) -> list[str]:

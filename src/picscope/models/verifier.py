@@ -149,11 +149,28 @@ class Verifier:
         cleaned = [" ".join(t.split()) for t in texts]
         out = []
         with single_threaded_blas():
-            for text, enc in zip(cleaned, model.tokenizer.encode_batch(cleaned), strict=True):
-                tok = np.asarray([enc.ids], np.int64)
+            for text in cleaned:
+                ids, words = self._tokenized(model, text)
+                tok = np.asarray([ids], np.int64)
                 feats = self.tokens(model.hidden(tok, np.ones(tok.shape, np.float32))[0])
-                out.append(TextFeatures(feats.q, feats.w, _words(text, enc), feats.members))
+                out.append(TextFeatures(feats.q, feats.w, words, feats.members))
         return out
+
+    @staticmethod
+    def _tokenized(model: Any, text: str) -> tuple[list[int], tuple[tuple[str, tuple[int, ...]], ...]]:
+        """Token ids and words (with their token positions below MAX_TOKENS): ASCII text by MiniLM's
+        `AsciiWordPiece` (the same ids and words, without loading the `tokenizers` library), other text by it."""
+        fast = model.wordpiece.ascii_words(text)
+        if fast is None:
+            enc = model.tokenizer.encode(text)
+            return list(enc.ids), _words(text, enc)
+        ids, words = fast
+        out = []
+        for start, tokens in words:
+            kept = [(p, end) for p, end in tokens if p < MAX_TOKENS]
+            if kept:
+                out.append((text[start : kept[-1][1]], tuple(p for p, _ in kept)))
+        return ids, tuple(out)
 
     def image_cells(self, images: Sequence[Image.Image]) -> np.ndarray:
         from picscope.encoders import towers
