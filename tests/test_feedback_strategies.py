@@ -70,6 +70,27 @@ def test_caption_appends_relevant_captions_caps_length_and_reuses_them(lib: Libr
     assert float(nxt.query_vector @ green) > float(st.query_vector @ green)
 
 
+def test_caption_vector_is_the_request_plus_the_captions_directions(lib: Library) -> None:
+    """q' = q + 0.5·unit(mean of the relevant captions' vectors) − 0.2·unit(mean of the not-relevant ones'): the
+    request's own vector stays the anchor, each caption is embedded on its own."""
+    from picscope.feedback.text import CAPTION_WEIGHT, NEGATIVE_CAPTION_WEIGHT
+
+    vision = ColourCaptionerTestDouble()
+    st = _state(lib, "red")
+    pos, neg = _ids(lib, "green")[:2], _ids(lib, "blue")[-1:]  # blue[:3] belong to the rewrite test
+    nxt = make_strategy("caption", lib, vision=vision).update(st, pos, neg)
+    caps = nxt.captions
+    pos_dir = _unit(lib.embed_texts([caps[i] for i in pos]).mean(axis=0))
+    neg_dir = _unit(lib.embed_texts([caps[i] for i in neg]).mean(axis=0))
+    expected = _unit(st.query_vector + CAPTION_WEIGHT * pos_dir - NEGATIVE_CAPTION_WEIGHT * neg_dir)
+    assert np.allclose(nxt.query_vector, expected, atol=1e-6)
+    red = lib.vectors(_ids(lib, "red")[:1])[0]
+    assert float(nxt.query_vector @ red) > 0.5  # still a query for red (appended text had drifted to green)
+    only_neg = make_strategy("caption", lib, vision=vision).update(st, [], neg)
+    assert float(only_neg.query_vector @ lib.vectors(neg)[0]) < float(st.query_vector @ lib.vectors(neg)[0])
+    assert "0.5 × the direction of 2 relevant caption(s)" in nxt.notes[-1]
+
+
 def test_captions_are_made_once_on_the_safe_stored_path(lib: Library, monkeypatch: pytest.MonkeyPatch) -> None:
     import picscope.pipeline.captions as captions
     from picscope.pipeline.captions import CaptionStore
