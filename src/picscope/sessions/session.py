@@ -41,7 +41,7 @@ from picscope.sessions.store import (
 if TYPE_CHECKING:
     from picscope.library import Library
 
-DEFAULT_STRATEGY = "rocchio"  # offline default: no model calls, well under a second per round
+DEFAULT_STRATEGY = "rocchio"  # offline default: no LLM call; the request check adds one verifier pass (30 photos)
 CHECK_OPTION = "check_request"  # session option (default True): re-rank each round against the request
 
 
