@@ -133,3 +133,12 @@ def test_a_failing_check_is_noted_in_the_round(lib: Library) -> None:
     assert len(page) == 4
     why = s.explain()["history"][-1]["why"]
     assert why.startswith("rocchio:") and "request check skipped (TimeoutError" in why
+
+
+def test_composed_sessions_are_not_checked(lib: Library) -> None:
+    judge = BrightnessJudgeTestDouble()
+    vec = lib.embed_texts(["red"])[0]
+    s = Session.create(lib, "but darker", page_size=4, vector=vec, vision=judge, options={"reference": {"id": 1}})
+    s.mark([s.page()[0].id], True)
+    s.next_round()
+    assert judge.requests == []  # "but darker" alone is not what the person asked for

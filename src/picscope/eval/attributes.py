@@ -70,9 +70,10 @@ def attribute_round(
 ) -> AttributeRound:
     """One session round on `case`; `captions_of(id)` gives a photo's human captions (lower case, joined)."""
     from picscope.sessions import Session
+    from picscope.sessions.session import CHECK_OPTION
 
     s = Session.create(library, case.request, strategy=strategy, page_size=page_size, vision=vision,
-                       options={"check_request": check})
+                       options={CHECK_OPTION: check})
     first = [x.id for x in s.page()]
     relevant = [i for i in first if all(matches(captions_of(i), w) for w in case.wanted)]
     if relevant:

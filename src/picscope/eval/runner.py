@@ -30,6 +30,7 @@ from picscope.paths import cache_dir
 from picscope.vectors import compose
 
 if TYPE_CHECKING:
+    from picscope.feedback.check import RequestCheck
     from picscope.pipeline.base import Pipeline
 
 KS = (1, 5, 10, 50)
@@ -273,7 +274,7 @@ def _interactive(
 _CHECK_VISION: dict[str, Any] = {}  # one vision model per spec and process (it keeps its photos' cells)
 
 
-def _request_check(lib: Library, cfg: RunConfig, request: str) -> Any:
+def _request_check(lib: Library, cfg: RunConfig, request: str) -> RequestCheck | None:
     """The sessions' request check for one simulated session (None when off, or for feedback `none`)."""
     if not cfg.request_check or cfg.feedback in (None, "none"):
         return None

@@ -260,8 +260,9 @@ class Session:
 
     def _check_for(self, rec: SessionRecord) -> RequestCheck | None:
         """The request check of this session's rounds (`feedback.check`): on unless the session's options turn it
-        off, never for `none` (the unchanged ranking), and only with a vision model that has evidence of its own."""
-        if rec.strategy == "none" or not rec.options.get(CHECK_OPTION, True):
+        off, never for `none` (the unchanged ranking) or a composed session (its text alone is not the request; not
+        measured), and only with a vision model that has evidence of its own."""
+        if rec.strategy == "none" or not rec.options.get(CHECK_OPTION, True) or rec.options.get("reference"):
             return None
         if self._check is None and self._check_error is None:
             vision = self._vision
