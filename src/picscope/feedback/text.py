@@ -89,13 +89,13 @@ def caption_direction(library: Library, captions: list[str]) -> np.ndarray | Non
 def anchored_on_captions(library: Library, anchor: np.ndarray, pos_caps: list[str], neg_caps: list[str],
                          weights: tuple[float, float] = (CAPTION_WEIGHT, NEGATIVE_CAPTION_WEIGHT)) -> np.ndarray:
     """anchor + b·(relevant captions' direction) − c·(not-relevant captions' direction), normalised."""
-    q = np.asarray(anchor, np.float32).copy()
+    q = np.asarray(anchor, np.float64).copy()
     pos, neg = caption_direction(library, pos_caps), caption_direction(library, neg_caps)
     if pos is not None:
-        q = q + weights[0] * pos
+        q += weights[0] * pos
     if neg is not None:
-        q = q - weights[1] * neg
-    return unit(q)
+        q -= weights[1] * neg
+    return unit(q.astype(np.float32))
 
 
 class CaptionExpansion:
