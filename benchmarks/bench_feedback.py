@@ -9,6 +9,8 @@ Recall (part `recall`, through the evaluation harness `picscope.eval.runner.run`
 10 images per page, round 0 = the first page before any feedback, then 3 feedback rounds; recall at round r =
 |relevant ∩ every image shown in rounds 0..r| / |relevant|, averaged over queries (so `none`, which shows the next
 unseen page of the original ranking, is exactly recall@10·(r+1)). Gain = recall(round 3) / recall_none(round 3) − 1.
+A strategy name with `+check` (e.g. `rocchio+check`) also re-ranks each feedback round's candidates against the
+request with the default vision model, as sessions do (`picscope.feedback.check`); without it, the bare strategy.
 
 Cost (part `cost`): `Session.next_round` on the MSR-VTT frames library with the oracle user, per strategy:
 seconds p50/p95 and model calls per round. Scale (part `scale`): the same round on a library of `--size`
@@ -154,7 +156,7 @@ def runnable(strategies: list[str], lib: Any) -> tuple[list[str], dict[str, str]
     ok, skipped = [], {}
     for s in strategies:
         try:
-            make_strategy(s, lib)
+            make_strategy(s.removesuffix("+check"), lib)
             ok.append(s)
         except PicscopeError as exc:
             skipped[s] = str(exc)
@@ -170,7 +172,8 @@ def part_recall(
             base: float | None = None
             for strategy in strategies:
                 t0 = time.perf_counter()
-                cfg = RunConfig(feedback=strategy, user=user, rounds=3, page_size=10, limit=limits.get(name))
+                cfg = RunConfig(feedback=strategy.removesuffix("+check"), user=user, rounds=3, page_size=10,
+                                limit=limits.get(name), request_check=strategy.endswith("+check"))
                 res = run(ds, cfg)
                 r = [x["recall"] for x in res.metrics["rounds"]]
                 if strategy == "none":
@@ -225,7 +228,8 @@ def part_cost(ds_dir: Path, strategies: list[str], n_queries: int) -> None:
             fallbacks = 0
             for q in ds.queries[:n_queries]:
                 truth = set(q.relevant)
-                s = Session.create(lib, q.text, strategy=strategy, page_size=10)
+                s = Session.create(lib, q.text, strategy=strategy.removesuffix("+check"), page_size=10,
+                                   options={"check_request": strategy.endswith("+check")})
                 for _ in range(3):
                     page = s.page()
                     rel = [p.id for p in page if key_of.get(p.id) in truth]
@@ -295,7 +299,8 @@ def part_scale(size: int, sessions: int) -> None:
         rng = np.random.default_rng(0)
         for n in range(sessions):
             t0 = time.perf_counter()
-            s = Session.create(lib, words[n % len(words)] + f" #{n}", strategy=DEFAULT_STRATEGY, page_size=10)
+            s = Session.create(lib, words[n % len(words)] + f" #{n}", strategy=DEFAULT_STRATEGY, page_size=10,
+                               options={"check_request": False})  # synthetic vectors: no photos to check
             created.append(time.perf_counter() - t0)
             for _ in range(3):
                 page = [p.id for p in s.page()]

@@ -70,6 +70,27 @@ def test_caption_appends_relevant_captions_caps_length_and_reuses_them(lib: Libr
     assert float(nxt.query_vector @ green) > float(st.query_vector @ green)
 
 
+def test_caption_vector_is_the_request_plus_the_captions_directions(lib: Library) -> None:
+    """q' = q + 0.5·unit(mean of the relevant captions' vectors) − 0.2·unit(mean of the not-relevant ones'): the
+    request's own vector stays the anchor, each caption is embedded on its own."""
+    from picscope.feedback.text import CAPTION_WEIGHT, NEGATIVE_CAPTION_WEIGHT
+
+    vision = ColourCaptionerTestDouble()
+    st = _state(lib, "red")
+    pos, neg = _ids(lib, "green")[:2], _ids(lib, "blue")[-1:]  # blue[:3] belong to the rewrite test
+    nxt = make_strategy("caption", lib, vision=vision).update(st, pos, neg)
+    caps = nxt.captions
+    pos_dir = _unit(lib.embed_texts([caps[i] for i in pos]).mean(axis=0))
+    neg_dir = _unit(lib.embed_texts([caps[i] for i in neg]).mean(axis=0))
+    expected = _unit(st.query_vector + CAPTION_WEIGHT * pos_dir - NEGATIVE_CAPTION_WEIGHT * neg_dir)
+    assert np.allclose(nxt.query_vector, expected, atol=1e-6)
+    red = lib.vectors(_ids(lib, "red")[:1])[0]
+    assert float(nxt.query_vector @ red) > 0.5  # still a query for red (appended text had drifted to green)
+    only_neg = make_strategy("caption", lib, vision=vision).update(st, [], neg)
+    assert float(only_neg.query_vector @ lib.vectors(neg)[0]) < float(st.query_vector @ lib.vectors(neg)[0])
+    assert "0.5 × the direction of 2 relevant caption(s)" in nxt.notes[-1]
+
+
 def test_captions_are_made_once_on_the_safe_stored_path(lib: Library, monkeypatch: pytest.MonkeyPatch) -> None:
     import picscope.pipeline.captions as captions
     from picscope.pipeline.captions import CaptionStore
@@ -239,8 +260,38 @@ def test_rocchio_classic_is_the_textbook_formula_and_adaptive_uses_it_for_near_d
     classic = make_strategy("rocchio-classic", lib).update(st, [0, 1, 2], [3])
     assert np.allclose(classic.query_vector, expected, atol=1e-6) and classic.notes[-1].startswith("rocchio-classic")
     adaptive = make_strategy("rocchio", lib).update(st, [0, 1, 2], [3])
-    assert np.allclose(adaptive.query_vector, expected, atol=1e-5)  # coherent positives: the classic weights
+    # coherent positives: the classic weights; the negative pushes only with its part outside span(q0, positives)
+    pos = near.mean(axis=0)
+    span, _ = np.linalg.qr(np.stack([q0, pos], axis=1))
+    expected_outside = _unit(1.0 * q0 + 0.75 * pos - 0.15 * (neg - span @ (span.T @ neg)))
+    assert np.allclose(adaptive.query_vector, expected_outside, atol=1e-5)
+    assert not np.allclose(adaptive.query_vector, expected, atol=1e-3)
     assert "coherent weights" in adaptive.notes[-1]
+
+
+def test_rocchio_negatives_change_nothing_inside_the_request_and_relevant_directions() -> None:
+    """"a dog in the snow": dog+snow photos relevant, a snow photo without a dog not relevant. The negative may only
+    push along what it does not share with the query and the relevant images: projected back onto
+    span(query, relevant mean), the new query points exactly where it points without the negative."""
+    rng = np.random.default_rng(3)
+    q0 = _unit(rng.normal(size=16))
+    relevant = np.stack([_unit(q0 + 0.8 * rng.normal(size=16)) for _ in range(3)])
+    negative = _unit(0.7 * q0 + rng.normal(size=16))  # shares much of the request
+    lib = _VectorLibrary(np.vstack([relevant, negative[None]]), None)
+    st = FeedbackState("a dog in the snow", "a dog in the snow", q0, anchor_vector=q0)
+    span, _ = np.linalg.qr(np.stack([q0, relevant.mean(axis=0)], axis=1))
+
+    def inside(v: np.ndarray) -> np.ndarray:
+        return _unit(span @ (span.T @ v))
+
+    for name in ("rocchio", "rocchio-classic"):
+        without = make_strategy(name, lib).update(st, [0, 1, 2], []).query_vector
+        with_neg = make_strategy(name, lib).update(st, [0, 1, 2], [3]).query_vector
+        assert with_neg @ negative < without @ negative  # the negative still pushes
+        if name == "rocchio":
+            assert np.allclose(inside(with_neg), inside(without), atol=1e-5)
+        else:  # the textbook formula also moves the query inside the request's own directions
+            assert not np.allclose(inside(with_neg), inside(without), atol=1e-3)
 
 
 def test_rocchio_diverse_positives_get_per_part_weights() -> None:
@@ -254,10 +305,12 @@ def test_rocchio_diverse_positives_get_per_part_weights() -> None:
     q0 = _unit(rng.normal(size=10))
     st = FeedbackState("q", "q", q0, anchor_vector=q0)
     out = make_strategy("rocchio", lib).update(st, [0, 1, 2], [3])
+    span, _ = np.linalg.qr(np.stack([q0, pos.mean(axis=0)], axis=1))
+    neg_out = neg - span @ (span.T @ neg)  # the negative's part outside span(query, relevant mean)
     raw = np.empty(10, np.float32)
     for name, (a, b) in parts.items():
         w = DIVERSE[name]
-        raw[a:b] = w.alpha * q0[a:b] + w.beta * pos.mean(axis=0)[a:b] - w.gamma * neg[a:b]
+        raw[a:b] = w.alpha * q0[a:b] + w.beta * pos.mean(axis=0)[a:b] - w.gamma * neg_out[a:b]
     assert np.allclose(out.query_vector, _unit(raw), atol=1e-6)
     assert "diverse weights" in out.notes[-1]
     # the label part: positives add nothing (β = 0), so the positive on column 7 does not lift it
@@ -267,7 +320,9 @@ def test_rocchio_diverse_positives_get_per_part_weights() -> None:
     q8 = _unit(q0[:8])
     flat = make_strategy("rocchio", short).update(FeedbackState("q", "q", q8, anchor_vector=q8), [0, 1, 2], [3])
     w = DIVERSE["*"]
-    exp = _unit(w.alpha * q8 + w.beta * pos[:, :8].mean(axis=0) - w.gamma * neg[:8])
+    span8, _ = np.linalg.qr(np.stack([q8, pos[:, :8].mean(axis=0)], axis=1))
+    neg8 = neg[:8] - span8 @ (span8.T @ neg[:8])
+    exp = _unit(w.alpha * q8 + w.beta * pos[:, :8].mean(axis=0) - w.gamma * neg8)
     assert np.allclose(flat.query_vector, exp, atol=1e-6)
 
 

@@ -30,6 +30,7 @@ from picscope.paths import cache_dir
 from picscope.vectors import compose
 
 if TYPE_CHECKING:
+    from picscope.feedback.check import RequestCheck
     from picscope.pipeline.base import Pipeline
 
 KS = (1, 5, 10, 50)
@@ -52,6 +53,7 @@ class RunConfig:
     vision: str | None = None  # pipeline imagescope: vision model spec
     pipeline_config: Any = None  # a picscope.config.PipelineConfig (default: the library's)
     query_ids: frozenset[str] | None = None  # evaluate only these queries (e.g. a held-out part of a split)
+    request_check: bool = False  # feedback rounds: re-rank against the request as sessions do (`feedback.check`)
 
 
 @dataclass
@@ -246,6 +248,7 @@ def _interactive(
     from picscope.feedback import make_strategy
 
     strategy = make_strategy(cfg.feedback or "none", lib)
+    check = _request_check(lib, cfg, q.text)
     user = make_user(cfg.user, seed=user_seed(cfg.seed, q.id))
     relevant = set(q.relevant)
     state = FeedbackState(q.text, q.text, vec, anchor_vector=vec)
@@ -254,7 +257,8 @@ def _interactive(
     fallbacks = 0
     for r in range(cfg.rounds + 1):
         seen = [idx.id_of[s] for s in shown]
-        hits = unseen_page(lib, state.query_vector, cfg.page_size, seen, exclude, depth=idx.size)
+        hits = unseen_page(lib, state.query_vector, cfg.page_size, seen, exclude, depth=idx.size,
+                           check=check if r > 0 else None)
         page = [idx.key_of[h.id] for h in hits]
         shown.extend(page)
         found = len(relevant.intersection(shown))
@@ -267,6 +271,22 @@ def _interactive(
         )
         fallbacks += state.fallback is not None
     return rounds, int(getattr(state, "model_calls", 0)), fallbacks
+
+
+_CHECK_VISION: dict[str, Any] = {}  # one vision model per spec and process (it keeps its photos' cells)
+
+
+def _request_check(lib: Library, cfg: RunConfig, request: str) -> RequestCheck | None:
+    """The sessions' request check for one simulated session (None when off, or for feedback `none`)."""
+    if not cfg.request_check or cfg.feedback in (None, "none"):
+        return None
+    from picscope.feedback.check import RequestCheck
+    from picscope.models import DEFAULT_VISION_SPEC, make_vision_model
+
+    spec = cfg.vision or DEFAULT_VISION_SPEC
+    if spec not in _CHECK_VISION:
+        _CHECK_VISION[spec] = make_vision_model(spec, encoder=lib.encoder)
+    return RequestCheck(_CHECK_VISION[spec], request)
 
 
 def _aggregate(rows: list[dict[str, Any]], ds: Dataset, cfg: RunConfig, encoder: str, lib: Library) -> dict[str, Any]:

@@ -13,6 +13,12 @@ The original query vector stays the anchor (α), so a few clicks refine the quer
 The blend is set by the positives' mean pairwise cosine similarity c: t = clip((c − 0.55) / 0.20, 0, 1) and
 weights = t·coherent + (1 − t)·diverse. One positive counts as diverse (t = 0); no positive gives t = 0.5.
 
+The not-relevant images push only with what they do *not* share with the request: `rocchio` subtracts the part of
+their mean that lies outside the span of the original query and the relevant images' mean (`outside`). A snow
+photo without a dog marked not relevant for "a dog running in the snow" then pushes away "no dog", not "snow"
+(the whole mean pushed the next page off snow: 0.9 → 0.6 of page 2 with snow, `bench_session_attributes.py
+--negatives`; 0.9 kept with the projection). It also measured better on MSR-VTT (docs/sessions.md).
+
 `rocchio-classic` keeps the fixed classic weights. The weights were chosen on Flickr8k dev concept queries and
 the MSR-VTT frames in shared data; docs/sessions.md has the measurements, including a held-out query set.
 """
@@ -83,6 +89,21 @@ def coherence(vectors: np.ndarray) -> float | None:
     return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
 
 
+def outside(v: np.ndarray, basis: list[np.ndarray], eps: float = 1e-6) -> np.ndarray:
+    """The part of `v` orthogonal to the span of `basis` (Gram–Schmidt; near-parallel basis vectors are skipped)."""
+    out = np.asarray(v, np.float64).copy()
+    done: list[np.ndarray] = []
+    for b in basis:
+        u = np.asarray(b, np.float64).copy()
+        for d in done:
+            u -= (u @ d) * d
+        n = float(np.linalg.norm(u))
+        if n > eps:
+            done.append(u / n)
+            out -= (out @ done[-1]) * done[-1]
+    return out.astype(np.float32)
+
+
 def blend(c: float | None, n_positives: int, lo: float = COHERENCE_RANGE[0], hi: float = COHERENCE_RANGE[1]
           ) -> float:
     """t in [0, 1]: 1 = classic (coherent) weights, 0 = diverse weights."""
@@ -109,6 +130,7 @@ class Rocchio:
         adaptive: bool | None = None,
         diverse: Mapping[str, Weights] | None = None,
         coherence_range: tuple[float, float] = COHERENCE_RANGE,
+        negatives_outside: bool | None = None,
     ) -> None:
         self.library = library
         fixed = alpha is not None or beta is not None or gamma is not None
@@ -117,6 +139,8 @@ class Rocchio:
                                CLASSIC.gamma if gamma is None else gamma)
         self.diverse = dict(DIVERSE if diverse is None else diverse)
         self.coherence_range = coherence_range
+        # the adaptive default pushes only with what the not-relevant images do not share with the request
+        self.negatives_outside = self.adaptive if negatives_outside is None else negatives_outside
         self._columns: tuple[int, np.ndarray, np.ndarray] | None = None
         if not self.adaptive:
             self.name = "rocchio-classic" if not fixed else "rocchio"
@@ -154,7 +178,10 @@ class Rocchio:
         if pos is not None:
             q = q + w[1] * pos.mean(axis=0)
         if negatives:
-            q = q - w[2] * self.library.vectors(negatives).mean(axis=0)
+            neg = self.library.vectors(negatives).mean(axis=0)
+            if self.negatives_outside:
+                neg = outside(neg, [original] if pos is None else [original, pos.mean(axis=0)])
+            q = q - w[2] * neg
         q = unit(q)
         note = f"{self.name}: {len(positives)} relevant, {len(negatives)} not relevant so far{how}"
         return dataclasses.replace(

@@ -1,7 +1,10 @@
 """Text-level feedback (the interactive-retrieval paper): caption the images marked relevant, expand the query.
 
-- `CaptionExpansion` (`caption`): the user's query + the captions of the relevant images, appended as they are
-  (no denoiser), capped at `max_words` so the text encoder reads all of it.
+- `CaptionExpansion` (`caption`): the captions of the images marked relevant, anchored on the user's words (no
+  denoiser): q' = q + b·unit(mean of the relevant captions' vectors) − c·unit(mean of the latest not-relevant
+  captions' vectors), b = 0.5, c = 0.2. Each caption is embedded on its own, so its words do not crowd the
+  request's out of one pooled text vector (appending the captions to the query text, the first version, lost
+  6.5% of recall on Flickr8k concept queries; docs/sessions.md has the measurements).
 - `LLMRewrite` (`rewrite`): the same captions go to a chat model that rewrites the query, keeping the user's words
   as the anchor, adding only details shared by the relevant images and dropping caption noise; the answer is
   parsed with a schema, retried once, checked (anchor kept, length capped), and on any failure the round falls
@@ -17,6 +20,7 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from picscope.feedback.base import FeedbackState
@@ -27,8 +31,11 @@ from picscope.vectors import unit
 if TYPE_CHECKING:
     from picscope.library import Library
 
-MAX_NEGATIVE_CAPTIONS = 3  # captions of not-relevant images feed only the negative propositions: the latest few
+MAX_NEGATIVE_CAPTIONS = 3  # captions of not-relevant images: the latest few (propositions, the caption push)
 DEFAULT_MAX_WORDS = 40  # MiniLM/CLIP-class text towers read ~60-77 tokens; 40 words stays inside
+# `caption`'s weights, tuned on half of the MSR-VTT and Flickr8k dev concept queries (docs/sessions.md)
+CAPTION_WEIGHT = 0.5
+NEGATIVE_CAPTION_WEIGHT = 0.2
 
 
 def words(text: str) -> list[str]:
@@ -72,6 +79,25 @@ class Captioner:
         return out, calls
 
 
+def caption_direction(library: Library, captions: list[str]) -> np.ndarray | None:
+    """unit(mean of the captions' text vectors), each caption embedded on its own; None without captions."""
+    if not captions:
+        return None
+    return unit(np.asarray(library.embed_texts(captions), np.float32).mean(axis=0))
+
+
+def anchored_on_captions(library: Library, anchor: np.ndarray, pos_caps: list[str], neg_caps: list[str],
+                         weights: tuple[float, float] = (CAPTION_WEIGHT, NEGATIVE_CAPTION_WEIGHT)) -> np.ndarray:
+    """anchor + b·(relevant captions' direction) − c·(not-relevant captions' direction), normalised."""
+    q = np.asarray(anchor, np.float64).copy()
+    pos, neg = caption_direction(library, pos_caps), caption_direction(library, neg_caps)
+    if pos is not None:
+        q += weights[0] * pos
+    if neg is not None:
+        q -= weights[1] * neg
+    return unit(q.astype(np.float32))
+
+
 class CaptionExpansion:
     name = "caption"
 
@@ -85,16 +111,20 @@ class CaptionExpansion:
         negatives = [*state.negatives, *[i for i in new_negatives if i not in state.negatives]]
         caps, calls = self.captioner.captions(state, positives + negatives[-MAX_NEGATIVE_CAPTIONS:])
         pos_caps = [caps[i] for i in positives if i in caps]
-        neg_caps = [caps[i] for i in negatives if i in caps]
-        text = state.original_query
-        if pos_caps:
+        neg_caps = [caps[i] for i in negatives[-MAX_NEGATIVE_CAPTIONS:] if i in caps]
+        anchor = state.anchor_vector
+        if anchor is None:
+            anchor = self.library.embed_texts([state.original_query])[0]
+        text, vec = state.original_query, state.query_vector
+        if pos_caps or neg_caps:
+            vec = anchored_on_captions(self.library, anchor, pos_caps, neg_caps)
             text = cap_words(". ".join([state.original_query, *pos_caps]), self.max_words)
-        vec = unit(self.library.embed_texts([text])[0]) if text != state.original_query else state.query_vector
         props = negative_propositions(state.original_query, pos_caps, neg_caps)
         note = (
-            f"caption: appended {len(pos_caps)} caption(s) of relevant images (capped at {self.max_words} words)"
-            if pos_caps
-            else "caption: no relevant image captioned; the query is unchanged"
+            f"caption: the request plus {CAPTION_WEIGHT} × the direction of {len(pos_caps)} relevant caption(s)"
+            f", minus {NEGATIVE_CAPTION_WEIGHT} × that of {len(neg_caps)} not-relevant caption(s)"
+            if pos_caps or neg_caps
+            else "caption: nothing marked was captioned; the query is unchanged"
         )
         return dataclasses.replace(
             state,

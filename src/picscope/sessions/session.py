@@ -15,6 +15,7 @@ Every change is saved at once in `<library>/sessions.sqlite`; see `store.py` for
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import numpy as np
 from picscope.errors import ConfigError, PicscopeError
 from picscope.feedback import NAMES, make_strategy
 from picscope.feedback.base import FeedbackState, FeedbackStrategy
+from picscope.feedback.check import RequestCheck
 from picscope.feedback.rocchio import Rocchio
 from picscope.feedback.rounds import unseen_page
 from picscope.sessions.store import (
@@ -39,7 +41,16 @@ from picscope.sessions.store import (
 if TYPE_CHECKING:
     from picscope.library import Library
 
-DEFAULT_STRATEGY = "rocchio"  # offline default: no model calls, well under a second per round
+DEFAULT_STRATEGY = "rocchio"  # offline default: no LLM call; the request check adds one verifier pass (30 photos)
+CHECK_OPTION = "check_request"  # session option (default True): re-rank each round against the request
+
+
+@functools.lru_cache(maxsize=1)
+def _default_check_vision() -> Any:
+    """The offline default vision model, one per process: sessions share the cells it keeps of recent photos."""
+    from picscope.models import DEFAULT_VISION_SPEC, make_vision_model
+
+    return make_vision_model(DEFAULT_VISION_SPEC)
 
 
 @dataclass
@@ -65,6 +76,8 @@ class Session:
         self._llm, self._vision = llm, vision
         self._strategy: FeedbackStrategy | None = None
         self._strategy_error: str | None = None
+        self._check: RequestCheck | None = None
+        self._check_error: str | None = None
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -245,6 +258,23 @@ class Session:
                 self._strategy = Rocchio(self.library)
         return self._strategy
 
+    def _check_for(self, rec: SessionRecord) -> RequestCheck | None:
+        """The request check of this session's rounds (`feedback.check`): on unless the session's options turn it
+        off, never for `none` (the unchanged ranking) or a composed session (its text alone is not the request; not
+        measured), and only with a vision model that has evidence of its own."""
+        if rec.strategy == "none" or not rec.options.get(CHECK_OPTION, True) or rec.options.get("reference"):
+            return None
+        if self._check is None and self._check_error is None:
+            vision = self._vision
+            if vision is None:
+                try:
+                    vision = _default_check_vision()
+                except (ImportError, PicscopeError) as exc:
+                    self._check_error = f"request check unavailable ({exc})"
+            if RequestCheck.usable(vision):
+                self._check = RequestCheck(vision, rec.query)
+        return self._check
+
     def next_round(self, *, round: int | None = None, allow_repeats: bool = False) -> list[ShownImage]:
         """Apply this round's marks, search again, and show the next page of images not shown before.
 
@@ -272,7 +302,11 @@ class Session:
             note = f"{self.strategy_name} unavailable ({self._strategy_error}); used embedding feedback (rocchio)"
             nxt = dataclasses.replace(nxt, notes=[*nxt.notes[:-1], note], fallback=note)
         shown = () if allow_repeats else tuple(i for r in rec.rounds for i in r.shown)
-        hits = unseen_page(self.library, nxt.query_vector, rec.page_size, shown)
+        check = self._check_for(rec)
+        hits = unseen_page(self.library, nxt.query_vector, rec.page_size, shown, check=check)
+        why = check.last_error if check is not None else self._check_error
+        if why and nxt.notes:
+            nxt = dataclasses.replace(nxt, notes=[*nxt.notes[:-1], f"{nxt.notes[-1]}; {why}"])
         new = RoundRecord(
             last.n + 1, nxt, [h.id for h in hits], [float(h.score) for h in hits], time.perf_counter() - t0
         )
