@@ -1,8 +1,8 @@
 """The one home of vector arithmetic on embeddings: L2 normalisation and the composed-query vector.
 
 Stored vectors and query vectors are float32 and unit length, so inner products are cosine similarities
-(`picscope.store.base`). Every place that normalises a vector or builds a composed query ("like this photo,
-but …") calls these two functions.
+(`picscope.store.base`). Every place that normalises a vector, builds a composed query ("like this photo,
+but …") or takes the part of a vector outside a span (relevance feedback's negatives) calls these functions.
 """
 
 from __future__ import annotations
@@ -24,3 +24,18 @@ def compose(text: np.ndarray, reference: np.ndarray) -> np.ndarray:
     the text embedding and the reference photo's embedding — the encoder baseline for composed retrieval, used by
     the encoder pipeline, the evaluation harness and composed sessions alike."""
     return unit(np.asarray(text, np.float32) + np.asarray(reference, np.float32))
+
+
+def outside(v: np.ndarray, basis: list[np.ndarray], eps: float = 1e-6) -> np.ndarray:
+    """The part of `v` orthogonal to the span of `basis` (Gram–Schmidt; near-parallel basis vectors are skipped)."""
+    out = np.asarray(v, np.float64).copy()
+    done: list[np.ndarray] = []
+    for b in basis:
+        u = np.asarray(b, np.float64).copy()
+        for d in done:
+            u -= (u @ d) * d
+        n = float(np.linalg.norm(u))
+        if n > eps:
+            done.append(u / n)
+            out -= (out @ done[-1]) * done[-1]
+    return out.astype(np.float32)

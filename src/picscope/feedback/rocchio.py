@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from picscope.feedback.base import FeedbackState, VectorSource
-from picscope.vectors import unit
+from picscope.vectors import outside, unit
 
 
 class NoFeedback:
@@ -87,21 +87,6 @@ def coherence(vectors: np.ndarray) -> float | None:
     rows = unit(vectors)
     sims = rows @ rows.T
     return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
-
-
-def outside(v: np.ndarray, basis: list[np.ndarray], eps: float = 1e-6) -> np.ndarray:
-    """The part of `v` orthogonal to the span of `basis` (Gram–Schmidt; near-parallel basis vectors are skipped)."""
-    out = np.asarray(v, np.float64).copy()
-    done: list[np.ndarray] = []
-    for b in basis:
-        u = np.asarray(b, np.float64).copy()
-        for d in done:
-            u -= (u @ d) * d
-        n = float(np.linalg.norm(u))
-        if n > eps:
-            done.append(u / n)
-            out -= (out @ done[-1]) * done[-1]
-    return out.astype(np.float32)
 
 
 def blend(c: float | None, n_positives: int, lo: float = COHERENCE_RANGE[0], hi: float = COHERENCE_RANGE[1]
