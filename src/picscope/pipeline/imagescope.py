@@ -261,7 +261,9 @@ class ImageScopePipeline:
         mean_t = (weights @ t).astype(np.float32)  # weighted mean over descriptions of t·v == (mean t)·v
         pool = max(n, cfg.pool if cfg.caption_weight > 0 else n)
         hits = self.library.search_vector(mean_t, pool, exclude_ids=sorted(exclude), querybank=True)
-        cands = [Candidate(h.id, h.path, float(h.score)) for h in hits]
+        # the image side of stage 1 is the search's own order: cosine minus the query-bank normaliser when the
+        # encoder has a bank (else the cosine)
+        cands = [Candidate(h.id, h.path, float(h.score if h.bank_score is None else h.bank_score)) for h in hits]
         tau = cfg.caption_weight
         if tau > 0 and self.vision is not None and cands:
             allowance = int(min(cfg.lazy_captions, budget.calls_left()))
