@@ -112,3 +112,21 @@ def test_the_bank_lifts_dev_recall(shared_data: Path) -> None:
     base = dev_report(vectors, None)
     with_bank = dev_report(vectors, make_encoder("bundled").querybank)  # type: ignore[attr-defined]
     assert with_bank["R@1"] >= base["R@1"] + 1.5 and with_bank["R@5"] >= base["R@5"] + 1.0
+
+
+def test_a_deep_request_gets_normalisers_for_all_it_asks_up_to_the_cap(library: Library,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 1 asks for 100 candidates and an evaluation for the whole gallery: each gets bank scores for all it
+    asked for, up to `QUERYBANK_MAX`; beyond the cap the hits keep the cosine order and carry no bank score."""
+    import picscope.library as library_module
+
+    vec = library.embed_texts(["a photo of an animal"])[0]
+    hits = library.search_vector(vec, 12, querybank=True)
+    assert len(hits) == 12 and all(h.bank_score is not None for h in hits)
+    monkeypatch.setattr(library_module, "QUERYBANK_POOL", 3)
+    monkeypatch.setattr(library_module, "QUERYBANK_MAX", 5)
+    hits = library.search_vector(vec, 12, querybank=True)
+    banked = [h.bank_score for h in hits[:5]]
+    assert None not in banked and banked == sorted(banked, reverse=True)  # type: ignore[type-var]
+    assert all(h.bank_score is None for h in hits[5:])
+    assert [h.score for h in hits[5:]] == sorted((h.score for h in hits[5:]), reverse=True)

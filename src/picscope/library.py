@@ -131,6 +131,7 @@ def folder_is_writable(path: Path) -> bool:
 
 
 QUERYBANK_POOL = 50  # text-search candidates re-ordered by the query bank (R@1 the same as the whole gallery's)
+QUERYBANK_MAX = 2000  # more asked for (stage 1's pool, an evaluation's whole gallery): normalised up to this many
 
 
 class Library:
@@ -724,7 +725,7 @@ class Library:
         hits = self.store.search(query, want, allowed, filter=store_filter).row(0)
         adjusted: dict[int, float] = {}
         if bank is not None:
-            hits, adjusted = self._querybank_order(hits, bank)
+            hits, adjusted = self._querybank_order(hits, bank, min(max(QUERYBANK_POOL, want), QUERYBANK_MAX))
         records = self.catalog.get_many(i for i, _ in hits)
         out: list[SearchResult] = []
         for fid, score in hits:
@@ -747,19 +748,19 @@ class Library:
             return None
         return self.encoder.querybank
 
-    def _querybank_order(self, hits: list[tuple[int, float]], bank: QueryBank
+    def _querybank_order(self, hits: list[tuple[int, float]], bank: QueryBank, depth: int
                          ) -> tuple[list[tuple[int, float]], dict[int, float]]:
-        """The first `QUERYBANK_POOL` hits re-ordered by score minus normaliser (the rest after them, as they were),
-        and those adjusted scores by id.
+        """The first `depth` hits (at least `QUERYBANK_POOL`, all that were asked for up to `QUERYBANK_MAX`)
+        re-ordered by score minus normaliser, the rest after them as they were; and those adjusted scores by id.
         The normalisers come from what the store scores (vectors or compact codes, ~2 ms for 50 photos) each time, so
         they follow a re-index."""
-        head = hits[:QUERYBANK_POOL]
+        head = hits[:depth]
         if not head:
             return hits, {}
         z = bank.normalizers_of_rows(*self.store.scored_rows(np.asarray([fid for fid, _ in head], np.int64)))
         adjusted = np.array([score for _, score in head], np.float32) - z
         order = np.argsort(-adjusted, kind="stable")
-        return [head[j] for j in order] + hits[QUERYBANK_POOL:], {fid: float(a) for (fid, _), a in
+        return [head[j] for j in order] + hits[depth:], {fid: float(a) for (fid, _), a in
                                                                    zip(head, adjusted, strict=True)}
 
     def with_relevance(self, results: list[SearchResult]) -> list[SearchResult]:

@@ -262,8 +262,10 @@ class ImageScopePipeline:
         pool = max(n, cfg.pool if cfg.caption_weight > 0 else n)
         hits = self.library.search_vector(mean_t, pool, exclude_ids=sorted(exclude), querybank=True)
         # the image side of stage 1 is the search's own order: cosine minus the query-bank normaliser when the
-        # encoder has a bank (else the cosine)
-        cands = [Candidate(h.id, h.path, float(h.score if h.bank_score is None else h.bank_score)) for h in hits]
+        # encoder has a bank and every hit has one (the two scales never mix), else the cosine
+        banked = bool(hits) and all(h.bank_score is not None for h in hits)
+        cands = [Candidate(h.id, h.path, float(h.bank_score if banked and h.bank_score is not None else h.score))
+                 for h in hits]
         tau = cfg.caption_weight
         if tau > 0 and self.vision is not None and cands:
             allowance = int(min(cfg.lazy_captions, budget.calls_left()))
