@@ -36,18 +36,16 @@ BACKFILL_BATCH = 16
 class PhotoCells:
     def __init__(self, library: Library) -> None:
         self.library = library
-        self._verifier: Verifier | None = None
         self._store: CellStore | None = None
         self._memory: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
     def verifier(self) -> Verifier:
-        if self._verifier is None:
-            from picscope.models.verifier import load_verifier
+        """The shipped verifier: one per process (`load_verifier` is cached), shared with the `bundled` vision."""
+        from picscope.models.verifier import load_verifier
 
-            self._verifier = load_verifier()
-        return self._verifier
+        return load_verifier()
 
     @property
     def store(self) -> CellStore:
