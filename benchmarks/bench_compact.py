@@ -19,6 +19,7 @@ query, the searching process's peak resident memory (VmHWM), and recall@10 again
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -195,6 +196,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ef", type=int, nargs="+", default=[256], help="HNSW efSearch values (one row each)")
     ap.add_argument("--rescore", type=int, nargs="*", default=[], help="extra rows: exact store re-scoring this many")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the stores (default: a temp folder)")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep the built stores in this folder and reuse them when run again with the same arguments")
     ap.add_argument("--json", type=Path)
     return ap
 
@@ -235,9 +238,23 @@ def run_size(args: argparse.Namespace, generator: str, n: int, base: np.ndarray,
              codec: VectorCodec, codec_path: Path, density: list[list[object]], results: dict[str, object]
              ) -> list[list[object]]:
     rows: list[list[object]] = []
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        folder = Path(tmp)
-        truth, ingest, dens = build(n, base, queries, codec, folder, args.k, args.full_max, args.ann, generator)
+    if args.tmp is not None:
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if args.keep is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.tmp)))
+        else:  # built once, searched again by later runs (e.g. on a quieter machine)
+            folder = args.keep / f"{generator}-{n}-q{len(queries)}-k{args.k}{'-ann' if args.ann else ''}-{codec.name}"
+            folder.mkdir(parents=True, exist_ok=True)
+        built = folder / "built.npz"
+        if built.exists():
+            with np.load(built) as f:
+                truth, ingest, dens = f["truth"], float(f["ingest"]), [float(v) for v in f["density"]]
+            print(f"  reusing the stores in {folder}", file=sys.stderr)
+        else:
+            truth, ingest, dens = build(n, base, queries, codec, folder, args.k, args.full_max, args.ann, generator)
+            if args.keep is not None:
+                np.savez(built, truth=truth, ingest=ingest, density=np.array(dens))
         density.append([generator, f"{n:,}", *(round(v, 4) for v in dens)])
         qpath = folder / "queries.npy"
         np.save(qpath, queries)

@@ -68,6 +68,7 @@ _SHARED: list[tuple[str, str, str, str]] = [
     ("eval-libraries", "eval-libraries", "results", "libraries built by the evaluation commands"),
     ("llm", "llm", "models", "the assembled bundled LLM (GGUF)"),
     ("converted-models", "", "models", "converted encoder files (ONNX, label embeddings)"),
+    ("codecs", "codecs", "models", "vector codecs expanded for memory-mapping (store/codeccache.py)"),
 ]
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -57,7 +57,7 @@ class VectorCodec:
     rescore: int = 256  # candidates whose fine part is read per query
     coarse_norm: float = 0.0  # > 0: graph stores get coarse codes lifted to this norm (see `CompactStore`)
     fine_segments: tuple[tuple[int, int], ...] = ()  # format 2: (numbers, bits) per segment; () = format 1 (int8)
-    stored: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)  # as read by `load`
+    stored: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)  # as read by `load`
 
     @property
     def format(self) -> int:
@@ -243,9 +243,18 @@ class VectorCodec:
     def load(cls, path: Path) -> VectorCodec:
         """Read a codec; its name is the stored name plus a SHA-256 prefix of its arrays (pins the exact numbers,
         whether the files are compressed or not)."""
+        from picscope.store import codeccache
+
+        files = cls.files(path)
+        ready = codeccache.lookup(files)
+        if ready is not None:  # unchanged since a process kept it: memory-mapped, nothing expanded or hashed
+            try:
+                return replace(cls.from_arrays(ready[1], ready[0]), stored=codeccache.StoredArrays(files))
+            except (StoreError, KeyError, IndexError, ValueError):
+                pass  # a damaged entry: read the codec file itself (and keep it again) below
         arrays: dict[str, np.ndarray] = {}
         try:
-            for part in cls.files(path):
+            for part in files:
                 with np.load(part) as f:
                     arrays.update({k: f[k] for k in f.files})
         except (OSError, ValueError, EOFError, zlib.error) as exc:
@@ -253,7 +262,20 @@ class VectorCodec:
         if "mean" not in arrays:
             raise StoreError(f"{path} is not a vector codec")
         base = bytes(arrays["name"]).decode() if "name" in arrays else Path(path).stem
-        return replace(cls.from_arrays(arrays, f"{base}@{_digest(arrays)[:12]}"), stored=arrays)
+        codec = replace(cls.from_arrays(arrays, f"{base}@{_digest(arrays)[:12]}"), stored=arrays)
+        codeccache.keep(files, codec.name, codec.ready_arrays())
+        return codec
+
+    def ready_arrays(self) -> dict[str, np.ndarray]:
+        """The codec as `from_arrays` reads it back with nothing to expand: both matrices as used (the form
+        `codeccache` keeps)."""
+        out = {"encode": self.encode_stored, "query": self.query_matrix, "mean": self.mean,
+               "scan_dim": np.array([self.scan_dim], np.int32), "fine_scale": self.fine_scale,
+               "rescore": np.array([self.rescore], np.int32),
+               "coarse_norm": np.array([self.coarse_norm], np.float32)}
+        if self.fine_segments:
+            out["fine_segments"] = np.array(self.fine_segments, np.int32).reshape(-1, 2)
+        return out
 
     def save(self, path: Path, matrix_bits: int = 32, split: bool = False, compress: bool = True,
              int8_from: int | None = None) -> list[Path]:
