@@ -71,15 +71,16 @@ def test_image_search_imports_no_torch(small_library: Path, demo_folder: Path) -
 
 # What a text search has no use for: other commands' modules, the server and pipeline, the indexer and image
 # decoding (PIL, HEIF), query arithmetic and near-duplicates (only with --add/--subtract, --dedupe), HTTP clients,
-# the store backends' option tables, (with --paths) the results table, and pydantic (the config is plain dataclasses
-# and typer < 0.29 parses arguments without it: importing it cost ~0.15 s of every command).
+# the store backends' option tables, rich (the results table is drawn by `cli/table.py`; rich cost ~40 ms), and
+# pydantic (the config is plain dataclasses and typer < 0.29 parses arguments without it: it cost ~0.15 s).
 NOT_FOR_TEXT_SEARCH = (
     "picscope.cli.eval", "picscope.cli.train", "picscope.cli.models", "picscope.cli.chat", "picscope.cli.captions",
     "picscope.cli.session", "picscope.cli.serve", "picscope.cli.scale", "picscope.cli.duplicates",
     "picscope.cli.progress", "picscope.server", "picscope.pipeline", "picscope.pipeline.imagescope",
     "picscope.indexer", "picscope.imageio", "picscope.scan", "picscope.arithmetic", "picscope.dedupe",
     "picscope.models.bundled_vision", "picscope.models.chat", "picscope.feedback", "picscope.sessions", "PIL",
-    "PIL.Image", "pillow_heif", "httpx", "uvicorn", "fastapi", "rich.progress", "rich.table", "onnxruntime", "pydantic",
+    "PIL.Image", "pillow_heif", "httpx", "uvicorn", "fastapi", "rich", "rich.console", "rich.progress", "rich.table", "onnxruntime",
+    "pydantic",
 )
 
 
@@ -89,6 +90,12 @@ def test_text_search_imports_only_what_it_uses(small_library: Path) -> None:
     assert rc == 0 and out.strip().endswith("cat.jpg")
     # the watch list works: these are needed (the verifier re-ranks, from the cells stored at index time)
     assert loaded == ["picscope.cli.core", "picscope.library", "picscope.models.verifier"]
+    rc, loaded, out = _run(["search", "a tabby cat", "-k", "2", "--library", str(small_library)],
+                           (*NOT_FOR_TEXT_SEARCH, "picscope.cli.table"))
+    assert rc == 0 and loaded == ["picscope.cli.table"]  # the table, without rich
+    lines = out.splitlines()
+    assert lines[0].split() == ["#", "┃", "score", "┃", "relevance", "┃", "id", "┃", "path"] and len(lines) == 4
+    assert lines[2].split("│")[-1].strip().endswith("cat.jpg")
 
 
 def test_the_command_table_matches_the_registered_commands() -> None:

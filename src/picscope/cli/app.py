@@ -10,10 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from picscope.errors import PicscopeError
 from picscope.layout import LibraryLayout
@@ -27,8 +26,28 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: literal [brackets], no <bool> after flags
 )
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A rich `Console` made on first use: importing rich costs ~30-50 ms, and a text search prints its results
+    without it (`cli/table.py`)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+out: Console = _LazyConsole(soft_wrap=True)  # type: ignore[assignment]
+err: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
 
 LibraryOpt = Annotated[
     Path | None,

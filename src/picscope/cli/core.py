@@ -120,17 +120,16 @@ def print_results(results: list[SearchResult], paths: bool) -> None:
         return
     show_relevance = any(r.relevance is not None for r in results)
     show_similar = any(r.similar_ids for r in results)
-    from rich.table import Table  # not for --paths or --json
+    from picscope.cli.table import Column, print_table
 
-    table = Table(show_edge=False, pad_edge=False)
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("score", justify="right")
+    columns = [Column("#", right=True, dim=True), Column("score", right=True)]
     if show_relevance:
-        table.add_column("relevance", justify="right")
-    table.add_column("id", justify="right", style="dim")
+        columns.append(Column("relevance", right=True))
+    columns.append(Column("id", right=True, dim=True))
     if show_similar:
-        table.add_column("similar", justify="right", style="dim")
-    table.add_column("path", overflow="fold")
+        columns.append(Column("similar", right=True, dim=True))
+    columns.append(Column("path"))
+    rows = []
     for r in results:
         row = [str(r.rank), f"{r.score:.3f}"]
         if show_relevance:
@@ -138,8 +137,8 @@ def print_results(results: list[SearchResult], paths: bool) -> None:
         row.append(str(r.id))
         if show_similar:
             row.append(f"+{r.similar_count}" if r.similar_ids else "")
-        table.add_row(*row, r.path)
-    out.print(table)
+        rows.append([*row, r.path])
+    print_table(columns, rows)
 
 
 def search_json(request: dict[str, Any], pipeline: str, output: Any, explanation: dict[str, Any] | None) -> str:

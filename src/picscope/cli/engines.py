@@ -19,8 +19,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from rich.console import Console
-
 LOG_NAME = "engines.log"
 _lock = threading.Lock()
 _depth = 0  # nested engine_logs blocks share one redirection
@@ -141,6 +139,8 @@ def working(message: str) -> Iterator[None]:
     if not tty:
         yield
         return
+    from rich.console import Console  # only here: a search that shows no spinner never imports rich
+
     console = Console(file=stream)  # bound to the stream of now (the engine log may have swapped it)
     if console.is_dumb_terminal:  # no cursor control: one plain line instead of an animation
         stream.write(f"{message}…\n")
