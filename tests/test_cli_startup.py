@@ -79,8 +79,8 @@ NOT_FOR_TEXT_SEARCH = (
     "picscope.cli.progress", "picscope.server", "picscope.pipeline", "picscope.pipeline.imagescope",
     "picscope.indexer", "picscope.imageio", "picscope.scan", "picscope.arithmetic", "picscope.dedupe",
     "picscope.models.bundled_vision", "picscope.models.chat", "picscope.feedback", "picscope.sessions", "PIL",
-    "PIL.Image", "pillow_heif", "httpx", "uvicorn", "fastapi", "rich", "rich.console", "rich.progress", "rich.table", "onnxruntime",
-    "pydantic",
+    "PIL.Image", "pillow_heif", "httpx", "uvicorn", "fastapi", "rich", "rich.console", "rich.progress", "rich.table",
+    "onnxruntime", "pydantic",
 )
 
 

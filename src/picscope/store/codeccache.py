@@ -6,7 +6,8 @@ pinned name: 0.1–0.25 s, paid again by every `picscope search` process. The fi
 file therefore keeps what it built:
 
     <cache>/codecs/index.json            resolved codec path → (size and mtime of its files, the codec's name)
-    <cache>/codecs/<digest of name>/     the codec's arrays as they are used, one .npy each (memory-mapped)
+    <cache>/codecs/<digest of name>/     the codec's arrays as they are used (`modelcache.save_arrays`: one .npy
+                                         each, memory-mapped by `load_arrays`)
 
 A later process that finds the file unchanged (same size and mtime, as `modelcache.file_digest` checks model
 files) maps the arrays instead: no decompression, no expansion, no hashing, and only the pages a query touches
@@ -16,7 +17,6 @@ entry. Anything missing or unreadable is rebuilt from the codec file; a read-onl
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 _lock = threading.Lock()
-_LARGE = 1 << 16  # arrays above this many bytes are memory-mapped; small ones are read into memory
 
 
 def _folder() -> Path:
@@ -59,6 +58,8 @@ def _read_index() -> dict[str, object]:
 
 def lookup(files: Sequence[Path]) -> tuple[str, dict[str, np.ndarray]] | None:
     """(name, arrays) of an unchanged codec file kept earlier, or None (never kept, changed, or unreadable)."""
+    from picscope.encoders.modelcache import load_arrays
+
     try:
         key, stamp = str(Path(files[0]).resolve()), _stamp(files)
     except OSError:
@@ -68,34 +69,27 @@ def lookup(files: Sequence[Path]) -> tuple[str, dict[str, np.ndarray]] | None:
         return None
     name = str(entry["name"])
     folder = _entry(name)
-    try:
-        keys = json.loads((folder / "keys.json").read_text())
-        arrays = {k: _load(folder / f"{k}.npy") for k in keys}
-    except (OSError, ValueError, TypeError):
+    loaded = load_arrays(folder)
+    if loaded is None or loaded[1].get("name") != name:
         shutil.rmtree(folder, ignore_errors=True)  # damaged: the caller reads the codec file and keeps it again
         return None
-    return name, arrays
-
-
-def _load(path: Path) -> np.ndarray:
-    if path.stat().st_size > _LARGE:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    return np.load(path, allow_pickle=False)
+    return name, loaded[0]
 
 
 def keep(files: Sequence[Path], name: str, arrays: Mapping[str, np.ndarray]) -> None:
     """Remember `files` as codec `name` with its ready-to-use `arrays` (best effort: errors only cost speed)."""
+    from picscope.encoders.modelcache import atomic_write, save_arrays
+
     try:
         key, stamp = str(Path(files[0]).resolve()), _stamp(files)
         folder = _entry(name)
-        if not (folder / "keys.json").exists():
-            _write_entry(folder, arrays)
+        if not (folder / "meta.json").exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            save_arrays(folder, dict(arrays), {"name": name})
         with _lock:
             index = {k: v for k, v in _read_index().items() if os.path.exists(k)}  # forget removed libraries
             index[key] = {"stamp": stamp, "name": name}
             _forget_unused(index)
-            from picscope.encoders.modelcache import atomic_write
-
             atomic_write(_folder() / "index.json", json.dumps(index, indent=1).encode())
     except OSError:
         pass
@@ -107,19 +101,6 @@ def _forget_unused(index: Mapping[str, object]) -> None:
     for folder in _folder().iterdir():
         if folder.is_dir() and folder.name not in used and not folder.name.endswith(".tmp"):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _write_entry(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        for k, a in arrays.items():
-            np.save(tmp / f"{k}.npy", np.ascontiguousarray(a), allow_pickle=False)
-        (tmp / "keys.json").write_text(json.dumps(sorted(arrays)))  # written last: marks the entry complete
-        with contextlib.suppress(OSError):  # another process kept the same codec first: the same numbers
-            os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class StoredArrays(Mapping[str, np.ndarray]):
