@@ -55,6 +55,17 @@ def test_the_shipped_bank_is_pinned(tmp_path: Path) -> None:
         load_querybank(bad)
 
 
+def test_a_later_process_maps_the_unpacked_bank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PICSCOPE_CACHE", str(tmp_path / "cache"))
+    path, pinned = make_encoder("bundled")._bank_file  # type: ignore[attr-defined]
+    first = load_querybank(path, pinned)
+    assert list((tmp_path / "cache").glob("*-unpacked/meta.json"))
+    again = load_querybank(path, pinned)  # from the cache folder, memory-mapped
+    assert isinstance(again.a.base, np.memmap) and again.name == first.name and again.beta == first.beta
+    np.testing.assert_array_equal(again.a, first.a)
+    np.testing.assert_array_equal(again.w, first.w)
+
+
 @pytest.fixture(scope="module")
 def library(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Library:
     lib = Library.open(tmp_path_factory.mktemp("qb") / "lib")

@@ -144,12 +144,23 @@ def load_querybank(path: Path, expected_sha256: str | None = None) -> QueryBank:
     if expected_sha256 is not None and digest != expected_sha256:
         raise EncoderError(f"query bank {path} is corrupt (SHA-256 {digest[:16]}… is not the pinned "
                            f"{expected_sha256[:16]}…); reinstall picscope or run `picscope train-querybank`")
-    try:
-        with np.load(path) as f:
-            a, w = np.asarray(f["a"], np.float32), np.asarray(f["w"], np.float32)
-            beta, fmt = float(f["beta"][0]), int(f["format"][0])
-    except (OSError, KeyError, ValueError, IndexError) as exc:
-        raise EncoderError(f"{path} is not a query bank: {exc}") from exc
+    from picscope.encoders.modelcache import load_arrays, save_arrays
+    from picscope.paths import cache_dir
+
+    unpacked = cache_dir() / f"{path.stem}-{digest[:16]}-unpacked"  # float32, memory-mapped by later processes
+    loaded = load_arrays(unpacked)
+    if loaded is not None and {"a", "w"} <= set(loaded[0]) and {"beta", "format"} <= set(loaded[1]):
+        a, w = loaded[0]["a"], loaded[0]["w"]
+        beta, fmt = float(loaded[1]["beta"]), int(loaded[1]["format"])
+    else:
+        try:
+            with np.load(path) as f:
+                a, w = np.asarray(f["a"], np.float32), np.asarray(f["w"], np.float32)
+                beta, fmt = float(f["beta"][0]), int(f["format"][0])
+        except (OSError, KeyError, ValueError, IndexError) as exc:
+            raise EncoderError(f"{path} is not a query bank: {exc}") from exc
+        if fmt == FORMAT:
+            save_arrays(unpacked, {"a": a, "w": w}, {"beta": beta, "format": fmt})
     if fmt != FORMAT or a.ndim != 2 or w.ndim != 2 or a.shape[1] != w.shape[0] or not beta > 0:
         raise EncoderError(f"{path}: unsupported query bank (format {fmt}, factors {a.shape} and {w.shape})")
     return QueryBank(a, w, beta, f"{path.stem}@{digest[:12]}")
