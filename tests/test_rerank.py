@@ -171,6 +171,9 @@ def test_the_explained_pipeline_and_rest_reorder_the_same_way(bundled_library: P
 def test_encoders_without_a_tuned_rerank_keep_no_cells_unless_asked(demo_folder: Path, tmp_path: Path) -> None:
     plain = _library(demo_folder, tmp_path / "labels", "labels", None)
     assert not (plain / "cells").exists()
+    with Library.open(plain) as lib:
+        st = lib.status()
+        assert st.cells is None and st.cells_model is None
     assert _search_json(plain, "a cat")["rerank"] is None
     asked = _library(demo_folder, tmp_path / "labels-rerank", "labels", True)
     with Library.open(asked) as lib:  # the labels encoder runs EfficientNet-Lite0: the cells come from its pass
@@ -195,6 +198,9 @@ def test_old_library_without_cells_searches_then_index_backfills(demo_folder: Pa
         store = lib.photo_cells.store
         store.delete(store.ids()[::2])
         left = len(store)
+        st = lib.status()  # what `picscope status` shows, read without loading the verifier
+        assert st.cells == left < 17 and st.cells_model == lib.photo_cells.verifier.name
+        assert st.cell_bytes_per_photo == 12_900
         report = lib.index(demo_folder)
         assert report.encoded == 0 and report.cells == 17 - left
         assert len(lib.photo_cells.store) == 17

@@ -105,6 +105,9 @@ class LibraryStatus:
     caches: list[dict[str, Any]] = field(default_factory=list)  # {name, path, bytes}: see `picscope cache`
     vector_format: str = FULL
     bytes_per_photo: int | None = None
+    cells: int | None = None  # photos with the verifier's cells stored (None: the library keeps none)
+    cells_model: str | None = None  # the verifier that made them
+    cell_bytes_per_photo: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -842,8 +845,11 @@ class Library:
         return [c.to_dict() for c in cache_entries(self.path)]
 
     def status(self) -> LibraryStatus:
+        from picscope.store.cells import summary
+
         counts = self.catalog.counts()
         vectors = len(self.store) if self.dim is not None else 0
+        cells = summary(self.layout.cells)
         return LibraryStatus(
             path=str(self.path),
             encoder=self.catalog.get_meta("encoder"),
@@ -861,6 +867,9 @@ class Library:
             caches=self.caches(),
             vector_format=self.vector_format,
             bytes_per_photo=self._bytes_per_photo(),
+            cells=cells[1] if cells else None,
+            cells_model=cells[0] if cells else None,
+            cell_bytes_per_photo=cells[2] if cells else None,
         )
 
     def _bytes_per_photo(self) -> int | None:

@@ -60,6 +60,24 @@ class _Rows(ExactStore):
     grow_rows = 256  # ~3.3 MB a growth at 12,900 bytes a row (the vector store's 4,096 would be 53 MB)
 
 
+def summary(folder: Path) -> tuple[str, int, int] | None:
+    """(verifier name, photos with cells, bytes a photo) of a cell folder, read without loading the verifier (for
+    `picscope status`); None when the library keeps no cells."""
+    folder = Path(folder)
+    try:
+        fmt = json.loads((folder / FORMAT_FILE).read_text(encoding="utf-8"))
+        model, rows, dim = str(fmt["model"]), int(fmt["rows"]), int(fmt["dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (folder / ROWS_DIR).exists():
+        return model, 0, row_bytes(rows, dim)
+    store = _Rows(folder / ROWS_DIR, row_bytes(rows, dim), np.int8, readonly=True)
+    try:
+        return model, len(store), row_bytes(rows, dim)
+    finally:
+        store.close()
+
+
 class CellStore:
     """Per-photo cell features, keyed by catalog file id. Thread-safe (the exact store's lock)."""
 
