@@ -16,6 +16,7 @@ from picscope.store.compact import CODEC_FILE, FULL, VectorCodec
 from picscope.training.codec import CodecRecipe, fit_codec, score_full, top_agreement
 
 SHIPPED = WEIGHTS_DIR / f"{VERSION}-codec.npz"
+needs_codec = pytest.mark.skipif(not SHIPPED.exists(), reason=f"{SHIPPED.name} is not shipped")
 
 
 def _low_rank(rng: np.random.Generator, n: int, dim: int, rank: int, basis: np.ndarray) -> np.ndarray:
@@ -69,6 +70,36 @@ def test_codec_file_round_trip_pins_its_numbers(tmp_path: Path) -> None:
         fh.write(b"garbage" * 20)
     with pytest.raises(StoreError):
         VectorCodec.load(path)
+
+
+def test_split_files_stay_small_and_older_layouts_read_the_same(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    images, texts = _spectrum_data(rng, 3000), _spectrum_data(rng, 2000)
+    codec = fit_codec(images, texts, CodecRecipe(scan_dim=8, rescore=300, fine_segments=((16, 8), (16, 4), (32, 2))),
+                      "split")
+    path = tmp_path / "s.npz"
+    written = codec.save(path, matrix_bits=16, split=True, int8_from=8 + 16)
+    assert sorted(p.name for p in written) == ["s.encode_q.npz", "s.npz", "s.query.npz", "s.query_q.npz"]
+    assert sorted(VectorCodec.files(path)) == sorted(written)
+    name = VectorCodec.load(path).name
+    # the layout of earlier rounds (int8 rows next to the float rows, two files) is the same codec
+    arrays = {}
+    for part in written:
+        arrays.update(dict(np.load(part)))
+        part.unlink()
+    np.savez_compressed(path, **{k: v for k, v in arrays.items() if not k.startswith("query")})
+    np.savez_compressed(tmp_path / "s.query.npz", **{k: v for k, v in arrays.items() if k.startswith("query")})
+    assert [p.name for p in VectorCodec.files(path)] == ["s.npz", "s.query.npz"]
+    old = VectorCodec.load(path)
+    assert old.name == name
+    old.save(path, matrix_bits=16, split=False)  # one file again: the side files go
+    assert VectorCodec.files(path) == [path] and VectorCodec.load(path).name == name
+
+
+@needs_codec
+def test_each_shipped_codec_file_is_under_5_mb() -> None:
+    files = VectorCodec.files(SHIPPED)
+    assert len(files) == 4 and all(f.stat().st_size < 5 * 2**20 for f in files)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
@@ -128,7 +159,6 @@ def test_format_2_spends_the_same_bytes_better_and_round_trips(tmp_path: Path) -
         VectorCodec.from_arrays(bad)
 
 
-needs_codec = pytest.mark.skipif(not SHIPPED.exists(), reason=f"{SHIPPED.name} is not shipped")
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,12 @@ from picscope.errors import StoreError
 from picscope.store.base import Hits, VectorStore, as_queries, topk_from_scores, validate_batch
 from picscope.store.meta import FileMeta, MetaFilter
 
+# side files of a split codec, by array: NAME.query.npz (the query matrix's float rows), NAME.query_q.npz and
+# NAME.encode_q.npz (int8 rows and their scales). Libraries written before the int8 rows moved out keep them in
+# NAME.query.npz / NAME.npz, which `load` reads the same way (it merges every file's arrays).
+_SIDE_OF = {"query": "query", "query_q": "query_q", "query_scale": "query_q", "encode_q": "encode_q",
+            "encode_scale": "encode_q"}
+_SIDE_FILES = ("query", "query_q", "encode_q")
 FULL = "f32"  # the format of libraries that keep full vectors (every library written before codecs existed)
 CODEC_FILE = "codec.npz"
 
@@ -234,10 +240,10 @@ class VectorCodec:
 
     @staticmethod
     def files(path: Path) -> list[Path]:
-        """The codec's files: `NAME.npz`, and `NAME.query.npz` when the query matrix is kept apart (size limits)."""
+        """The codec's files: `NAME.npz`, and the side files `save(split=True)` writes (`NAME.query.npz`, ...)."""
         path = Path(path)
-        side = path.with_name(path.stem + ".query.npz")
-        return [path, side] if side.exists() else [path]
+        sides = [path.with_name(f"{path.stem}.{suffix}.npz") for suffix in _SIDE_FILES]
+        return [path, *(side for side in sides if side.exists())]
 
     @classmethod
     def load(cls, path: Path) -> VectorCodec:
@@ -279,18 +285,17 @@ class VectorCodec:
 
     def save(self, path: Path, matrix_bits: int = 32, split: bool = False, compress: bool = True,
              int8_from: int | None = None) -> list[Path]:
-        """Write the codec; `split` keeps the query matrix in a second file (each shipped file about 5 MB),
-        `compress=False` writes it for fast loading (a library's copy); `int8_from`: see `arrays`. Returns the
-        files."""
+        """Write the codec; `split` keeps each matrix's float and int8 rows in files of their own (each shipped file
+        under 5 MB; `files` lists them), `compress=False` writes it for fast loading (a library's copy); `int8_from`:
+        see `arrays`. Returns the files."""
         arrays = self.arrays(matrix_bits, int8_from)
         path = Path(path)
-        side = path.with_name(path.stem + ".query.npz")
-        parts = {path: arrays}
-        if split:
-            parts = {path: {k: v for k, v in arrays.items() if not k.startswith("query")},
-                     side: {k: v for k, v in arrays.items() if k.startswith("query")}}
-        else:
-            side.unlink(missing_ok=True)
+        parts: dict[Path, dict[str, np.ndarray]] = {path: {}}
+        for key, value in arrays.items():
+            side = _SIDE_OF.get(key) if split else None
+            file = path if side is None else path.with_name(f"{path.stem}.{side}.npz")
+            parts.setdefault(file, {})[key] = value
+        stale = set(self.files(path)) - set(parts)  # side files of an earlier layout: removed once all are written
         for file, data in parts.items():
             tmp = file.with_name(file.name + ".tmp")
             with open(tmp, "wb") as fh:
@@ -299,6 +304,8 @@ class VectorCodec:
                 else:
                     np.savez(fh, **data)  # type: ignore[arg-type]
             os.replace(tmp, file)
+        for file in stale:
+            file.unlink(missing_ok=True)
         return list(parts)
 
 
