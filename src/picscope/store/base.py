@@ -114,6 +114,24 @@ def as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
     return q
 
 
+_SAMPLED_TOPK_MIN = 65_536  # rows from which a sampled threshold beats a full argpartition (1M: ~3 ms vs ~15 ms)
+
+
+def _top_unordered(row: np.ndarray, kk: int) -> np.ndarray:
+    """Positions of the kk largest scores of `row`, unordered: a threshold read from a strided sample keeps a few
+    times kk candidates (one vectorised comparison), and only those are partitioned. Exact whatever the sample:
+    every score at or above the threshold is a candidate, and a threshold that keeps fewer than kk falls back to
+    partitioning the whole row."""
+    step = max(len(row) // 16_384, 1)
+    sample = row[::step]
+    rank = min(int(kk / step * 2) + 32, len(sample) - 1)  # ~2x the expected count above it, plus a margin
+    threshold = np.partition(sample, len(sample) - 1 - rank)[len(sample) - 1 - rank]
+    cand = np.flatnonzero(row >= threshold) if np.isfinite(threshold) else np.zeros(0, np.int64)
+    if len(cand) < kk:
+        return np.argpartition(-row, kk - 1)[:kk]
+    return cand[np.argpartition(-row[cand], kk - 1)[:kk]]
+
+
 def topk_from_scores(scores: np.ndarray, row_ids: np.ndarray, k: int) -> Hits:
     """Top-k per row of a (q, n) score matrix (−inf marks excluded rows), without sorting all n."""
     nq, n = scores.shape
@@ -122,7 +140,9 @@ def topk_from_scores(scores: np.ndarray, row_ids: np.ndarray, k: int) -> Hits:
     out_scores = np.full((nq, k), -np.inf, np.float32)
     if kk == 0:
         return Hits(out_ids, out_scores)
-    if kk < n:
+    if kk < n and n >= _SAMPLED_TOPK_MIN and kk * 8 <= n:
+        part = np.stack([_top_unordered(row, kk) for row in scores])
+    elif kk < n:
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
     else:
         part = np.broadcast_to(np.arange(n), (nq, n))
