@@ -71,18 +71,32 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+_PACK = "arrays.bin"
+_ALIGN = 64
+
+
 def save_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write `arrays` as one `.npy` per array plus `meta.json` into `folder`, atomically (a temporary folder that
-    is renamed; if another process got there first, its copy is kept)."""
+    """Write `arrays` into `folder` as one file (`arrays.bin`, each array 64-byte aligned) plus `meta.json` with
+    their offsets, atomically (a temporary folder that is renamed; if another process got there first, its copy
+    is kept). One file, so a later process maps it once, not once per array (the bundled encoder has 63)."""
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        names = {}
-        for i, (name, arr) in enumerate(arrays.items()):
-            names[name] = f"{i}.npy"
-            np.save(tmp / f"{i}.npy", np.ascontiguousarray(arr))
-        (tmp / "meta.json").write_text(json.dumps({"arrays": names, "meta": meta}))
+        index: dict[str, list[Any]] = {}
+        offset = 0
+        with open(tmp / _PACK, "wb") as fh:
+            for name, arr in arrays.items():
+                a = np.ascontiguousarray(arr)
+                if a.dtype.hasobject:
+                    raise ValueError(f"array {name} holds Python objects")
+                pad = -offset % _ALIGN
+                fh.write(b"\0" * pad)
+                offset += pad
+                index[name] = [offset, a.dtype.str, list(a.shape)]
+                fh.write(a.tobytes())
+                offset += a.nbytes
+        (tmp / "meta.json").write_text(json.dumps({"pack": index, "meta": meta}))
         os.rename(tmp, folder)
     except OSError:
         pass  # another process wrote it first, or the cache is not writable: the caller has its arrays anyway
@@ -91,10 +105,23 @@ def save_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any
 
 
 def load_arrays(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """What `save_arrays` wrote, memory-mapped read-only (pages are read when used); None when absent or broken."""
+    """What `save_arrays` wrote, memory-mapped read-only (pages are read when used); None when absent or broken.
+    Folders of earlier rounds (one `.npy` per array, listed under "arrays") are read as they are."""
     try:
         index = json.loads((folder / "meta.json").read_text())
-        arrays = {name: np.asarray(np.load(folder / file, mmap_mode="r")) for name, file in index["arrays"].items()}
+        if "pack" not in index:
+            arrays = {name: np.asarray(np.load(folder / file, mmap_mode="r")) for name, file in index["arrays"].items()}
+            return arrays, dict(index["meta"])
+        pack = folder / _PACK
+        size = pack.stat().st_size
+        mm = np.memmap(pack, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        arrays = {}
+        for name, (offset, dtype, shape) in index["pack"].items():
+            dt = np.dtype(dtype)
+            nbytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+            if offset < 0 or offset + nbytes > size:
+                return None  # a truncated file
+            arrays[name] = np.asarray(mm[offset : offset + nbytes]).view(dt).reshape(shape)
         return arrays, dict(index["meta"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -6,8 +6,8 @@ pinned name: 0.1–0.25 s, paid again by every `picscope search` process. The fi
 file therefore keeps what it built:
 
     <cache>/codecs/index.json            resolved codec path → (size and mtime of its files, the codec's name)
-    <cache>/codecs/<digest of name>/     the codec's arrays as they are used (`modelcache.save_arrays`: one .npy
-                                         each, memory-mapped by `load_arrays`)
+    <cache>/codecs/<digest of name>/     the codec's arrays as they are used (`modelcache.save_arrays`: one packed file,
+                                         memory-mapped by `load_arrays`)
 
 A later process that finds the file unchanged (same size and mtime, as `modelcache.file_digest` checks model
 files) maps the arrays instead: no decompression, no expansion, no hashing, and only the pages a query touches
