@@ -118,7 +118,7 @@ def main() -> None:
         rows = []
         for name, values in {**samples, **first}.items():
             p50, p95 = percentiles(values)
-            rows.append([name, len(values), p50, p95, f"{p50 / floor:.1f}×"])
+            rows.append([name, len(values), p50, p95, f"{p50 / floor:.2f}×"])
         print(f"library: {library}; {load_before} before, {machine()} after")
         print(table(["command", "runs", "p50 s", "p95 s", "p50 / floor"], rows))
     finally:
