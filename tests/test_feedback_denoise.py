@@ -156,3 +156,19 @@ def test_the_denoiser_is_chosen_like_the_pipelines_reasoner(lib: Library) -> Non
                       LLMDenoiser)  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="reasoner"):
         make_strategy("rewrite", lib, vision=ColourCaptionerTestDouble(), denoiser="magic")
+
+
+def test_combined_without_relevant_marks_anchors_on_the_request_not_on_the_last_query(lib: Library) -> None:
+    """Rounds with nothing marked relevant must not compound: the Rocchio step of `combined` starts from the
+    request (the bug: it started from the previous round's query, pushed further by every page of negatives)."""
+    st = _state(lib, "bright colour")
+    drifted = FeedbackState("bright colour", "bright colour", lib.embed_texts(["green"])[0],
+                            anchor_vector=st.anchor_vector, round=1)
+    red = _ids(lib, "red")[:2]
+    strat = make_strategy("combined", lib, vision=ColourCaptionerTestDouble(), denoiser="rules")
+    a, b = strat.update(st, [], red), strat.update(drifted, [], red)
+    np.testing.assert_allclose(a.query_vector, b.query_vector, atol=1e-6)
+    assert "the query is the request" in a.notes[-1]
+    rewriter = make_strategy("rewrite", lib, vision=ColourCaptionerTestDouble(), denoiser="rules")
+    rewrite = rewriter.update(drifted, [], red)
+    np.testing.assert_allclose(rewrite.query_vector, st.anchor_vector / np.linalg.norm(st.anchor_vector), atol=1e-6)

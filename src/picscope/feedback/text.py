@@ -271,18 +271,19 @@ class Rewrite:
         base = dataclasses.replace(state, captions={**state.captions, **caps}, positives=positives,
                                    negatives=negatives, round=state.round + 1, fallback=None,
                                    model_calls=state.model_calls + calls)
-        if not pos_caps:
+        anchor = state.anchor_vector
+        if anchor is None:
+            anchor = self.library.embed_texts([state.original_query])[0]
+        if not pos_caps:  # the request itself (`combined` then anchors its Rocchio step on it, not on the last query)
             return dataclasses.replace(
-                base, negative_propositions=negative_propositions(state.original_query, pos_caps, neg_caps),
-                notes=[*state.notes, "rewrite: nothing marked relevant; the query is unchanged"])
+                base, query_text=state.original_query, query_vector=unit(anchor),
+                negative_propositions=negative_propositions(state.original_query, pos_caps, neg_caps),
+                notes=[*state.notes, "rewrite: nothing marked relevant; the query is the request"])
         try:
             got = self.denoiser.rewrite(state.original_query, pos_caps, neg_caps)
         except RewriteFailed as exc:
             base = dataclasses.replace(state, captions=base.captions)
             return self._fall_back(base, new_positives, new_negatives, f"LLM rewrite failed: {exc}", calls + 1)
-        anchor = state.anchor_vector
-        if anchor is None:
-            anchor = self.library.embed_texts([state.original_query])[0]
         changed = got.text.strip() != state.original_query.strip()
         vector = fused(anchor, self.library.embed_texts([got.text])[0], self.weight) if changed else unit(anchor)
         why = f"rewrite ({self.denoiser.name}): from {len(pos_caps)} relevant caption(s)"
