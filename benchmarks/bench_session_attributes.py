@@ -8,8 +8,8 @@ The cases, the marking and the measure are `picscope.eval.attributes` (a dog run
 with a dog and snow in their human captions marked relevant; the share of snow photos on page 1 and page 2).
 Sessions re-rank each round against the request (`picscope.feedback.check`) by default; a strategy name with
 `-nocheck` runs without it. `none` (the next page of the original ranking) is the baseline of the same run.
-Captions come from the offline `bundled` captioner (`caption`, `rewrite`, `combined`); `rewrite`/`combined` also
-call the bundled LLM.
+Captions come from the offline `bundled` captioner (`caption`, `rewrite`, `combined`); `rewrite`/`combined` rewrite
+the request with the rules denoiser (no LLM call) unless the library's reasoner settings choose an LLM.
 """
 
 from __future__ import annotations

@@ -83,15 +83,20 @@ def test_feedback_runs_count_rounds_that_fell_back(dataset: Path, monkeypatch: p
     import picscope.feedback as fb
     from tests.feedback_test_doubles import ColourCaptionerTestDouble, ScriptedChatTestDouble
 
+    class FailingCaptioner(ColourCaptionerTestDouble):
+        def caption(self, image: object, style: str = "short") -> str:
+            raise TimeoutError("captioner timed out")
+
     def failing_models(library: object, need_llm: bool = True) -> tuple[object, object]:
-        return ScriptedChatTestDouble([TimeoutError("llm timed out")] * 100), ColourCaptionerTestDouble()
+        return ScriptedChatTestDouble([TimeoutError("llm timed out")] * 100), FailingCaptioner()
 
     monkeypatch.setattr(fb, "default_models", failing_models)
     cfg = RunConfig(encoder="labels", feedback="rewrite", rounds=2, page_size=3, limit=3)
     m = run(dataset, cfg).metrics
     rocchio = run(dataset, RunConfig(encoder="labels", feedback="rocchio", rounds=2, page_size=3, limit=3)).metrics
     assert rocchio["fallback_rounds_per_query"] == 0.0
-    # every round with a relevant mark asks the LLM, which always fails: those rounds fall back to rocchio
+    # the offline rewrite (rules denoiser) needs the marked images' captions, which always fail: those rounds fall
+    # back to rocchio
     assert 0.0 < m["fallback_rounds_per_query"] <= 2.0
 
 

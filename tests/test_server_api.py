@@ -216,7 +216,7 @@ def test_session_round_trip(client: TestClient, lib: Library) -> None:
     assert u.status_code == 200 and u.json()["removed"] == [{"id": page[2]["id"], "relevant": False, "round": 0}]
     n = client.post(f"/api/sessions/{sid}/next", json={"round": 0}).json()
     assert n["round"] == 1 and not {p["id"] for p in n["page"]} & {p["id"] for p in page}
-    assert n["history"][1]["why"].startswith("rocchio: 2 relevant")
+    assert "2 relevant" in n["history"][1]["why"]  # the default strategy says what it used
     assert client.get(f"/api/sessions/{sid}").json()["round"] == 1
     assert client.post(f"/api/sessions/{sid}/next", json={"round": 0}).json()["code"] == "stale"
     b = client.post(f"/api/sessions/{sid}/back", json={"round": 1})

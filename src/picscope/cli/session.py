@@ -131,7 +131,7 @@ def session(
     resume: Annotated[str | None, typer.Option("--resume", "-r", help="continue the session with this id")] = None,
     strategy: Annotated[
         str, typer.Option(help="feedback: none | rocchio | rocchio-classic | caption | rewrite | combined")
-    ] = "rocchio",
+    ] = "combined",
     page_size: Annotated[int, typer.Option("--page-size", "-k", help="images per round")] = 10,
     chat: Annotated[str | None, typer.Option(help="chat model spec for rewrite/combined")] = None,
     vision: Annotated[

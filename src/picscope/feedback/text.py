@@ -5,11 +5,13 @@
   captions' vectors), b = 0.5, c = 0.2. Each caption is embedded on its own, so its words do not crowd the
   request's out of one pooled text vector (appending the captions to the query text, the first version, lost
   6.5% of recall on Flickr8k concept queries; docs/sessions.md has the measurements).
-- `LLMRewrite` (`rewrite`): the same captions go to a chat model that rewrites the query, keeping the user's words
-  as the anchor, adding only details shared by the relevant images and dropping caption noise; the answer is
-  parsed with a schema, retried once, checked (anchor kept, length capped), and on any failure the round falls
-  back to embedding feedback (Rocchio) and says so in `state.fallback` and the round's note.
-- `Combined` (`combined`): the rewritten text vector and the original query vector as the anchor of a Rocchio step.
+- `Rewrite` (`rewrite`): the same captions are denoised into a rewritten request that keeps the user's words and
+  adds only what the relevant captions share, then fused with the request: q' = unit(q₀ + w·unit(t)), w = 1.0
+  (the request stays the anchor). The denoiser is `RulesDenoiser` (`denoise.py`, no model call: the offline
+  default) or `LLMDenoiser` (a chat model; its answer is parsed with a schema and checked: anchor kept, length
+  capped), chosen like the pipeline's reasoner (`choose_denoiser` in `feedback/__init__.py`). A captioning or LLM
+  failure falls back to embedding feedback (Rocchio) and says so in `state.fallback` and the round's note.
+- `Combined` (`combined`): the rewrite's fused vector as the anchor of a Rocchio step.
 
 Every strategy also turns the images marked not relevant into negative propositions (`negatives.py`).
 """
@@ -24,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from picscope.feedback.base import FeedbackState
+from picscope.feedback.denoise import denoise
 from picscope.feedback.negatives import negative_propositions
 from picscope.feedback.rocchio import Rocchio
 from picscope.vectors import unit
@@ -36,6 +39,9 @@ DEFAULT_MAX_WORDS = 40  # MiniLM/CLIP-class text towers read ~60-77 tokens; 40 w
 # `caption`'s weights, tuned on half of the MSR-VTT and Flickr8k dev concept queries (docs/sessions.md)
 CAPTION_WEIGHT = 0.5
 NEGATIVE_CAPTION_WEIGHT = 0.2
+# `rewrite`'s weight of the rewritten text's vector beside the request's, tuned on the even-numbered MSR-VTT and
+# Flickr8k dev concept queries (docs/sessions.md)
+REWRITE_WEIGHT = 1.0
 
 
 def words(text: str) -> list[str]:
@@ -166,26 +172,48 @@ def anchored(original: str, rewritten: str, max_words: int) -> tuple[str, bool]:
     return cap_words(text, limit), restored
 
 
-class LLMRewrite:
-    name = "rewrite"
+def fused(anchor: np.ndarray, text_vector: np.ndarray, weight: float = REWRITE_WEIGHT) -> np.ndarray:
+    """unit(anchor + weight·unit(text_vector)): the rewritten text moves the request's vector, never replaces it."""
+    q = np.asarray(anchor, np.float64) + weight * np.asarray(unit(np.asarray(text_vector, np.float32)), np.float64)
+    return unit(q.astype(np.float32))
 
-    def __init__(
-        self,
-        library: Library,
-        llm: Any,
-        vision: Any,
-        max_words: int = DEFAULT_MAX_WORDS,
-        timeout: float | None = None,  # None: the backend's own call deadline
-        fallback: Rocchio | None = None,
-    ) -> None:
-        self.library = library
-        self.llm = llm
-        self.captioner = Captioner(library, vision)
+
+@dataclasses.dataclass(frozen=True)
+class Rewriting:
+    """What a denoiser made of the captions: the rewritten request and why."""
+
+    text: str
+    added: list[str] = dataclasses.field(default_factory=list)  # details shared by the relevant images
+    dropped: list[str] = dataclasses.field(default_factory=list)  # caption words left out as noise
+    avoid: list[str] = dataclasses.field(default_factory=list)  # what the not-relevant images show (propositions)
+    restored: bool = False  # the user's words had to be put back in front
+    calls: int = 0  # model calls made
+
+
+class RulesDenoiser:
+    """The offline denoiser (`feedback.denoise`): the user's words plus the terms most relevant captions share and
+    the latest not-relevant captions do not. Deterministic; no model call."""
+
+    name = "rules"
+
+    def __init__(self, max_words: int = DEFAULT_MAX_WORDS) -> None:
         self.max_words = max_words
-        self.timeout = timeout
-        self.fallback = fallback or Rocchio(library)
 
-    def _ask(self, query: str, pos_caps: list[str], neg_caps: list[str]) -> tuple[RewriteAnswer, int]:
+    def rewrite(self, query: str, pos_caps: list[str], neg_caps: list[str]) -> Rewriting:
+        d = denoise(query, pos_caps, neg_caps[-MAX_NEGATIVE_CAPTIONS:], max_words=self.max_words)
+        return Rewriting(d.text, d.added, d.dropped)
+
+
+class LLMDenoiser:
+    """Paper A's denoiser: a chat model rewrites the request from the captions (prompt `rewrite`), its answer parsed
+    with a schema and anchored on the user's words; RewriteFailed when the answer is unusable."""
+
+    name = "llm"
+
+    def __init__(self, llm: Any, max_words: int = DEFAULT_MAX_WORDS, timeout: float | None = None) -> None:
+        self.llm, self.max_words, self.timeout = llm, max_words, timeout  # timeout None: the backend's deadline
+
+    def _ask(self, query: str, pos_caps: list[str], neg_caps: list[str]) -> RewriteAnswer:
         """One chat call (the chat model retries, repairs unparsable JSON and falls back itself: the one retry
         layer); RewriteFailed when its answer is still unusable."""
         from picscope.models.base import Message
@@ -202,15 +230,36 @@ class LLMRewrite:
             raise RewriteFailed(f"{type(exc).__name__}: {exc}") from exc
         try:
             if isinstance(res.parsed, RewriteAnswer):
-                return res.parsed, 1
+                return res.parsed
             if isinstance(res.parsed, dict):
-                return RewriteAnswer.model_validate(res.parsed), 1
-            return RewriteAnswer.model_validate_json(_json_part(res.text)), 1
+                return RewriteAnswer.model_validate(res.parsed)
+            return RewriteAnswer.model_validate_json(_json_part(res.text))
         except (ValidationError, ValueError) as exc:
             why = f"; {res.fallback}" if res.fallback else ""
             raise RewriteFailed(f"unparsable answer ({str(exc).splitlines()[0]}{why})") from exc
 
-    def rewrite(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
+    def rewrite(self, query: str, pos_caps: list[str], neg_caps: list[str]) -> Rewriting:
+        answer = self._ask(query, pos_caps[-8:], neg_caps[-5:])
+        text, restored = anchored(query, answer.query, self.max_words)
+        return Rewriting(text, answer.shared_details, answer.dropped, answer.avoid, restored, 1)
+
+
+class Rewrite:
+    """`rewrite`: caption the marked images, denoise the captions into a rewritten request (`RulesDenoiser` offline,
+    `LLMDenoiser` with a real chat model), and fuse its vector with the request's: q' = unit(q₀ + w·unit(t)).
+    Captioning or LLM failures fall back to embedding feedback (Rocchio) and say so."""
+
+    name = "rewrite"
+
+    def __init__(self, library: Library, vision: Any, denoiser: RulesDenoiser | LLMDenoiser,
+                 weight: float = REWRITE_WEIGHT, fallback: Rocchio | None = None) -> None:
+        self.library = library
+        self.captioner = Captioner(library, vision)
+        self.denoiser = denoiser
+        self.weight = weight
+        self.fallback = fallback or Rocchio(library)
+
+    def update(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
         positives = [*state.positives, *[i for i in new_positives if i not in state.positives]]
         negatives = [*state.negatives, *[i for i in new_negatives if i not in state.negatives]]
         try:
@@ -219,43 +268,42 @@ class LLMRewrite:
             return self._fall_back(state, new_positives, new_negatives, f"captioning failed ({exc})", 0)
         pos_caps = [caps[i] for i in positives if i in caps]
         neg_caps = [caps[i] for i in negatives if i in caps]
-        base = dataclasses.replace(state, captions={**state.captions, **caps})
-        if not pos_caps:
-            props = negative_propositions(state.original_query, pos_caps, neg_caps)
+        base = dataclasses.replace(state, captions={**state.captions, **caps}, positives=positives,
+                                   negatives=negatives, round=state.round + 1, fallback=None,
+                                   model_calls=state.model_calls + calls)
+        anchor = state.anchor_vector
+        if anchor is None:
+            anchor = self.library.embed_texts([state.original_query])[0]
+        if not pos_caps:  # the request itself (`combined` then anchors its Rocchio step on it, not on the last query)
             return dataclasses.replace(
-                base,
-                positives=positives,
-                negatives=negatives,
-                negative_propositions=props,
-                round=state.round + 1,
-                notes=[*state.notes, "rewrite: nothing marked relevant; the query is unchanged"],
-                model_calls=state.model_calls + calls,
-                fallback=None,
-            )
+                base, query_text=state.original_query, query_vector=unit(anchor),
+                negative_propositions=negative_propositions(state.original_query, pos_caps, neg_caps),
+                notes=[*state.notes, "rewrite: nothing marked relevant; the query is the request"])
         try:
-            answer, llm_calls = self._ask(state.original_query, pos_caps[-8:], neg_caps[-5:])
+            got = self.denoiser.rewrite(state.original_query, pos_caps, neg_caps)
         except RewriteFailed as exc:
+            base = dataclasses.replace(state, captions=base.captions)
             return self._fall_back(base, new_positives, new_negatives, f"LLM rewrite failed: {exc}", calls + 1)
-        text, restored = anchored(state.original_query, answer.query, self.max_words)
-        props = negative_propositions(state.original_query, pos_caps, neg_caps, avoid=answer.avoid)
-        why = f"rewrite: from {len(pos_caps)} relevant caption(s)"
-        if answer.shared_details:
-            why += "; added shared details: " + ", ".join(answer.shared_details[:5])
-        if answer.dropped:
-            why += "; dropped as caption noise: " + ", ".join(answer.dropped[:5])
-        if restored:
+        changed = got.text.strip() != state.original_query.strip()
+        vector = fused(anchor, self.library.embed_texts([got.text])[0], self.weight) if changed else unit(anchor)
+        why = f"rewrite ({self.denoiser.name}): from {len(pos_caps)} relevant caption(s)"
+        if got.added:
+            why += "; added shared details: " + ", ".join(got.added[:6])
+        elif not changed:
+            why += "; they share nothing the request does not say: the query is unchanged"
+        if got.dropped:
+            why += "; dropped as caption noise: " + ", ".join(got.dropped[:5])
+        if got.restored:
             why += "; the user's words were restored as the anchor"
+        if changed:
+            why += f"; the request's vector + {self.weight:g} × the rewritten text's"
         return dataclasses.replace(
             base,
-            query_text=text,
-            query_vector=unit(self.library.embed_texts([text])[0]),
-            positives=positives,
-            negatives=negatives,
-            negative_propositions=props,
-            round=state.round + 1,
+            query_text=got.text,
+            query_vector=vector,
+            negative_propositions=negative_propositions(state.original_query, pos_caps, neg_caps, avoid=got.avoid),
             notes=[*state.notes, why],
-            model_calls=state.model_calls + calls + llm_calls,
-            fallback=None,
+            model_calls=base.model_calls + got.calls,
         )
 
     def _fall_back(
@@ -267,31 +315,25 @@ class LLMRewrite:
             nxt, notes=[*state.notes, note], fallback=note, model_calls=state.model_calls + calls
         )
 
-    def update(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
-        return self.rewrite(state, new_positives, new_negatives)
-
 
 class Combined:
-    """LLM rewrite + Rocchio: q' = α·mean(original, rewritten) + β·mean(relevant) − γ·mean(not relevant)."""
+    """`rewrite` + Rocchio: the rewrite's fused vector unit(q₀ + w·unit(t)) is the anchor of a Rocchio step, so the
+    marked images' vectors and the details their captions share both move the query."""
 
     name = "combined"
 
-    def __init__(self, library: Library, llm: Any, vision: Any, **kw: Any) -> None:
+    def __init__(self, library: Library, vision: Any, denoiser: RulesDenoiser | LLMDenoiser, **kw: Any) -> None:
         self.library = library
         self.rocchio = Rocchio(library, **{k: kw.pop(k) for k in ("alpha", "beta", "gamma") if k in kw})
-        self.rewriter = LLMRewrite(library, llm, vision, fallback=self.rocchio, **kw)
+        self.rewriter = Rewrite(library, vision, denoiser, fallback=self.rocchio, **kw)
 
     def update(self, state: FeedbackState, new_positives: list[int], new_negatives: list[int]) -> FeedbackState:
         nxt = self.rewriter.update(state, new_positives, new_negatives)
         if nxt.fallback is not None:
             return nxt  # already embedding feedback
-        anchor = state.anchor_vector
-        if anchor is None:
-            anchor = unit(self.library.embed_texts([state.original_query])[0])
-        text_vec = nxt.query_vector if nxt.query_text != state.original_query else anchor
         mixed = dataclasses.replace(
             nxt,
-            anchor_vector=unit(0.5 * anchor + 0.5 * text_vec),
+            anchor_vector=nxt.query_vector,
             positives=state.positives,
             negatives=state.negatives,
             round=state.round,

@@ -160,7 +160,7 @@ class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     query: str = Field(min_length=1, max_length=MAX_QUERY, pattern=r"\S")
-    strategy: Literal["none", "rocchio", "rocchio-classic", "caption", "rewrite", "combined"] = "rocchio"
+    strategy: Literal["none", "rocchio", "rocchio-classic", "caption", "rewrite", "combined"] = "combined"
     page_size: int = Field(12, ge=1, le=100)
     reference: Reference | None = None
 

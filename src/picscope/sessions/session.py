@@ -41,7 +41,8 @@ from picscope.sessions.store import (
 if TYPE_CHECKING:
     from picscope.library import Library
 
-DEFAULT_STRATEGY = "rocchio"  # offline default: no LLM call; the request check adds one verifier pass (30 photos)
+DEFAULT_STRATEGY = "combined"  # offline default: rules rewrite + rocchio, no LLM call (captions of the marked
+# photos, stored once); the request check adds one verifier pass (30 photos). docs/sessions.md has the measurements
 CHECK_OPTION = "check_request"  # session option (default True): re-rank each round against the request
 
 
