@@ -19,6 +19,8 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only: a text search loads the verifier from this package, and no PIL
     from PIL import Image
 
+    from picscope.library import Library
+
 
 @dataclass
 class Message:
@@ -119,6 +121,18 @@ class VisionModel(Protocol):
         (another encoder, or its answers need the image), and the caller uses `verify`."""
         ...
 
+    def verify_ids(self, library: Library, ids: Sequence[int], questions: Sequence[str]
+                   ) -> list[list[float]] | None:
+        """`verify` for library photos by id, from what the library stores for them (the bundled verifier: their
+        cells, `Library.photo_cells`), one row of P(yes) per id; None when the model needs the decoded images."""
+        ...
+
+    def judge_ids(self, library: Library, instruction: str, ids: Sequence[int],
+                  reference: Image.Image | None = None) -> list[Verdict] | None:
+        """`judge` for library photos by id, from what the library stores for them; None when the model needs the
+        decoded images (or cannot judge against `reference` this way), and the caller uses `judge`."""
+        ...
+
 
 class VisionBase:
     """Defaults for a `VisionModel` backend: no encoder shortcut. Subclass it and implement caption, verify, judge."""
@@ -132,4 +146,12 @@ class VisionBase:
 
     def verify_vectors(self, vectors: np.ndarray, questions: Sequence[str], encoder_name: str
                        ) -> list[list[float]] | None:
+        return None
+
+    def verify_ids(self, library: Library, ids: Sequence[int], questions: Sequence[str]
+                   ) -> list[list[float]] | None:
+        return None
+
+    def judge_ids(self, library: Library, instruction: str, ids: Sequence[int],
+                  reference: Image.Image | None = None) -> list[Verdict] | None:
         return None
