@@ -130,8 +130,9 @@ class ImageScopePipeline:
         # a plain text request is re-ranked in stage 1 as the default search re-ranks it (dialogue turns and
         # composed requests are not: not measured to help, as in the default search)
         rerank_text = request.text if anchor is not None and not request.turns else None
+        ranked: dict[str, Any] = {}  # how stage 1 ordered its candidates (query bank, re-rank)
         cands = self._stage1(intent, anchor, max(k, cfg.verify_k, self.alpha(cfg)), exclude, budget, notes,
-                             rerank_text)
+                             rerank_text, ranked)
         ran, skipped = self._later_stages(wanted, request, intent, ref, cands, budget, notes)
         # stages reorder `cands` in place, each within its own window: their order is the final one
         for r, c in enumerate(cands):
@@ -144,7 +145,8 @@ class ImageScopePipeline:
                         "reference_caption": ref_caption},
             "intent": {"source": intent.source, "descriptions": intent.descriptions,
                        "operations": [vars(o) for o in intent.operations],
-                       "anchor": anchor, "anchor_weight": cfg.anchor_weight if anchor else 0.0},
+                       "anchor": anchor, "anchor_weight": cfg.anchor_weight if anchor else 0.0,
+                       "query_bank": ranked.get("query_bank", False), "rerank": ranked.get("rerank")},
             "propositions": {"source": intent.propositions_source,
                              "items": [vars(p) for p in intent.propositions]} if 2 in ran else None,
             "stages": ran, "skipped": skipped, "notes": notes, "config": self._explained_config(),
@@ -255,7 +257,8 @@ class ImageScopePipeline:
         return " ".join([request.text, *request.turns])
 
     def _stage1(self, intent: Intent, anchor: str | None, n: int, exclude: set[int], budget: _Budget,
-                notes: list[str], rerank_text: str | None = None) -> list[Candidate]:
+                notes: list[str], rerank_text: str | None = None, ranked: dict[str, Any] | None = None
+                ) -> list[Candidate]:
         cfg = self.config
         texts, weights = list(intent.descriptions), np.full(len(intent.descriptions), 1.0 / len(intent.descriptions))
         if anchor and cfg.anchor_weight >= 1.0:
@@ -271,6 +274,8 @@ class ImageScopePipeline:
         # the image side of stage 1 is the search's own order: cosine minus the query-bank normaliser when the
         # encoder has a bank and every hit has one (the two scales never mix), else the cosine
         banked = bool(hits) and all(h.bank_score is not None for h in hits)
+        ranked = {} if ranked is None else ranked
+        ranked.update(query_bank=banked, rerank=None)
         cands = [Candidate(h.id, h.path, float(h.bank_score if banked and h.bank_score is not None else h.score))
                  for h in hits]
         for c in cands:
@@ -278,7 +283,7 @@ class ImageScopePipeline:
         self._fuse_captions(cands, t, weights, budget, notes)
         cands.sort(key=lambda c: -c.s1)
         if settings is not None and rerank_text is not None:
-            self._rerank(rerank_text, cands, settings.pool, settings.weight, notes)
+            ranked["rerank"] = self._rerank(rerank_text, cands, settings.pool, settings.weight, notes)
         for r, c in enumerate(cands):
             c.ranks["stage1"] = r + 1
         return cands
@@ -316,28 +321,34 @@ class ImageScopePipeline:
         for c, a, b in zip(cands, zi, zc, strict=True):
             c.s1 = (1 - tau) * float(a) + tau * float(b)
 
-    def _rerank(self, text: str, cands: list[Candidate], pool: int, weight: float, notes: list[str]) -> None:
+    def _rerank(self, text: str, cands: list[Candidate], pool: int, weight: float, notes: list[str]
+                ) -> dict[str, Any] | None:
         """The default search's verifier re-rank (`picscope.rerank`) over the top `pool` of stage 1, in place:
-        their stage-1 score becomes z(score) + weight · z(verifier); those below keep their order, under them."""
+        their stage-1 score becomes z(score) + weight · z(verifier); those below keep their order, under them.
+        Returns what it did (None: it did not run)."""
         from picscope.rerank import score_pool
 
         head = cands[:pool]
         if len(head) < 2:
-            return
+            return None
         cells = self.library.photo_cells
         try:
             got = score_pool(text, [c.id for c in head], np.array([c.s1 for c in head]), weight, cells,
                              cells.verifier)
         except Exception as exc:  # the re-rank refines stage 1; without it the search order stands
             notes.append(f"stage-1 re-rank skipped ({type(exc).__name__}: {exc})")
-            return
+            return None
         for c, f, p in zip(head, got.fused, got.probs, strict=True):
             c.s1, c.match = float(f), None if np.isnan(p) else float(p)
+        before = [c.id for c in head]
         head.sort(key=lambda c: -c.s1)
+        moved = sum(a != c.id for a, c in zip(before, head, strict=True))
         floor = head[-1].s1
         for j, c in enumerate(cands[pool:]):  # below the re-ranked pool, in their own order
             c.s1 = floor - 0.01 * (j + 1)
         cands[:pool] = head
+        return {"model": cells.verifier.name, "pool": pool, "weight": weight, "scored": len(head),
+                "cells_computed": got.computed, "moved": moved}
 
     # -- stage 2 -------------------------------------------------------------------------------------------
     def _stage2(self, request: Request, intent: Intent, ref: Reference | None, cands: list[Candidate],
