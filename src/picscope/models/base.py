@@ -81,6 +81,9 @@ class FusionDefaults:
     verify_weight: float = 0.3
     judge_weight: float = 0.5
     alpha: int = 5
+    # the stage-3 weight when stage 1 was already re-ranked by the `bundled` verifier (a plain text request in a
+    # library that re-ranks): None = `judge_weight`. A judge that reads the same evidence counts it twice.
+    judge_weight_after_rerank: float | None = None
 
 
 @runtime_checkable

@@ -133,7 +133,8 @@ class ImageScopePipeline:
         ranked: dict[str, Any] = {}  # how stage 1 ordered its candidates (query bank, re-rank)
         cands = self._stage1(intent, anchor, max(k, cfg.verify_k, self.alpha(cfg)), exclude, budget, notes,
                              rerank_text, ranked)
-        ran, skipped = self._later_stages(wanted, request, intent, ref, cands, budget, notes)
+        reranked = ranked.get("rerank") is not None
+        ran, skipped = self._later_stages(wanted, request, intent, ref, cands, budget, notes, reranked)
         # stages reorder `cands` in place, each within its own window: their order is the final one
         for r, c in enumerate(cands):
             c.ranks["final"] = r + 1
@@ -149,7 +150,7 @@ class ImageScopePipeline:
                        "query_bank": ranked.get("query_bank", False), "rerank": ranked.get("rerank")},
             "propositions": {"source": intent.propositions_source,
                              "items": [vars(p) for p in intent.propositions]} if 2 in ran else None,
-            "stages": ran, "skipped": skipped, "notes": notes, "config": self._explained_config(),
+            "stages": ran, "skipped": skipped, "notes": notes, "config": self._explained_config(reranked),
             "cost": {"model_calls": budget.calls, "tokens": tokens, "seconds": round(budget.elapsed(), 3)},
         }
         shown = cands[: max(k, self.alpha(cfg))]
@@ -167,7 +168,8 @@ class ImageScopePipeline:
             raise ConfigError("query arithmetic (add/subtract) works with encoder search only; leave out the stages")
 
     def _later_stages(self, wanted: list[int], request: Request, intent: Intent, ref: Reference | None,
-                      cands: list[Candidate], budget: _Budget, notes: list[str]) -> tuple[list[int], dict[str, str]]:
+                      cands: list[Candidate], budget: _Budget, notes: list[str], reranked: bool = False
+                      ) -> tuple[list[int], dict[str, str]]:
         """Stages 2 and 3 where wanted: (the stages that ran, why each other wanted one did not)."""
         ran, skipped = [1], {}
         if 2 in wanted:
@@ -177,17 +179,17 @@ class ImageScopePipeline:
             else:
                 skipped["2"] = why
         if 3 in wanted:
-            why = self._stage3(request, ref, cands, budget, notes)
+            why = self._stage3(request, ref, cands, budget, notes, self.judge_weight(self.config, reranked))
             if why is None:
                 ran.append(3)
             else:
                 skipped["3"] = why
         return ran, skipped
 
-    def _explained_config(self) -> dict[str, Any]:
+    def _explained_config(self, reranked: bool = False) -> dict[str, Any]:
         cfg = self.config
         return {"verify_k": cfg.verify_k, "alpha": self.alpha(cfg), "caption_weight": cfg.caption_weight,
-                "verify_weight": self.verify_weight(cfg), "judge_weight": self.judge_weight(cfg),
+                "verify_weight": self.verify_weight(cfg), "judge_weight": self.judge_weight(cfg, reranked),
                 "reasoner": cfg.reasoner if self.chat is not None else "rules"}
 
     def _fusion(self) -> FusionDefaults:
@@ -198,8 +200,15 @@ class ImageScopePipeline:
         offline socratic one, whose answers are the retrieval encoder's own similarities: measured in README)."""
         return float(cfg.verify_weight if cfg.verify_weight is not None else self._fusion().verify_weight)
 
-    def judge_weight(self, cfg: PipelineConfig) -> float:
-        return float(cfg.judge_weight if cfg.judge_weight is not None else self._fusion().judge_weight)
+    def judge_weight(self, cfg: PipelineConfig, reranked: bool = False) -> float:
+        """The stage-3 weight: the configured one, else the vision model's measured default (`reranked`: stage 1
+        was re-ranked by the verifier, where the bundled judge's evidence is already counted)."""
+        if cfg.judge_weight is not None:
+            return float(cfg.judge_weight)
+        fusion = self._fusion()
+        if reranked and fusion.judge_weight_after_rerank is not None:
+            return float(fusion.judge_weight_after_rerank)
+        return float(fusion.judge_weight)
 
     def alpha(self, cfg: PipelineConfig) -> int:
         """Candidates judged by stage 3: the configured number, else the vision model's."""
@@ -451,7 +460,7 @@ class ImageScopePipeline:
 
     # -- stage 3 -------------------------------------------------------------------------------------------
     def _stage3(self, request: Request, ref: Reference | None, cands: list[Candidate], budget: _Budget,
-                notes: list[str]) -> str | None:
+                notes: list[str], weight: float) -> str | None:
         cfg = self.config
         if self.vision is None:
             return "no vision model configured"
@@ -477,7 +486,7 @@ class ImageScopePipeline:
         zp, zj = zscore(prev), zscore([v.score for v in verdicts])
         for c, a, b, v in zip(top, zp, zj, verdicts, strict=True):
             c.judge, c.reason = float(v.score), v.reason
-            c.s3 = float(a) + self.judge_weight(cfg) * float(b)
+            c.s3 = float(a) + weight * float(b)
         top.sort(key=lambda c: -(c.s3 or 0.0))
         cands[: len(top)] = top
         for r, c in enumerate(top):
