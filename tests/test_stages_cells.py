@@ -102,10 +102,8 @@ def test_photos_without_stored_cells_are_decoded_once_then_read(lib: Library, mo
 
 
 def test_cells_of_another_verifier_are_not_read(lib: Library) -> None:
-    vision = BundledVision()
-    vision.verifier.name  # loaded
     other = type("OtherVerifier", (), {"name": "verifier-other@0"})()
-    vision._verifier = other  # type: ignore[assignment]
+    vision = BundledVision(verifier=other)
     assert vision.judge_ids(lib, "a cat", sorted(lib.catalog.ok_ids())[:3]) is None  # the caller decodes
 
 
