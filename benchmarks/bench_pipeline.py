@@ -6,14 +6,16 @@
 
 Parts (each through the evaluation harness, `picscope.eval.runner.run`, on datasets built from ../shared/data):
 - `t2i`: Flickr8k dev text→image (1,000 images; queries = captions 1-4 of each image, the 5th is for tuning):
-  encoder, stage 1, stages 1-2, stages 1-3 with
+  the encoder alone (no query bank; the ΔR@1 baseline), the encoder with the query bank, the default search
+  (bank + verifier re-rank, with its pool's ceiling), then stage 1, stages 1-2, stages 1-3 with
   the `rules` reasoner and `socratic-lite` vision on `--t2i-limit` queries, and the offline default models
   (bundled LLM reasoner, `socratic` vision) on a `--llm-limit` subsample.
 - `cir`: templated composed triplets from Flickr8k dev (reference + templated change → target).
 - `dialog`: caption-as-dialogue on Flickr8k dev: cumulative Hits@10 per round (round r adds the r-th caption).
-- `tune`: the stage-2 fusion weight, chosen on the held-out 5th dev captions by a grid over signals gathered once.
-Every row reports model calls, tokens and seconds per query (p50/p95). The baseline is the encoder row of the
-same run on the same queries.
+- `tune`: stage 1's `anchor_weight` (0 / 0.5 / 1), then the stage-2/3 weights and α, chosen on the held-out 5th dev
+  captions by a grid over signals gathered once.
+Every row reports model calls, tokens and seconds per query (p50/p95, warm: one process for all queries). The
+t2i baseline is the encoder alone on the same queries; the cir and dialog baselines are the encoder rows of the run.
 """
 
 from __future__ import annotations
