@@ -386,7 +386,6 @@ class ImageScopePipeline:
         questions = [p.question for p in props]
         expected = [p.expected for p in props]
         needs_ref = ref is not None and any(p.reference for p in props)
-        done = 0
         stored = None if needs_ref else self._verify_stored(cands[:k], questions, notes)
         if stored is not None:  # every candidate answered from what the library stores: one call per photo
             budget.calls += k
@@ -394,28 +393,9 @@ class ImageScopePipeline:
                 c.answers = [float(x) for x in p]
                 c.log_odds = expected_log_odds(c.answers, expected)
             done = k
-        vectors = self._stored_vectors(cands[:k]) if not needs_ref and stored is None else None
-        if stored is None:
-            self._prepare(cands[:k], notes)
-        for n, c in enumerate(cands[:k] if stored is None else []):
-            if budget.out_of_time():
-                notes.append(f"stage 2 stopped after {done} of {k} candidates (time budget)")
-                break
-            budget.calls += 1
-            try:
-                got = None if vectors is None else self.vision.verify_vectors(
-                    vectors[n : n + 1], questions, self.library.encoder.name)
-                p = got[0] if got is not None else self.vision.verify(
-                    self._view(c.id), questions, reference=ref.image if needs_ref and ref is not None else None)
-            except Exception as exc:
-                notes.append(f"verification of image {c.id} failed ({type(exc).__name__}: {exc})")
-                break
-            if len(p) != len(questions):
-                notes.append(f"the vision model answered {len(p)} of {len(questions)} questions for {c.id}")
-                break
-            c.answers = [float(x) for x in p]
-            c.log_odds = expected_log_odds(c.answers, expected)
-            done += 1
+        else:
+            done = self._verify_one_by_one(cands[:k], questions, expected, ref if needs_ref else None, budget,
+                                           notes)
         if done < 2:
             return "verification failed for the first candidates"
         head = cands[:done]
@@ -427,6 +407,35 @@ class ImageScopePipeline:
         for r, c in enumerate(head):
             c.ranks["stage2"] = r + 1
         return None
+
+    def _verify_one_by_one(self, cands: list[Candidate], questions: list[str], expected: list[bool],
+                           ref: Reference | None, budget: _Budget, notes: list[str]) -> int:
+        """Ask the vision model candidate by candidate (from stored vectors when it answers from the encoder, else
+        from the decoded photo; `ref`: shown when a question compares with it). Returns how many answered."""
+        assert self.vision is not None
+        vectors = self._stored_vectors(cands) if ref is None else None
+        self._prepare(cands, notes)
+        done = 0
+        for n, c in enumerate(cands):
+            if budget.out_of_time():
+                notes.append(f"stage 2 stopped after {done} of {len(cands)} candidates (time budget)")
+                break
+            budget.calls += 1
+            try:
+                got = None if vectors is None else self.vision.verify_vectors(
+                    vectors[n : n + 1], questions, self.library.encoder.name)
+                p = got[0] if got is not None else self.vision.verify(
+                    self._view(c.id), questions, reference=ref.image if ref is not None else None)
+            except Exception as exc:
+                notes.append(f"verification of image {c.id} failed ({type(exc).__name__}: {exc})")
+                break
+            if len(p) != len(questions):
+                notes.append(f"the vision model answered {len(p)} of {len(questions)} questions for {c.id}")
+                break
+            c.answers = [float(x) for x in p]
+            c.log_odds = expected_log_odds(c.answers, expected)
+            done += 1
+        return done
 
     def _verify_stored(self, cands: list[Candidate], questions: list[str], notes: list[str]
                        ) -> list[list[float]] | None:
