@@ -6,14 +6,16 @@
 
 Parts (each through the evaluation harness, `picscope.eval.runner.run`, on datasets built from ../shared/data):
 - `t2i`: Flickr8k dev text→image (1,000 images; queries = captions 1-4 of each image, the 5th is for tuning):
-  encoder, stage 1, stages 1-2, stages 1-3 with
+  the encoder alone (no query bank; the ΔR@1 baseline), the encoder with the query bank, the default search
+  (bank + verifier re-rank, with its pool's ceiling), then stage 1, stages 1-2, stages 1-3 with
   the `rules` reasoner and `socratic-lite` vision on `--t2i-limit` queries, and the offline default models
   (bundled LLM reasoner, `socratic` vision) on a `--llm-limit` subsample.
 - `cir`: templated composed triplets from Flickr8k dev (reference + templated change → target).
 - `dialog`: caption-as-dialogue on Flickr8k dev: cumulative Hits@10 per round (round r adds the r-th caption).
-- `tune`: the stage-2 fusion weight, chosen on the held-out 5th dev captions by a grid over signals gathered once.
-Every row reports model calls, tokens and seconds per query (p50/p95). The baseline is the encoder row of the
-same run on the same queries.
+- `tune`: stage 1's `anchor_weight` (0 / 0.5 / 1), then the stage-2/3 weights and α, chosen on the held-out 5th dev
+  captions by a grid over signals gathered once.
+Every row reports model calls, tokens and seconds per query (p50/p95, warm: one process for all queries). The
+t2i baseline is the encoder alone on the same queries; the cir and dialog baselines are the encoder rows of the run.
 """
 
 from __future__ import annotations
@@ -79,10 +81,55 @@ def evaluate(ds: Path, limit: int | None, stages: tuple[int, ...] | None, *, llm
     return m
 
 
+def search_rows(ds_path: Path, limit: int | None, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The same queries as `evaluate` picks, ranked by the product's search without the query bank (the encoder
+    alone) and by the default search (query bank + verifier re-rank), with the pool's ceiling (the wanted photo
+    among the re-rank's candidates)."""
+    from picscope.eval.dataset import load_dataset
+    from picscope.eval.runner import _Index, _select, library_for
+
+    ds = load_dataset(ds_path)
+    ids = split_ids(ds_path)[1]
+    queries = _select([q for q in ds.queries if q.id in ids], limit, seed)
+    lib = library_for(ds, cfg_encoder())
+    idx = _Index(lib, ds)
+    settings = lib.rerank_for()
+    pool = settings.pool if settings is not None else 50
+    ranks: dict[str, list[list[bool]]] = {"plain": [], "default": [], "ceiling": []}
+    secs = []
+    for q in queries:
+        rel = set(q.relevant)
+        v = lib.embed_texts([q.text])[0]
+        plain = [idx.key_of[h.id] in rel for h in lib.search_vector(v, 10, querybank=False)]
+        banked = [idx.key_of[h.id] in rel for h in lib.search_vector(v, pool, querybank=True)]
+        t0 = time.perf_counter()
+        default = [idx.key_of[h.id] in rel for h in lib.text_search(q.text, 10)[0]]
+        secs.append(time.perf_counter() - t0)
+        ranks["plain"].append(plain)
+        ranks["default"].append(default)
+        ranks["ceiling"].append([any(banked)])
+    lib.close()
+    out = {}
+    for name in ("plain", "default"):
+        hits = np.array(ranks[name])
+        out[name] = {"queries": len(queries), **{f"recall@{k}": float(hits[:, :k].any(1).mean()) for k in (1, 5, 10)},
+                     "seconds_p50": float(np.percentile(secs, 50)) if name == "default" else 0.0,
+                     "seconds_p95": float(np.percentile(secs, 95)) if name == "default" else 0.0}
+    out["default"]["ceiling"] = float(np.mean([c[0] for c in ranks["ceiling"]]))
+    return out
+
+
 def part_t2i(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, Any]) -> None:
     ds = dataset("t2i")
-    rows, base = [], evaluate(ds, 1 if args.no_rules else args.t2i_limit, None)
-    rows.append(row("encoder only", base, None))
+    rows = []
+    direct = search_rows(ds, args.t2i_limit)
+    rows.append(row("encoder alone (no query bank)", direct["plain"], None))
+    base = evaluate(ds, 1 if args.no_rules else args.t2i_limit, None)
+    rows.append(row("encoder + query bank", base, direct["plain"]))
+    rows.append(row(f"default search: bank + verifier re-rank (pool ceiling {100 * direct['default']['ceiling']:.1f})",
+                    direct["default"], direct["plain"]))
+    results["t2i-search"] = direct
+    base = direct["plain"]
     for st in () if args.no_rules else ((1,), (1, 2), (1, 2, 3)):
         m = evaluate(ds, args.t2i_limit, st, vision=args.vision, cfg=cfg)
         rows.append(row(f"rules + {args.vision}, stages {'-'.join(map(str, st))}", m, base))
@@ -158,6 +205,18 @@ def part_tune(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, 
     idx = _Index(lib, ds)
     queries = [q for q in ds.queries if q.id in tune_ids][: args.tune_limit]
     vision = make_vision_model(args.vision, encoder=lib.encoder)
+    # stage 1 alone for each weight of the request's own words against the reasoner's descriptions
+    anchors = {}
+    for aw in (0.0, 0.5, 1.0):
+        pipe = ImageScopePipeline(lib, cfg.model_copy(update={"anchor_weight": aw}), chat=None, vision=vision)
+        anchors[aw] = float(np.mean([idx.key_of[pipe.run(Request(q.text), k=10, stages=(1,)).results[0].id]
+                                     in set(q.relevant) for q in queries]))
+        print(f"  stage 1, anchor_weight {aw}: R@1 {100 * anchors[aw]:.1f}", file=sys.stderr, flush=True)
+    best_aw = max(anchors, key=lambda a: (anchors[a], a))
+    cfg = cfg.model_copy(update={"anchor_weight": best_aw})
+    print(f"\nStage 1 on {len(queries)} held-out queries: R@1 by anchor_weight "
+          + ", ".join(f"{a}: {100 * r:.1f}" for a, r in anchors.items()) + f" (chosen {best_aw})")
+    results["tune-anchor"] = anchors
     gather_cfg = cfg.model_copy(update={"verify_weight": 0.0, "judge_weight": 0.0, "alpha": cfg.verify_k})
     pipe = ImageScopePipeline(lib, gather_cfg, chat=None, vision=vision)
     gathered = []
@@ -167,7 +226,7 @@ def part_tune(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, 
         gathered.append(([idx.key_of[c["id"]] for c in cands], np.array([c["stage1"]["score"] for c in cands]),
                          np.array([c["stage2"]["log_odds"] for c in cands]),
                          np.array([c.get("stage3", {}).get("judge", 0.0) for c in cands]), set(q.relevant)))
-    grid = [(vw, jw, a) for vw in (0.0, 0.1, 0.2, 0.3, 0.5, 0.8) for jw in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+    grid = [(vw, jw, a) for vw in (0.0, 0.1, 0.2, 0.3, 0.5, 0.8) for jw in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
             for a in (5, 10, 20)]
     scored = {g: _replay(gathered, *g) for g in grid}
     best = max(grid, key=lambda g: (scored[g][0], scored[g][1], -g[0], -g[1]))
@@ -178,7 +237,8 @@ def part_tune(args: argparse.Namespace, cfg: PipelineConfig, results: dict[str, 
     print(f"best: verify_weight {best[0]}, judge_weight {best[1]}, alpha {best[2]}")
     results["tune"] = {"grid": [[*g, *scored[g]] for g in grid], "best": best}
     lib.close()
-    return cfg.model_copy(update={"verify_weight": best[0], "judge_weight": best[1], "alpha": best[2]})
+    return cfg.model_copy(update={"verify_weight": best[0], "judge_weight": best[1], "alpha": best[2],
+                                  "anchor_weight": best_aw})
 
 
 def _z(a: np.ndarray) -> np.ndarray:

@@ -235,7 +235,7 @@ class PipelineConfig(Section):
                          "auto (llm unless it is a bundled tiny model: measured to cost recall)")
     granularities: int = rule(3, ge=1, le=3, description="target descriptions per request (core/detailed/full)")
     anchor_weight: float = rule(0.5, ge=0, le=1, description="weight of the request's own words beside the "
-                                "LLM's descriptions in stage 1 (text and dialogue requests)")
+                                "reasoner's descriptions in stage 1 (text and dialogue requests; 0: descriptions only)")
     caption_weight: float = rule(0.15, ge=0, le=1, description="weight of description→caption similarity")
     caption_style: str = rule("short", description="caption style asked of the vision model")
     pool: int = rule(100, ge=1, description="stage-1 candidates whose captions are fused")

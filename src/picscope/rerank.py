@@ -90,6 +90,35 @@ def fuse(encoder: np.ndarray, verifier: np.ndarray, weight: float) -> np.ndarray
     return _z(np.asarray(encoder, np.float64)) + weight * _z(np.asarray(verifier, np.float64))
 
 
+@dataclass(frozen=True)
+class PoolScores:
+    """The verifier's side of one query's pool: fused score, raw verifier score (NaN: no cells), P(match)."""
+
+    fused: np.ndarray
+    verifier: np.ndarray
+    probs: np.ndarray
+    computed: int  # photos whose cells were not stored yet (decoded and computed now)
+
+
+def score_pool(text: str, ids: list[int], encoder: np.ndarray, weight: float, cells: PhotoCells,
+               verifier: Verifier) -> PoolScores:
+    """`fuse` of the encoder's scores of the photos `ids` with the verifier's scores of `text` against their
+    stored cells (a photo that cannot be read gets the pool's mean verifier score: no evidence either way). The
+    one place both the default search and the pipeline's stage 1 score a pool."""
+    got, computed = cells.for_ids(ids)
+    feats = verifier.text_features([text])[0]
+    scores = np.full(len(ids), np.nan, np.float64)
+    have = [i for i, fid in enumerate(ids) if fid in got]
+    if have:
+        scores[have] = verifier.score(np.stack([got[ids[i]] for i in have]), feats)
+    missing = np.isnan(scores)
+    filled = scores.copy()
+    filled[missing] = scores[~missing].mean() if (~missing).any() else 0.0
+    fused = fuse(encoder, filled, weight)
+    probs = np.where(missing, np.nan, verifier.probability(filled))
+    return PoolScores(fused, scores, probs, computed)
+
+
 def rerank(text: str, results: list[SearchResult], settings: RerankSettings, cells: PhotoCells,
            verifier: Verifier) -> tuple[list[SearchResult], RerankInfo]:
     """`results` (encoder order, best first) with the top `settings.pool` re-ordered by the fused score."""
@@ -97,23 +126,14 @@ def rerank(text: str, results: list[SearchResult], settings: RerankSettings, cel
     head, tail = results[: settings.pool], results[settings.pool :]
     if len(head) < 2:
         return results, RerankInfo(verifier.name, settings.pool, settings.weight, 0, 0, 0, time.perf_counter() - t0)
-    got, computed = cells.for_ids([r.id for r in head])
-    feats = verifier.text_features([text])[0]
-    scores = np.full(len(head), np.nan, np.float64)
-    have = [i for i, r in enumerate(head) if r.id in got]
-    if have:
-        scores[have] = verifier.score(np.stack([got[head[i].id] for i in have]), feats)
-    missing = np.isnan(scores)
-    scores[missing] = scores[~missing].mean() if (~missing).any() else 0.0  # unreadable photo: no evidence
     # the encoder's side is the order the pool came in: the query-bank score where the bank ordered it
     encoder = np.array([r.score if r.bank_score is None else r.bank_score for r in head])
-    fused = fuse(encoder, scores, settings.weight)
-    order = np.argsort(-fused, kind="stable")
-    probs = verifier.probability(scores)
-    out = [replace(head[i], rank=n + 1, match=None if missing[i] else float(probs[i]))
+    pool = score_pool(text, [r.id for r in head], encoder, settings.weight, cells, verifier)
+    order = np.argsort(-pool.fused, kind="stable")
+    out = [replace(head[i], rank=n + 1, match=None if np.isnan(pool.probs[i]) else float(pool.probs[i]))
            for n, i in enumerate(order.tolist())]
     out += [replace(r, rank=len(out) + n + 1) for n, r in enumerate(tail)]
     moved = int(np.count_nonzero(order != np.arange(len(order))))
-    info = RerankInfo(verifier.name, settings.pool, settings.weight, len(head), computed, moved,
+    info = RerankInfo(verifier.name, settings.pool, settings.weight, len(head), pool.computed, moved,
                       time.perf_counter() - t0)
     return out, info

@@ -61,9 +61,10 @@ class RequestCheck:
         top, rest = results[: self.candidates], results[self.candidates :]
         if len(top) < 2 or self.weight == 0.0:
             return results
-        try:
-            images = [load_view(library, r.id) for r in top]
-            verdicts = self.vision.judge(self.request, images)
+        try:  # the library's stored evidence (the bundled verifier: cells, no decode), else the decoded photos
+            verdicts = self.vision.judge_ids(library, self.request, [r.id for r in top])
+            if verdicts is None:
+                verdicts = self.vision.judge(self.request, [load_view(library, r.id) for r in top])
             if len(verdicts) != len(top):
                 raise ValueError(f"the judge scored {len(verdicts)} of {len(top)} candidates")
         except Exception as exc:  # the check is a refinement: without it the feedback order stands

@@ -19,6 +19,8 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only: a text search loads the verifier from this package, and no PIL
     from PIL import Image
 
+    from picscope.library import Library
+
 
 @dataclass
 class Message:
@@ -79,6 +81,9 @@ class FusionDefaults:
     verify_weight: float = 0.3
     judge_weight: float = 0.5
     alpha: int = 5
+    # the stage-3 weight when stage 1 was already re-ranked by the `bundled` verifier (a plain text request in a
+    # library that re-ranks): None = `judge_weight`. A judge that reads the same evidence counts it twice.
+    judge_weight_after_rerank: float | None = None
 
 
 @runtime_checkable
@@ -119,6 +124,18 @@ class VisionModel(Protocol):
         (another encoder, or its answers need the image), and the caller uses `verify`."""
         ...
 
+    def verify_ids(self, library: Library, ids: Sequence[int], questions: Sequence[str]
+                   ) -> list[list[float]] | None:
+        """`verify` for library photos by id, from what the library stores for them (the bundled verifier: their
+        cells, `Library.photo_cells`), one row of P(yes) per id; None when the model needs the decoded images."""
+        ...
+
+    def judge_ids(self, library: Library, instruction: str, ids: Sequence[int],
+                  reference: Image.Image | None = None) -> list[Verdict] | None:
+        """`judge` for library photos by id, from what the library stores for them; None when the model needs the
+        decoded images (or cannot judge against `reference` this way), and the caller uses `judge`."""
+        ...
+
 
 class VisionBase:
     """Defaults for a `VisionModel` backend: no encoder shortcut. Subclass it and implement caption, verify, judge."""
@@ -132,4 +149,12 @@ class VisionBase:
 
     def verify_vectors(self, vectors: np.ndarray, questions: Sequence[str], encoder_name: str
                        ) -> list[list[float]] | None:
+        return None
+
+    def verify_ids(self, library: Library, ids: Sequence[int], questions: Sequence[str]
+                   ) -> list[list[float]] | None:
+        return None
+
+    def judge_ids(self, library: Library, instruction: str, ids: Sequence[int],
+                  reference: Image.Image | None = None) -> list[Verdict] | None:
         return None

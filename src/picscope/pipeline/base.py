@@ -36,6 +36,7 @@ class Candidate:
     image_sim: float
     caption_sim: float | None = None
     caption: str | None = None
+    match: float | None = None  # the verifier's P(match) when stage 1's re-rank scored it
     s1: float = 0.0
     s2: float | None = None
     s3: float | None = None
@@ -49,6 +50,8 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "path": self.path, "ranks": dict(self.ranks),
                                "stage1": {"score": round(self.s1, 4), "image_sim": round(self.image_sim, 4)}}
+        if self.match is not None:
+            out["stage1"]["match"] = round(self.match, 4)
         if self.caption is not None:
             out["stage1"].update(caption=self.caption, caption_sim=round(float(self.caption_sim or 0), 4))
         if self.answers:

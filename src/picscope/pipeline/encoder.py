@@ -54,6 +54,7 @@ class EncoderPipeline:
         explanation = {"request": {"text": request.text, "turns": list(request.turns), "reference": ref_info,
                                    **({"terms": terms} if request.add or request.subtract else {})},
                        "query_text": text, "stages": [], "pipeline": "encoder",
+                       "query_bank": any(r.bank_score is not None for r in results),
                        **({"rerank": rerank.to_dict()} if rerank is not None else {})}
         candidates = [Candidate(r.id, r.path, r.score, s1=r.score, ranks={"final": r.rank}) for r in results]
         return PipelineOutput(results, [], explanation, 0, 0, time.perf_counter() - t0, candidates=candidates)

@@ -28,8 +28,13 @@ def render(explanation: dict[str, Any], candidates: Sequence[Candidate] = (), k:
         ops = "; ".join(f"{o['kind']}: {o['text']}" for o in intent.get("operations", []))
         if ops:
             parts.append(Text(f"  operations: {ops}", style="dim"))
+        aw = float(intent.get("anchor_weight") or 0.0)
+        words = ("the descriptions" if not intent.get("anchor") else "the request's own words" if aw >= 1
+                 else f"the request's own words (weight {aw:g}) and the descriptions")
+        parts.append(Text(f"  ranking: {words} → {ranking(intent)}", style="dim"))
     elif explanation.get("query_text"):
-        parts.append(Text(f"encoder-only query: {explanation['query_text']}", style="bold"))
+        parts.append(Text(f"query: {explanation['query_text']}", style="bold"))
+        parts.append(Text(f"  ranking: {ranking(explanation)}", style="dim"))
     props = (explanation.get("propositions") or {}).get("items", [])
     if props:
         parts.append(Text(f"stage 2 · propositions ({explanation['propositions']['source']}):", style="bold"))
@@ -57,6 +62,21 @@ def render(explanation: dict[str, Any], candidates: Sequence[Candidate] = (), k:
     for n in explanation.get("notes", []):
         parts.append(Text(f"note: {n}", style="yellow"))
     return Group(*parts)
+
+
+def ranking(info: dict[str, Any]) -> str:
+    """What ordered the results, from an explanation's `query_bank` and `rerank` (the encoder pipeline's account,
+    or stage 1's `intent`): e.g. "encoder + query bank + verifier re-rank of the top 50 (weight 0.75, 12 moved)"."""
+    steps = ["encoder"]
+    if info.get("query_bank"):
+        steps.append("query bank")
+    rr = info.get("rerank")
+    if rr:
+        moved = f", {rr['moved']} moved" if "moved" in rr else ""
+        steps.append(f"verifier re-rank of the top {rr['pool']} ({rr.get('model', 'verifier')}, weight "
+                     f"{rr['weight']}{moved})")
+    text = " + ".join(steps)
+    return text if len(steps) > 1 else "encoder only (no query bank, no re-rank)"
 
 
 def print_explanation(explanation: dict[str, Any], console: Console, k: int = 10,

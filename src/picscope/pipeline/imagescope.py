@@ -127,8 +127,14 @@ class ImageScopePipeline:
 
         intent = self._intent(request, ref_caption, budget)
         anchor = self._anchor(request, intent)
-        cands = self._stage1(intent, anchor, max(k, cfg.verify_k, self.alpha(cfg)), exclude, budget, notes)
-        ran, skipped = self._later_stages(wanted, request, intent, ref, cands, budget, notes)
+        # a plain text request is re-ranked in stage 1 as the default search re-ranks it (dialogue turns and
+        # composed requests are not: not measured to help, as in the default search)
+        rerank_text = request.text if anchor is not None and not request.turns else None
+        ranked: dict[str, Any] = {}  # how stage 1 ordered its candidates (query bank, re-rank)
+        cands = self._stage1(intent, anchor, max(k, cfg.verify_k, self.alpha(cfg)), exclude, budget, notes,
+                             rerank_text, ranked)
+        reranked = ranked.get("rerank") is not None
+        ran, skipped = self._later_stages(wanted, request, intent, ref, cands, budget, notes, reranked)
         # stages reorder `cands` in place, each within its own window: their order is the final one
         for r, c in enumerate(cands):
             c.ranks["final"] = r + 1
@@ -140,10 +146,11 @@ class ImageScopePipeline:
                         "reference_caption": ref_caption},
             "intent": {"source": intent.source, "descriptions": intent.descriptions,
                        "operations": [vars(o) for o in intent.operations],
-                       "anchor": anchor, "anchor_weight": cfg.anchor_weight if anchor else 0.0},
+                       "anchor": anchor, "anchor_weight": cfg.anchor_weight if anchor else 0.0,
+                       "query_bank": ranked.get("query_bank", False), "rerank": ranked.get("rerank")},
             "propositions": {"source": intent.propositions_source,
                              "items": [vars(p) for p in intent.propositions]} if 2 in ran else None,
-            "stages": ran, "skipped": skipped, "notes": notes, "config": self._explained_config(),
+            "stages": ran, "skipped": skipped, "notes": notes, "config": self._explained_config(reranked),
             "cost": {"model_calls": budget.calls, "tokens": tokens, "seconds": round(budget.elapsed(), 3)},
         }
         shown = cands[: max(k, self.alpha(cfg))]
@@ -161,7 +168,8 @@ class ImageScopePipeline:
             raise ConfigError("query arithmetic (add/subtract) works with encoder search only; leave out the stages")
 
     def _later_stages(self, wanted: list[int], request: Request, intent: Intent, ref: Reference | None,
-                      cands: list[Candidate], budget: _Budget, notes: list[str]) -> tuple[list[int], dict[str, str]]:
+                      cands: list[Candidate], budget: _Budget, notes: list[str], reranked: bool = False
+                      ) -> tuple[list[int], dict[str, str]]:
         """Stages 2 and 3 where wanted: (the stages that ran, why each other wanted one did not)."""
         ran, skipped = [1], {}
         if 2 in wanted:
@@ -171,17 +179,17 @@ class ImageScopePipeline:
             else:
                 skipped["2"] = why
         if 3 in wanted:
-            why = self._stage3(request, ref, cands, budget, notes)
+            why = self._stage3(request, ref, cands, budget, notes, self.judge_weight(self.config, reranked))
             if why is None:
                 ran.append(3)
             else:
                 skipped["3"] = why
         return ran, skipped
 
-    def _explained_config(self) -> dict[str, Any]:
+    def _explained_config(self, reranked: bool = False) -> dict[str, Any]:
         cfg = self.config
         return {"verify_k": cfg.verify_k, "alpha": self.alpha(cfg), "caption_weight": cfg.caption_weight,
-                "verify_weight": self.verify_weight(cfg), "judge_weight": self.judge_weight(cfg),
+                "verify_weight": self.verify_weight(cfg), "judge_weight": self.judge_weight(cfg, reranked),
                 "reasoner": cfg.reasoner if self.chat is not None else "rules"}
 
     def _fusion(self) -> FusionDefaults:
@@ -192,8 +200,15 @@ class ImageScopePipeline:
         offline socratic one, whose answers are the retrieval encoder's own similarities: measured in README)."""
         return float(cfg.verify_weight if cfg.verify_weight is not None else self._fusion().verify_weight)
 
-    def judge_weight(self, cfg: PipelineConfig) -> float:
-        return float(cfg.judge_weight if cfg.judge_weight is not None else self._fusion().judge_weight)
+    def judge_weight(self, cfg: PipelineConfig, reranked: bool = False) -> float:
+        """The stage-3 weight: the configured one, else the vision model's measured default (`reranked`: stage 1
+        was re-ranked by the verifier, where the bundled judge's evidence is already counted)."""
+        if cfg.judge_weight is not None:
+            return float(cfg.judge_weight)
+        fusion = self._fusion()
+        if reranked and fusion.judge_weight_after_rerank is not None:
+            return float(fusion.judge_weight_after_rerank)
+        return float(fusion.judge_weight)
 
     def alpha(self, cfg: PipelineConfig) -> int:
         """Candidates judged by stage 3: the configured number, else the vision model's."""
@@ -242,54 +257,107 @@ class ImageScopePipeline:
         return np.stack([self._cap_vec[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
 
     def _anchor(self, request: Request, intent: Intent) -> str | None:
-        """The person's own words, kept in the stage-1 query when an LLM rewrote them (a weak LLM's paraphrases
-        must not replace what was asked). Composed requests have no anchor: their text is a change, not a
-        description of the target."""
-        if intent.source != "llm" or request.reference is not None or self.config.anchor_weight <= 0:
+        """The person's own words (text and dialogue requests): stage 1's anchor list is their search, in the
+        query bank's order and re-ranked by the verifier as the default search re-ranks it; the reasoner's
+        descriptions are mixed in at `1 − anchor_weight` (a paraphrase must not replace what was asked: measured
+        in README). Composed requests have no anchor: their text is a change, not a description of the target."""
+        if request.reference is not None or self.config.anchor_weight <= 0:
             return None
         return " ".join([request.text, *request.turns])
 
     def _stage1(self, intent: Intent, anchor: str | None, n: int, exclude: set[int], budget: _Budget,
-                notes: list[str]) -> list[Candidate]:
+                notes: list[str], rerank_text: str | None = None, ranked: dict[str, Any] | None = None
+                ) -> list[Candidate]:
         cfg = self.config
-        texts = list(intent.descriptions)
-        weights = np.full(len(texts), 1.0 / len(texts))
-        if anchor:
+        texts, weights = list(intent.descriptions), np.full(len(intent.descriptions), 1.0 / len(intent.descriptions))
+        if anchor and cfg.anchor_weight >= 1.0:
+            texts, weights = [anchor], np.ones(1)
+        elif anchor:
             texts.append(anchor)
             weights = np.append(weights * (1 - cfg.anchor_weight), cfg.anchor_weight)
         t = self._text_vectors(texts)
         mean_t = (weights @ t).astype(np.float32)  # weighted mean over descriptions of t·v == (mean t)·v
-        pool = max(n, cfg.pool if cfg.caption_weight > 0 else n)
+        settings = self.library.rerank_for() if rerank_text else None
+        pool = max(n, cfg.pool if cfg.caption_weight > 0 else n, settings.pool if settings is not None else 0)
         hits = self.library.search_vector(mean_t, pool, exclude_ids=sorted(exclude), querybank=True)
         # the image side of stage 1 is the search's own order: cosine minus the query-bank normaliser when the
         # encoder has a bank and every hit has one (the two scales never mix), else the cosine
         banked = bool(hits) and all(h.bank_score is not None for h in hits)
+        ranked = {} if ranked is None else ranked
+        ranked.update(query_bank=banked, rerank=None)
         cands = [Candidate(h.id, h.path, float(h.bank_score if banked and h.bank_score is not None else h.score))
                  for h in hits]
-        tau = cfg.caption_weight
-        if tau > 0 and self.vision is not None and cands:
-            allowance = int(min(cfg.lazy_captions, budget.calls_left()))
-            caps, made, errors = self.captions.ensure(self.library, self.vision, [c.id for c in cands],
-                                                      cfg.caption_style, allowance)
-            budget.calls += made
-            notes.extend(errors[:3])
-            have = [c for c in cands if c.id in caps]
-            if have:
-                e = self._text_vectors([caps[c.id] for c in have])
-                sims = (e @ t.T) @ weights
-                for c, s in zip(have, sims, strict=True):
-                    c.caption, c.caption_sim = caps[c.id], float(s)
-            if len(have) < len(cands):
-                notes.append(f"{len(cands) - len(have)} of {len(cands)} stage-1 candidates have no caption yet "
-                             "(image similarity only; `picscope captions build` makes them)")
-        elif tau > 0 and self.vision is None:
-            notes.append("no vision model: caption fusion is off")
         for c in cands:
-            c.s1 = c.image_sim if c.caption_sim is None else (1 - tau) * c.image_sim + tau * c.caption_sim
+            c.s1 = c.image_sim
+        self._fuse_captions(cands, t, weights, budget, notes)
         cands.sort(key=lambda c: -c.s1)
+        if settings is not None and rerank_text is not None:
+            ranked["rerank"] = self._rerank(rerank_text, cands, settings.pool, settings.weight, notes)
         for r, c in enumerate(cands):
             c.ranks["stage1"] = r + 1
         return cands
+
+    def _fuse_captions(self, cands: list[Candidate], t: np.ndarray, weights: np.ndarray, budget: _Budget,
+                       notes: list[str]) -> None:
+        """Stage-1 score = (1 − τ)·z(image side) + τ·z(description→caption similarity), standardised over the
+        pool; a candidate without a caption gets the pool's mean caption similarity (no evidence either way: a
+        few captioned photos must not jump the others because cosines and bank scores differ in scale)."""
+        cfg = self.config
+        tau = cfg.caption_weight
+        if tau <= 0 or not cands:
+            return
+        if self.vision is None:
+            notes.append("no vision model: caption fusion is off")
+            return
+        allowance = int(min(cfg.lazy_captions, budget.calls_left()))
+        caps, made, errors = self.captions.ensure(self.library, self.vision, [c.id for c in cands],
+                                                  cfg.caption_style, allowance)
+        budget.calls += made
+        notes.extend(errors[:3])
+        have = [c for c in cands if c.id in caps]
+        if not have:
+            return
+        e = self._text_vectors([caps[c.id] for c in have])
+        sims = (e @ t.T) @ weights
+        for c, sim in zip(have, sims, strict=True):
+            c.caption, c.caption_sim = caps[c.id], float(sim)
+        if len(have) < len(cands):
+            notes.append(f"{len(cands) - len(have)} of {len(cands)} stage-1 candidates have no caption yet "
+                         "(scored with the pool's mean caption similarity; `picscope captions build` makes them)")
+        mean_cap = float(np.mean(sims))
+        zi = zscore([c.image_sim for c in cands])
+        zc = zscore([c.caption_sim if c.caption_sim is not None else mean_cap for c in cands])
+        for c, a, b in zip(cands, zi, zc, strict=True):
+            c.s1 = (1 - tau) * float(a) + tau * float(b)
+
+    def _rerank(self, text: str, cands: list[Candidate], pool: int, weight: float, notes: list[str]
+                ) -> dict[str, Any] | None:
+        """The default search's verifier re-rank (`picscope.rerank`) over the top `pool` of stage 1, in place:
+        their stage-1 score becomes z(score) + weight · z(verifier); those below keep their order, under them.
+        Returns what it did (None: it did not run)."""
+        from picscope.rerank import score_pool
+
+        head = cands[:pool]
+        if len(head) < 2:
+            return None
+        cells = self.library.photo_cells
+        try:
+            got = score_pool(text, [c.id for c in head], np.array([c.s1 for c in head]), weight, cells,
+                             cells.verifier)
+        except Exception as exc:  # the re-rank refines stage 1; without it the search order stands
+            notes.append(f"stage-1 re-rank skipped ({type(exc).__name__}: {exc})")
+            return None
+        for c, f, p in zip(head, got.fused, got.probs, strict=True):
+            c.s1, c.match = float(f), None if np.isnan(p) else float(p)
+        before = [c.id for c in head]
+        head.sort(key=lambda c: -c.s1)
+        moved = sum(a != c.id for a, c in zip(before, head, strict=True))
+        floor = head[-1].s1
+        for j, c in enumerate(cands[pool:]):  # below the re-ranked pool, in their own order
+            c.s1 = floor - 0.01 * (j + 1)
+        cands[:pool] = head
+        return {"model": cells.verifier.name, "pool": pool, "weight": weight, "scored": len(head),
+                "cells_computed": got.computed, "moved": moved}
 
     # -- stage 2 -------------------------------------------------------------------------------------------
     def _stage2(self, request: Request, intent: Intent, ref: Reference | None, cands: list[Candidate],
@@ -318,28 +386,16 @@ class ImageScopePipeline:
         questions = [p.question for p in props]
         expected = [p.expected for p in props]
         needs_ref = ref is not None and any(p.reference for p in props)
-        done = 0
-        vectors = self._stored_vectors(cands[:k]) if not needs_ref else None
-        self._prepare(cands[:k], notes)
-        for n, c in enumerate(cands[:k]):
-            if budget.out_of_time():
-                notes.append(f"stage 2 stopped after {done} of {k} candidates (time budget)")
-                break
-            budget.calls += 1
-            try:
-                got = None if vectors is None else self.vision.verify_vectors(
-                    vectors[n : n + 1], questions, self.library.encoder.name)
-                p = got[0] if got is not None else self.vision.verify(
-                    self._view(c.id), questions, reference=ref.image if needs_ref and ref is not None else None)
-            except Exception as exc:
-                notes.append(f"verification of image {c.id} failed ({type(exc).__name__}: {exc})")
-                break
-            if len(p) != len(questions):
-                notes.append(f"the vision model answered {len(p)} of {len(questions)} questions for {c.id}")
-                break
-            c.answers = [float(x) for x in p]
-            c.log_odds = expected_log_odds(c.answers, expected)
-            done += 1
+        stored = None if needs_ref else self._verify_stored(cands[:k], questions, notes)
+        if stored is not None:  # every candidate answered from what the library stores: one call per photo
+            budget.calls += k
+            for c, p in zip(cands[:k], stored, strict=True):
+                c.answers = [float(x) for x in p]
+                c.log_odds = expected_log_odds(c.answers, expected)
+            done = k
+        else:
+            done = self._verify_one_by_one(cands[:k], questions, expected, ref if needs_ref else None, budget,
+                                           notes)
         if done < 2:
             return "verification failed for the first candidates"
         head = cands[:done]
@@ -351,6 +407,50 @@ class ImageScopePipeline:
         for r, c in enumerate(head):
             c.ranks["stage2"] = r + 1
         return None
+
+    def _verify_one_by_one(self, cands: list[Candidate], questions: list[str], expected: list[bool],
+                           ref: Reference | None, budget: _Budget, notes: list[str]) -> int:
+        """Ask the vision model candidate by candidate (from stored vectors when it answers from the encoder, else
+        from the decoded photo; `ref`: shown when a question compares with it). Returns how many answered."""
+        assert self.vision is not None
+        vectors = self._stored_vectors(cands) if ref is None else None
+        self._prepare(cands, notes)
+        done = 0
+        for n, c in enumerate(cands):
+            if budget.out_of_time():
+                notes.append(f"stage 2 stopped after {done} of {len(cands)} candidates (time budget)")
+                break
+            budget.calls += 1
+            try:
+                got = None if vectors is None else self.vision.verify_vectors(
+                    vectors[n : n + 1], questions, self.library.encoder.name)
+                p = got[0] if got is not None else self.vision.verify(
+                    self._view(c.id), questions, reference=ref.image if ref is not None else None)
+            except Exception as exc:
+                notes.append(f"verification of image {c.id} failed ({type(exc).__name__}: {exc})")
+                break
+            if len(p) != len(questions):
+                notes.append(f"the vision model answered {len(p)} of {len(questions)} questions for {c.id}")
+                break
+            c.answers = [float(x) for x in p]
+            c.log_odds = expected_log_odds(c.answers, expected)
+            done += 1
+        return done
+
+    def _verify_stored(self, cands: list[Candidate], questions: list[str], notes: list[str]
+                       ) -> list[list[float]] | None:
+        """The answers of a vision model that reads the library's stored evidence (the bundled verifier: the
+        photos' cells, no decode), or None: the caller decodes the photos and asks image by image."""
+        if self.vision is None:
+            return None
+        try:
+            got = self.vision.verify_ids(self.library, [c.id for c in cands], questions)
+        except Exception as exc:  # the image path then says what fails, photo by photo
+            notes.append(f"verification from stored cells failed ({type(exc).__name__}: {exc}); decoding instead")
+            return None
+        if got is None or len(got) != len(cands) or any(len(p) != len(questions) for p in got):
+            return None
+        return got
 
     def _prepare(self, cands: list[Candidate], notes: list[str]) -> None:
         """Let a vision model that reads pixels batch its work for the candidates it is about to verify."""
@@ -369,7 +469,7 @@ class ImageScopePipeline:
 
     # -- stage 3 -------------------------------------------------------------------------------------------
     def _stage3(self, request: Request, ref: Reference | None, cands: list[Candidate], budget: _Budget,
-                notes: list[str]) -> str | None:
+                notes: list[str], weight: float) -> str | None:
         cfg = self.config
         if self.vision is None:
             return "no vision model configured"
@@ -381,10 +481,12 @@ class ImageScopePipeline:
         if len(top) < 2:
             return "fewer than two candidates"
         budget.calls += 1
+        instruction = request_text(request.text, request.turns)
+        reference = ref.image if ref is not None else None
         try:
-            images = [self._view(c.id) for c in top]
-            verdicts = self.vision.judge(request_text(request.text, request.turns), images,
-                                         reference=ref.image if ref is not None else None)
+            verdicts = self.vision.judge_ids(self.library, instruction, [c.id for c in top], reference=reference)
+            if verdicts is None:  # the model reads pixels: decode the candidates
+                verdicts = self.vision.judge(instruction, [self._view(c.id) for c in top], reference=reference)
         except Exception as exc:
             return f"the judge failed ({type(exc).__name__}: {exc})"
         if len(verdicts) != len(top):
@@ -393,7 +495,7 @@ class ImageScopePipeline:
         zp, zj = zscore(prev), zscore([v.score for v in verdicts])
         for c, a, b, v in zip(top, zp, zj, verdicts, strict=True):
             c.judge, c.reason = float(v.score), v.reason
-            c.s3 = float(a) + self.judge_weight(cfg) * float(b)
+            c.s3 = float(a) + weight * float(b)
         top.sort(key=lambda c: -(c.s3 or 0.0))
         cands[: len(top)] = top
         for r, c in enumerate(top):
