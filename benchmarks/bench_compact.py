@@ -35,6 +35,7 @@ from common import machine, percentiles, table
 
 from picscope.encoders import make_encoder
 from picscope.encoders.numerics import single_threaded_blas
+from picscope.store.ann import AnnOptions
 from picscope.store.compact import VectorCodec, coarse_dim, lifted
 from picscope.store.exact import ExactStore
 
@@ -60,7 +61,9 @@ else:
 if inner is None:
     store = ExactStore(folder / "full", codec.dim)
 else:
-    store = compact(inner, ExactStore(folder / "fine", codec.fine_dim, np.int8), codec, lift=args["kind"] == "ann")
+    pool = args["rescore"] or (inner.options.rescore if args["kind"] == "ann" else None)  # as the library builds it
+    store = compact(inner, ExactStore(folder / "fine", codec.fine_dim, np.int8), codec, lift=args["kind"] == "ann",
+                    rescore=pool)
 queries = np.load(args["queries"])
 store.search(queries[0], args["k"])
 times, ids = [], []
@@ -269,7 +272,7 @@ def run_size(args: argparse.Namespace, generator: str, n: int, base: np.ndarray,
         if args.ann:
             for ef in args.ef:
                 for r in [0, *args.rescore]:
-                    label = f"compact (ann, ef {ef}{f', re-score {r}' if r else ''})"
+                    label = f"compact (ann, ef {ef}, re-score {r or AnnOptions().rescore})"
                     runs[label] = searcher("ann", folder, codec_path, qpath, args.k, ef, rescore=r)
         flat_times, flat_ids = faiss_flat(folder, codec, queries, args.k)
         runs["FAISS IndexFlatIP over the coarse codes + the same re-score"] = {"times": flat_times, "ids": flat_ids}

@@ -374,7 +374,8 @@ class Library:
         lift = spec != "exact"  # graph indexes (ann, Milvus HNSW) want codes of one norm: see CompactStore
         inner = make_store(spec, folder, coarse_dim(codec, lift), readonly=self.readonly)
         fine = ExactStore(fine_folder, codec.fine_dim, np.int8, readonly=self.readonly) if codec.fine_dim else None
-        return compact(inner, fine, codec, lift)
+        rescore = getattr(getattr(inner, "options", None), "rescore", None)  # a graph store's own pool (`[ann]`)
+        return compact(inner, fine, codec, lift, rescore if isinstance(rescore, int) else None)
 
     def migrate_vectors(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Rewrite a full-vector library in its encoder's compact format (write lock held). Returns the number of

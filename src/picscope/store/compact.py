@@ -381,8 +381,10 @@ class CompactStore:
     more number, √(M² − ‖z‖²) with M = `codec.coarse_norm`, so that all have the same norm, and queries get 0
     there: inner products are unchanged, and the graph is built on what is now a sphere (0.98 at ef 256)."""
 
-    def __init__(self, inner: VectorStore, fine: VectorStore | None, codec: VectorCodec, lift: bool = False) -> None:
+    def __init__(self, inner: VectorStore, fine: VectorStore | None, codec: VectorCodec, lift: bool = False,
+                 rescore: int | None = None) -> None:
         self.lift = lift and codec.coarse_norm > 0
+        self.rescore = int(rescore or codec.rescore)  # candidates re-scored by their fine part per query
         if inner.dim != coarse_dim(codec, self.lift) or (fine is not None and fine.dim != codec.fine_dim):
             raise StoreError(f"store dims {inner.dim}/{fine.dim if fine else 0} do not match the codec's "
                              f"{coarse_dim(codec, self.lift)}/{codec.fine_dim}")
@@ -456,7 +458,7 @@ class CompactStore:
         q = as_queries(queries, self.dim)
         with single_threaded_blas():  # a few small products: threads only add waiting (8 ms → 0.5 ms, measured)
             q_coarse, q_fine, offset = self.codec.queries(q)
-        fetch = max(k, self.codec.rescore) if self.codec.fine_dim else k
+        fetch = max(k, self.rescore) if self.codec.fine_dim else k
         hits = self.inner.search(self._lifted(q_coarse, data=False), fetch, allowed_ids, filter=filter)
         if not self.codec.fine_dim:
             scores = np.where(np.isfinite(hits.scores), hits.scores + offset[:, None], hits.scores)
@@ -528,6 +530,9 @@ def coarse_dim(codec: VectorCodec, lift: bool) -> int:
     return codec.scan_dim + (1 if lift and codec.coarse_norm > 0 else 0)
 
 
-def compact(inner: VectorStore, fine: VectorStore | None, codec: VectorCodec, lift: bool = False) -> CompactStore:
+def compact(inner: VectorStore, fine: VectorStore | None, codec: VectorCodec, lift: bool = False,
+            rescore: int | None = None) -> CompactStore:
+    """`inner` (coarse codes) + `fine` as one store of full-size vectors; `rescore` overrides the codec's pool (a
+    graph store's own option: its candidates come ordered by coarse score already, see `AnnOptions.rescore`)."""
     cls = CompactMetaStore if inner.supports_filter else CompactStore
-    return cls(inner, fine, codec, lift)
+    return cls(inner, fine, codec, lift, rescore)
