@@ -204,11 +204,15 @@ def test_erf_and_gelu_are_exact_to_float32() -> None:
 def test_single_threaded_blas_is_restored_after_concurrent_users() -> None:
     import threading
 
-    pytest.importorskip("threadpoolctl")
-    from picscope.encoders.numerics import _blas_controller, single_threaded_blas
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from picscope.encoders.numerics import _blas_controller, _NumpyOpenBlas, single_threaded_blas
 
-    def blas_threads() -> int:  # the BLAS numpy itself links (scipy/torch may have loaded others)
-        infos = [i for i in _blas_controller().info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    if "scipy_openblas" in str(threadpoolctl.threadpool_info()):  # numpy's own OpenBLAS: driven directly
+        assert isinstance(_blas_controller(), _NumpyOpenBlas)
+
+    def blas_threads() -> int:  # the BLAS numpy itself links (scipy/torch may have loaded others), read by
+        # threadpoolctl: an observer independent of how picscope sets the limit
+        infos = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
         if not infos:
             pytest.skip("numpy reports no BLAS thread pool")
         return int(infos[0]["num_threads"])
