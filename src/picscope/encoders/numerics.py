@@ -79,9 +79,9 @@ class _NumpyOpenBlas:
     C API: the same limit threadpoolctl sets, without its import and library scan (~11 ms of every process, about
     a twentieth of a text search's)."""
 
-    def __init__(self, lib: Any) -> None:
-        self._get = lib.scipy_openblas_get_num_threads64_
-        self._set = lib.scipy_openblas_set_num_threads64_
+    def __init__(self, handle: ctypes.CDLL) -> None:
+        self._get = handle.scipy_openblas_get_num_threads64_
+        self._set = handle.scipy_openblas_set_num_threads64_
         self._get.restype = ctypes.c_int
         self._get.argtypes = []
         self._set.restype = None

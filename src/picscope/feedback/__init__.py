@@ -44,7 +44,7 @@ def default_models(library: Library, *, need_llm: bool = True) -> tuple[Any, Any
     return chat, vision
 
 
-def choose_denoiser(library: Any, llm: Any = None, denoiser: str | None = None) -> tuple[str, str | None]:
+def choose_denoiser(library: Library, llm: Any = None, denoiser: str | None = None) -> tuple[str, str | None]:
     """(`rules` or `llm`, the chat spec it was decided on) for `rewrite`/`combined`, resolved exactly as the
     pipeline resolves its reasoner (`picscope.pipeline.reasoner`): `denoiser` if given, else the library's
     `[pipeline] reasoner` (default `auto`); `auto` is the LLM only when the chat model is one the user configured
