@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -19,6 +19,10 @@ from PIL import Image
 from picscope.encoders import register
 from picscope.encoders.base import BaseEncoder, l2_normalise
 from picscope.models.base import ChatResult, Message, Verdict, VisionBase
+
+if TYPE_CHECKING:
+    from picscope.feedback import FeedbackState
+    from picscope.library import Library
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
 
@@ -64,6 +68,29 @@ def write_colour_images(folder: Path, per_colour: int = 8) -> dict[str, list[Pat
             Image.fromarray(arr, "RGB").save(p)
             out[c].append(p)
     return out
+
+
+def colour_library(root: Path) -> Library:
+    """A library of `write_colour_images` photos under `root`, indexed by the colour test encoder."""
+    from picscope.library import Library
+
+    write_colour_images(root / "photos", per_colour=6)
+    library = Library.open(root / "lib", encoder="test-colour")
+    library.index(root / "photos")
+    return library
+
+
+def ids_of_colour(lib: Library, colour: str) -> list[int]:
+    """Ids of the `colour` photos among the top 18 for the word itself."""
+    hits = lib.search_vector(lib.embed_texts([colour])[0], 18)
+    return [h.id for h in hits if Path(h.path).name.startswith(colour)]
+
+
+def start_state(lib: Library, q: str) -> FeedbackState:
+    from picscope.feedback import FeedbackState
+
+    v = lib.embed_texts([q])[0]
+    return FeedbackState(q, q, v, anchor_vector=v)
 
 
 class ColourCaptionerTestDouble(VisionBase):

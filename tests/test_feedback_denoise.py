@@ -3,7 +3,7 @@ that uses it without an LLM (`rewrite` / `combined` with `denoiser="rules"`, the
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -13,7 +13,13 @@ from picscope.errors import ConfigError
 from picscope.feedback import FeedbackState, choose_denoiser, make_strategy
 from picscope.feedback.denoise import denoise, stem, terms
 from picscope.feedback.text import LLMDenoiser, RulesDenoiser, fused
-from tests.feedback_test_doubles import ColourCaptionerTestDouble, ScriptedChatTestDouble, write_colour_images
+from tests.feedback_test_doubles import (
+    ColourCaptionerTestDouble,
+    ScriptedChatTestDouble,
+    colour_library,
+    ids_of_colour,
+    start_state,
+)
 
 SNOW_DOGS = [
     "a brown dog runs through the snow",
@@ -83,23 +89,13 @@ def test_it_is_deterministic_and_plural_insensitive() -> None:
 
 
 @pytest.fixture(scope="module")
-def lib(tmp_path_factory: pytest.TempPathFactory) -> Library:
-    root = tmp_path_factory.mktemp("denoise")
-    write_colour_images(root / "photos", per_colour=6)
-    library = Library.open(root / "lib", encoder="test-colour")
-    library.index(root / "photos")
+def lib(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
+    library = colour_library(tmp_path_factory.mktemp("denoise"))
     yield library
     library.close()
 
 
-def _ids(lib: Library, colour: str) -> list[int]:
-    hits = lib.search_vector(lib.embed_texts([colour])[0], 18)
-    return [h.id for h in hits if Path(h.path).name.startswith(colour)]
-
-
-def _state(lib: Library, q: str) -> FeedbackState:
-    v = lib.embed_texts([q])[0]
-    return FeedbackState(q, q, v, anchor_vector=v)
+_ids, _state = ids_of_colour, start_state
 
 
 def test_rewrite_without_an_llm_fuses_the_rewritten_text_with_the_request(lib: Library) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +16,23 @@ from picscope.errors import ConfigError
 from picscope.feedback import FeedbackState, make_strategy
 from picscope.feedback.negatives import negative_propositions
 from picscope.feedback.text import anchored
-from tests.feedback_test_doubles import ColourCaptionerTestDouble, ScriptedChatTestDouble, write_colour_images
+from tests.feedback_test_doubles import (
+    ColourCaptionerTestDouble,
+    ScriptedChatTestDouble,
+    colour_library,
+    ids_of_colour,
+    start_state,
+)
 
 
 @pytest.fixture(scope="module")
-def lib(tmp_path_factory: pytest.TempPathFactory) -> Library:
-    root = tmp_path_factory.mktemp("fb")
-    write_colour_images(root / "photos", per_colour=6)
-    library = Library.open(root / "lib", encoder="test-colour")
-    library.index(root / "photos")
+def lib(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
+    library = colour_library(tmp_path_factory.mktemp("fb"))
     yield library
     library.close()
 
 
-def _ids(lib: Library, colour: str) -> list[int]:
-    hits = lib.search_vector(lib.embed_texts([colour])[0], 18)
-    return [h.id for h in hits if Path(h.path).name.startswith(colour)]
-
-
-def _state(lib: Library, q: str) -> FeedbackState:
-    v = lib.embed_texts([q])[0]
-    return FeedbackState(q, q, v, anchor_vector=v)
+_ids, _state = ids_of_colour, start_state
 
 
 def _answer(**kw: object) -> str:
