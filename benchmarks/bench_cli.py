@@ -3,8 +3,8 @@
     python benchmarks/bench_cli.py [--repeat 7] [--library PATH] [--query TEXT] [--image FILE] [--first-repeat 3]
                                    [--compare SRC]
 
-Each command runs as a new process (`python -m picscope ...`, with bytecode caching on, as after an install),
-N times, round-robin (so a change in machine load
+Each command runs as a new process started as the installed `picscope` script starts it (`LAUNCH`; bytecode caching
+on, as after an install), N times, round-robin (so a change in machine load
 hits every command alike); the table gives p50/p95 wall seconds and the ratio to the floor,
 `python -c "import numpy, onnxruntime"`. Commands: `--help`, `status`, `search TEXT`, `search --image FILE` on a
 library (default: the demo photos, indexed once before timing; `--library` for a bigger one), and the README's
@@ -27,6 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, percentiles, table
+
+# What the `picscope` console script runs (pip writes it), with `main` for a checkout from before `entry` existed.
+LAUNCH = "import sys; from picscope import cli; sys.argv[0] = 'picscope'; sys.exit(getattr(cli, 'entry', cli.main)())"
 
 
 def _env(extra: dict[str, str] | None = None, src: str | None = None) -> dict[str, str]:
@@ -78,10 +81,10 @@ def main() -> None:
         lib = ["--library", str(library)]
         commands: dict[str, list[str] | str] = {
             'floor: python -c "import numpy, onnxruntime"': [py, "-c", "import numpy, onnxruntime"],
-            "picscope --help": [py, "-m", "picscope", "--help"],
-            "picscope status": [py, "-m", "picscope", "status", *lib],
-            f"picscope search {args.query!r}": [py, "-m", "picscope", "search", args.query, *lib],
-            "picscope search --image FILE": [py, "-m", "picscope", "search", "--image", str(image), *lib],
+            "picscope --help": [py, "-c", LAUNCH, "--help"],
+            "picscope status": [py, "-c", LAUNCH, "status", *lib],
+            f"picscope search {args.query!r}": [py, "-c", LAUNCH, "search", args.query, *lib],
+            "picscope search --image FILE": [py, "-c", LAUNCH, "search", "--image", str(image), *lib],
         }
         envs = {name: env for name in commands}
         if args.compare is not None:

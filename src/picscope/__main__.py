@@ -1,5 +1,3 @@
-import sys
+from picscope.cli import entry
 
-from picscope.cli import main
-
-sys.exit(main())
+entry()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-from picscope.errors import PicscopeError
+from picscope.cli.console import err, report_failure
 from picscope.layout import LibraryLayout
 
 app = typer.Typer(
@@ -26,39 +26,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: literal [brackets], no <bool> after flags
 )
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-
-class _LazyConsole:
-    """A rich `Console` made on first use: importing rich costs ~30-50 ms, and a text search prints its results
-    without it (`cli/table.py`)."""
-
-    def __init__(self, **options: Any) -> None:
-        self._options = options
-        self._console: Console | None = None
-
-    @property
-    def real(self) -> Console:
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(**self._options)
-        return self._console
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    # special methods are looked up on the type, not through __getattr__ (rich's progress bars enter the console)
-    def __enter__(self) -> Console:
-        return self.real.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.real.__exit__(*exc)
-
-
-out: Console = _LazyConsole(soft_wrap=True)  # type: ignore[assignment]
-err: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
 
 LibraryOpt = Annotated[
     Path | None,
@@ -153,18 +120,10 @@ def run_app(argv: list[str]) -> int:
             rc = app(args=argv, prog_name="picscope", standalone_mode=False)
         if isinstance(rc, int) and rc:  # click returns a typer.Exit code instead of raising in this mode
             return rc
-    except PicscopeError as exc:
-        from rich.markup import escape
-
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)  # the text is not markup
-        return 2
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except typer.Abort:
         err.print("aborted")
-        return 130
-    except KeyboardInterrupt:
-        err.print("interrupted")
         return 130
     except typer.TyperException as exc:  # click usage errors (typer vendors click): usage line + message
         show = getattr(exc, "show", None)
@@ -173,9 +132,9 @@ def run_app(argv: list[str]) -> int:
         else:
             err.print(f"error: {exc.format_message()}", highlight=False, markup=False)
         return int(exc.exit_code)
-    except Exception as exc:
-        if os.environ.get("PICSCOPE_DEBUG"):
+    except (Exception, KeyboardInterrupt) as exc:
+        code = report_failure(exc)
+        if code is None:
             raise
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set PICSCOPE_DEBUG=1 for a traceback)")
-        return 1
+        return code
     return 0

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from picscope.cli.app import app, err, out
+from picscope.cli.app import app
+from picscope.cli.console import err, out
 
 
 @app.command("train-captioner")

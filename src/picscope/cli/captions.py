@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from picscope.cli.app import LibraryOpt, command_group, err, out
+from picscope.cli.app import LibraryOpt, command_group
+from picscope.cli.console import err, out
 from picscope.library import Library
 
 captions_app = command_group("captions", "Captions of library images (made by the vision model; used by --stages 1-3).")

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from picscope.cli.app import LibraryOpt, app, err, out
+from picscope.cli.app import LibraryOpt, app
+from picscope.cli.console import err, out
 from picscope.library import Library
 
 if TYPE_CHECKING:

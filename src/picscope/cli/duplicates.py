@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from picscope.cli.app import LibraryOpt, app, err, out
+from picscope.cli.app import LibraryOpt, app
+from picscope.cli.console import err, out
 
 
 @app.command()

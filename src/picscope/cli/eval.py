@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from picscope.cli.app import app, command_group, err, out
+from picscope.cli.app import app, command_group
+from picscope.cli.console import err, out
 from picscope.config import PipelineConfig
 
 if TYPE_CHECKING:

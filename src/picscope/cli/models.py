@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from picscope.cli.app import LibraryOpt, app, out
+from picscope.cli.app import LibraryOpt, app
+from picscope.cli.console import out
 from picscope.config import PicscopeConfig
 
 LlmOpt = Annotated[

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from picscope.cli.app import err
+from picscope.cli.console import err
 from picscope.indexer import Progress
 
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from picscope.cli.app import LibraryOpt, app, err, out
+from picscope.cli.app import LibraryOpt, app
+from picscope.cli.console import err, out
 from picscope.errors import PicscopeError
 
 if TYPE_CHECKING:

@@ -1,0 +1,155 @@
+"""The plain text search of a new process without typer (`picscope.cli.quick`): which command lines it takes, that
+its option names and default are the search command's, that it prints what the typer command prints, and that the
+`picscope` program ends as soon as its output is written, with all of it written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import picscope
+from picscope.cli import load_commands, main, quick
+from picscope.cli.quick import QuickSearch, parse
+
+
+@pytest.fixture(scope="module")
+def library(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lib = tmp_path_factory.mktemp("quick") / "lib"
+    assert main(["index", str(demo_folder), "--library", str(lib), "--quiet"]) == 0  # the default encoder
+    return lib
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["search", "a cat"], QuickSearch("a cat", None, 10, False, False)),
+    (["search", "a cat", "--library", "L", "-k", "3"], QuickSearch("a cat", Path("L"), 3, False, False)),
+    (["search", "-L", "L", "--top", "4", "a cat", "--paths"], QuickSearch("a cat", Path("L"), 4, True, False)),
+    (["search", "--library=L", "--top=2", "--json", "a cat"], QuickSearch("a cat", Path("L"), 2, False, True)),
+    (["search", "  spaced  query "], QuickSearch("  spaced  query ", None, 10, False, False)),
+])
+def test_the_common_forms_are_read(argv: list[str], expected: QuickSearch) -> None:
+    assert parse(argv) == expected
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["index", "photos"], ["--verbose", "search", "a cat"], ["search"], ["search", ""], ["search", "   "],
+    ["search", "a", "cat"], ["search", "a cat", "-k", "0"], ["search", "a cat", "-k", "x"], ["search", "a cat", "-k"],
+    ["search", "a cat", "-k", "-1"], ["search", "a cat", "-k5"], ["search", "a cat", "-k=5"],
+    ["search", "a cat", "-k", "1", "-k", "2"], ["search", "a cat", "--json", "--paths"],
+    ["search", "a cat", "--paths", "--paths"], ["search", "a cat", "--library"], ["search", "a cat", "--library="],
+    ["search", "a cat", "--library", "-x"], ["search", "--image", "cat.jpg"], ["search", "a cat", "--stages", "1-3"],
+    ["search", "a cat", "--explain"], ["search", "a cat", "--rerank"], ["search", "a cat", "--help"],
+    ["search", "--", "-a cat"], ["search", "-"], ["search", "a cat", "--ref", "x.jpg"], ["search", "a cat", "-v"],
+])
+def test_everything_else_is_left_to_the_command(argv: list[str]) -> None:
+    assert parse(argv) is None
+
+
+def test_the_names_and_the_default_are_the_search_commands() -> None:
+    import typer.main
+
+    from picscope.cli.app import app
+
+    load_commands(["search"])
+    command = typer.main.get_command(app).commands[quick.COMMAND]  # type: ignore[attr-defined]
+    params = {p.name: p for p in command.params}
+    for spelling, name in {**quick.VALUE_OPTIONS, **quick.FLAG_OPTIONS}.items():
+        param = params[name]
+        assert spelling in param.opts or spelling in param.secondary_opts, (spelling, name)
+        assert param.is_flag == (spelling in quick.FLAG_OPTIONS), spelling
+    assert params["k"].default == quick.DEFAULT_K
+    positional = [p.name for p in command.params if p.param_type_name == "argument"]
+    assert positional == ["query"]
+
+
+def _without_times(value: Any) -> Any:
+    """A search's JSON without its timings (they differ from run to run)."""
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+def _typer_path(argv: list[str]) -> int:
+    from picscope.cli.app import run_app
+
+    load_commands(argv)
+    return run_app(argv)
+
+
+@pytest.mark.parametrize("extra", [[], ["-k", "3"], ["--paths", "-k", "4"], ["--json", "--top=2"]])
+def test_it_prints_what_the_command_prints(extra: list[str], library: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["search", "a tabby cat", "--library", str(library), *extra]
+    assert parse(argv) is not None
+    capsys.readouterr()
+    assert quick.run(argv) == 0
+    fast = capsys.readouterr()
+    assert _typer_path(argv) == 0
+    slow = capsys.readouterr()
+    if "--json" in extra:
+        fast_data, slow_data = json.loads(fast.out), json.loads(slow.out)
+        assert fast_data["results"][0]["path"].endswith("cat.jpg") and len(fast_data["results"]) == 2
+        assert _without_times(fast_data) == _without_times(slow_data)
+    else:
+        assert fast.out == slow.out and "cat.jpg" in fast.out.splitlines()[2 if "--paths" not in extra else 0]
+    assert fast.err == slow.err == ""
+
+
+def test_a_missing_library_is_the_same_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["search", "a cat", "--library", str(tmp_path / "nothing here")]
+    capsys.readouterr()
+    assert quick.run(argv) == 2
+    fast = capsys.readouterr()
+    assert _typer_path(argv) == 2
+    slow = capsys.readouterr()
+    assert fast.err == slow.err and "no library at" in " ".join(fast.err.split()) and fast.out == slow.out == ""
+
+
+LAUNCH = "import sys; from picscope.cli import entry; sys.argv[0] = 'picscope'; entry()"  # as the console script
+
+
+def _program(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(picscope.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, *args], env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kwargs)
+
+
+def test_the_program_writes_everything_before_it_ends(library: Path) -> None:
+    proc = _program(["search", "a tabby cat", "-k", "12", "--paths", "--library", str(library)])
+    out, err = proc.communicate(timeout=300)
+    lines = out.splitlines()
+    assert proc.returncode == 0 and err == ""
+    assert len(lines) == 12 and lines[0].endswith("cat.jpg") and all(Path(p).exists() for p in lines)
+    proc = _program(["search", "a tabby cat", "--json", "--library", str(library)])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and len(json.loads(out)["results"]) == 10
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(library: Path) -> None:
+    proc = _program(["search", "a tabby cat", "-k", "17", "--paths", "--library", str(library)])
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # `| head -1`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) in (0, 1)
+    assert first.strip().endswith("cat.jpg") and "Traceback" not in err and "Error" not in err
+
+
+def test_a_plain_search_loads_no_typer(library: Path) -> None:
+    code = ("import json, sys; from picscope.cli import main; rc = main(json.loads(sys.argv[1])); "
+            "print(json.dumps([rc, [m for m in ('typer', 'click', 'rich') if m in sys.modules]]), file=sys.stderr)")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(picscope.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    for argv, loaded in ([["search", "a cat", "--library", str(library)], []],
+                         [["search", "a cat", "--explain", "--library", str(library)], ["typer"]]):
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        rc, modules = json.loads(proc.stderr.strip().splitlines()[-1])
+        assert rc == 0 and [m for m in modules if m == "typer"] == loaded, proc.stderr
