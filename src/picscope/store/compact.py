@@ -26,7 +26,6 @@ the same for every photo, so it never changes a ranking; it keeps scores on the 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -335,6 +334,8 @@ def unpack_bits(raw: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 
 def _cached_decode_matrix(codec: VectorCodec) -> np.ndarray:
+    import hashlib  # here and in `_digest`: a search does not hash, and OpenSSL's loading costs ~3 ms
+
     from picscope.paths import cache_dir
 
     path = cache_dir() / f"decode-{hashlib.sha256(codec.name.encode()).hexdigest()[:16]}.npy"
@@ -362,6 +363,8 @@ def _cached_decode_matrix(codec: VectorCodec) -> np.ndarray:
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     for key in sorted(set(arrays) - {"name"}):
         a = np.ascontiguousarray(arrays[key])
