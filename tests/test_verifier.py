@@ -50,7 +50,7 @@ def test_numpy_inference_reproduces_the_torch_model(tmp_path: Path) -> None:
     ver = load_from(tmp_path, "v-test")
     got = ver.score(ver.cells(grid), ver.tokens(states))
     # the shipped weights are float16: compare against torch running the same rounded weights
-    rounded = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in ver.w.items() if not k.startswith("pca")}
+    rounded = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in ver.w.items() if not k.startswith("pca")}
     model.load_state_dict(rounded)
     expected = _torch_scores(model, grid, states, ver.w["pca_mean"], ver.w["pca"])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -1,11 +1,12 @@
-"""`picscope search TEXT` in a new process, without loading the command tree.
+"""`picscope search TEXT` (and `--image FILE`) in a new process, without loading the command tree.
 
-A plain text search is what people and scripts run most, each time in a new process of ~0.3 s, most of it Python
-and numpy starting. typer (with its vendored click) and reading the search command's twenty options cost ~30-50 ms
-of that. `parse` reads the common forms of the command — one text query, `--library`/`-L`, `-k`/`--top`,
-`--paths`, `--json` — and returns None for anything else (another option, help, a mistake to report), which the
-typer command then handles with its own messages. What runs is the command's own code (`cli/searching.py`), so the
-output is the same; `tests/test_cli_quick.py` checks that, and that these option names are the command's.
+A plain search is what people and scripts run most, each time in a new process of ~0.2-0.3 s, most of it Python and
+numpy starting. typer (with its vendored click) and reading the search command's twenty options cost ~30-50 ms of
+that. `parse` reads the common forms of the command — one text query or `--image FILE`, `--library`/`-L`,
+`-k`/`--top`, `--paths`, `--json` — and returns None for anything else (another option, help, a mistake to
+report), which the typer command then handles with its own messages. What runs is the command's own code
+(`cli/searching.py`), so the output is the same; `tests/test_cli_quick.py` checks that, and that these option
+names are the command's.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 COMMAND = "search"
-VALUE_OPTIONS = {"--library": "library", "-L": "library", "-k": "k", "--top": "k"}  # spelling → what it sets
+VALUE_OPTIONS = {"--library": "library", "-L": "library", "-k": "k", "--top": "k", "--image": "image"}  # → what it sets
 FLAG_OPTIONS = {"--paths": "paths", "--json": "as_json"}
 DEFAULT_K = 10  # the command's `-k` default (checked by the test)
 
 
 class QuickSearch(NamedTuple):
-    query: str
+    query: str | None  # the text, or None for `image`
     library: Path | None
     k: int
     paths: bool
     as_json: bool
+    image: Path | None = None
 
 
 def _option(args: Sequence[str], i: int) -> tuple[str, str, int] | None:
@@ -39,7 +41,8 @@ def _option(args: Sequence[str], i: int) -> tuple[str, str, int] | None:
 
 
 def parse(argv: Sequence[str]) -> QuickSearch | None:
-    """The search `argv` asks for when it is a plain text search in one of the common forms, else None."""
+    """The search `argv` asks for when it is a plain text (or `--image`) search in one of the common forms, else
+    None."""
     if not argv or argv[0] != COMMAND:
         return None
     args, values, flags, query, i = argv[1:], dict[str, str](), set[str](), None, 0
@@ -61,10 +64,12 @@ def parse(argv: Sequence[str]) -> QuickSearch | None:
             return None
         query, i = args[i], i + 1
     k = values.get("k", str(DEFAULT_K))
-    if query is None or not query.strip() or not (k.isascii() and k.isdigit()) or int(k) < 1 or len(flags) > 1:
-        return None  # mistakes (no query, a bad -k, --json with --paths) get the command's own messages
+    if (query is None) == ("image" not in values) or (query is not None and not query.strip()) or \
+            not (k.isascii() and k.isdigit()) or int(k) < 1 or len(flags) > 1:
+        return None  # mistakes (no query, both, a bad -k, --json with --paths) get the command's own messages
     library = Path(values["library"]) if "library" in values else None
-    return QuickSearch(query, library, int(k), "paths" in flags, "as_json" in flags)
+    image = Path(values["image"]) if "image" in values else None
+    return QuickSearch(query, library, int(k), "paths" in flags, "as_json" in flags, image)
 
 
 def run(argv: Sequence[str]) -> int | None:
@@ -75,7 +80,7 @@ def run(argv: Sequence[str]) -> int | None:
     from picscope.cli.console import out, report_failure
     from picscope.cli.searching import SearchArgs, print_results, run_search, search_json
 
-    args = SearchArgs(query=asked.query, image=None, ref=None, turns=[], add=[], subtract=[], stages=(),
+    args = SearchArgs(query=asked.query, image=asked.image, ref=None, turns=[], add=[], subtract=[], stages=(),
                       explain=False, llm=None, vision=None, min_score=None, min_relevance=None, dedupe=False,
                       path=None, k=asked.k)
     try:
