@@ -133,8 +133,5 @@ def run_app(argv: list[str]) -> int:
             err.print(f"error: {exc.format_message()}", highlight=False, markup=False)
         return int(exc.exit_code)
     except (Exception, KeyboardInterrupt) as exc:
-        code = report_failure(exc)
-        if code is None:
-            raise
-        return code
+        return report_failure(exc)
     return 0

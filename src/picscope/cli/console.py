@@ -66,11 +66,11 @@ out: Console = LazyConsole(soft_wrap=True)  # type: ignore[assignment]
 err: Console = LazyConsole(stderr=True)  # type: ignore[assignment]
 
 
-def report_failure(exc: BaseException) -> int | None:
-    """Print what went wrong for a failure any command can have, and return its exit code: 2 for a picscope error
-    (its message), 130 for Ctrl-C, 1 for a bug (one line; PICSCOPE_DEBUG=1 re-raises for the traceback), 1 and
-    nothing printed when the reader of the output went away (`picscope search x --paths | head -1`, as click does).
-    None: not one of these (the caller's own kinds: click's usage errors)."""
+def report_failure(exc: Exception | KeyboardInterrupt) -> int:
+    """Print what went wrong and return the exit code, for a failure any command can have: 2 for a picscope error
+    (its message), 130 for Ctrl-C, 1 and nothing printed when the reader of the output went away (`picscope search
+    x --paths | head -1`, as click does), 1 for a bug (one line; PICSCOPE_DEBUG=1 re-raises it for the traceback).
+    Click's usage errors are the typer app's own (`cli/app.py`)."""
     from picscope.errors import PicscopeError
 
     if isinstance(exc, BrokenPipeError):
@@ -85,9 +85,7 @@ def report_failure(exc: BaseException) -> int | None:
     if isinstance(exc, KeyboardInterrupt):
         err.print("interrupted")
         return 130
-    if isinstance(exc, Exception):
-        if os.environ.get("PICSCOPE_DEBUG"):
-            raise exc
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set PICSCOPE_DEBUG=1 for a traceback)")
-        return 1
-    return None
+    if os.environ.get("PICSCOPE_DEBUG"):
+        raise exc
+    err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set PICSCOPE_DEBUG=1 for a traceback)")
+    return 1

@@ -90,8 +90,5 @@ def run(argv: Sequence[str]) -> int | None:
         else:
             print_results(result.results, asked.paths)
     except (Exception, KeyboardInterrupt) as exc:
-        code = report_failure(exc)
-        if code is None:
-            raise
-        return code
+        return report_failure(exc)
     return 0
