@@ -93,7 +93,7 @@ def end_now(rc: int) -> NoReturn:
     """End the process once its output is written, without Python's teardown.
 
     A search has nothing to finish: the library is closed, its results are printed. Tearing down the interpreter
-    (~320 modules, the memory-mapped model weights and vectors) cost ~40-60 ms, a sixth of a search process, for
+    (~250 modules, the memory-mapped model weights and vectors) cost ~40-60 ms of a 0.2-0.3 s search process, for
     nothing. Exit handlers still run (log files are flushed and closed); with a thread of its own still running,
     the process ends the ordinary way, which waits for it."""
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):

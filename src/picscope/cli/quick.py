@@ -45,7 +45,11 @@ def parse(argv: Sequence[str]) -> QuickSearch | None:
     None."""
     if not argv or argv[0] != COMMAND:
         return None
-    args, values, flags, query, i = argv[1:], dict[str, str](), set[str](), None, 0
+    args = argv[1:]
+    values: dict[str, str] = {}  # what a value option sets → its value
+    flags: set[str] = set()
+    query: str | None = None
+    i = 0
     while i < len(args):
         if args[i] in FLAG_OPTIONS:
             if FLAG_OPTIONS[args[i]] in flags:

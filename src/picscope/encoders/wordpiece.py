@@ -5,9 +5,8 @@ third of what a `picscope search TEXT` process spends above the import floor (RE
 A query is a few words, so this looks its pieces up in the model's `vocab.txt` (`Vocabulary`) and tokenises ASCII
 text itself. Only ASCII: there BERT's normaliser is control-character removal and lowercasing, its punctuation is
 ASCII punctuation, and there are no accents or CJK characters to treat, so the result equals the `tokenizers`
-library's ids exactly
-(`tests/test_towers.py` checks every Flickr8k caption and edge cases). `ascii_ids` returns None for any other text,
-and the caller uses `tokenizers`.
+library's ids exactly (`tests/test_towers.py` checks every Flickr8k caption and edge cases). `ascii_ids` returns
+None for any other text, and the caller uses `tokenizers`.
 """
 
 from __future__ import annotations
