@@ -139,6 +139,29 @@ def test_the_program_writes_everything_before_it_ends(library: Path) -> None:
     assert proc.returncode == 0 and len(json.loads(out)["results"]) == 10
 
 
+def test_the_program_runs_a_search_on_one_blas_thread_and_its_exit_handlers(library: Path) -> None:
+    """numpy's OpenBLAS starts with one thread for a quick search (unless the user set it); the handlers registered
+    at exit still run although the process skips Python's teardown."""
+    code = ("import atexit, os, sys; from picscope.cli import entry; "  # numpy is not imported before `entry`
+            "atexit.register(lambda: print('BLAS', os.environ.get('OPENBLAS_NUM_THREADS'), "
+            "__import__('picscope.encoders.numerics').encoders.numerics._blas_controller().threads(), "
+            "file=sys.stderr)); sys.argv[0] = 'picscope'; entry()")
+    env = dict(os.environ)
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    env["PYTHONPATH"] = str(Path(picscope.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+
+    def blas(args: list[str], **extra: str) -> list[str]:
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                              env={**env, **extra}, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return [ln for ln in proc.stderr.splitlines() if ln.startswith("BLAS ")][-1].split()[1:]
+
+    plain = ["search", "a tabby cat", "--paths", "--library", str(library)]
+    assert blas(plain) == ["1", "1"]
+    assert blas(plain, OPENBLAS_NUM_THREADS="2") == ["2", "2"]  # the user's setting
+    assert blas(["search", "a tabby cat", "--rerank", "--library", str(library)])[0] == "None"  # the typer route
+
+
 def test_a_reader_that_goes_away_gets_no_traceback(library: Path) -> None:
     proc = _program(["search", "a tabby cat", "-k", "17", "--paths", "--library", str(library)])
     assert proc.stdout is not None and proc.stderr is not None
