@@ -183,3 +183,38 @@ def test_a_plain_search_loads_no_typer(library: Path) -> None:
                               env=env, timeout=300)
         rc, modules = json.loads(proc.stderr.strip().splitlines()[-1])
         assert rc == 0 and [m for m in modules if m == "typer"] == loaded, proc.stderr
+
+
+class _Ended(Exception):
+    pass
+
+
+def test_end_now_waits_for_a_running_thread_and_otherwise_ends_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import atexit
+    import threading
+
+    from picscope.cli import end_now
+
+    calls: list[object] = []
+
+    def fake_exit(rc: int) -> None:
+        calls.append(("os._exit", rc))
+        raise _Ended
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: calls.append("exit handlers"))
+    with pytest.raises(_Ended):
+        end_now(3)
+    assert calls == ["exit handlers", ("os._exit", 3)]
+
+    calls.clear()
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, daemon=False)  # a thread of its own still running
+    worker.start()
+    try:
+        with pytest.raises(SystemExit) as ended:
+            end_now(4)
+    finally:
+        stop.set()
+        worker.join()
+    assert ended.value.code == 4 and calls == []  # the ordinary exit, which waits for the thread
