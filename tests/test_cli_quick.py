@@ -139,15 +139,16 @@ def test_the_program_writes_everything_before_it_ends(library: Path) -> None:
     assert proc.returncode == 0 and len(json.loads(out)["results"]) == 10
 
 
-def test_the_program_runs_a_search_on_one_blas_thread_and_its_exit_handlers(library: Path) -> None:
-    """numpy's OpenBLAS starts with one thread for a quick search (unless the user set it); the handlers registered
-    at exit still run although the process skips Python's teardown."""
+def test_the_program_sets_the_blas_wait_and_runs_its_exit_handlers(library: Path) -> None:
+    """numpy's OpenBLAS starts with threads that do not spin for a quick search (unless the user set the wait);
+    the handlers registered at exit still run although the process skips Python's teardown."""
     code = ("import atexit, os, sys; from picscope.cli import entry; "  # numpy is not imported before `entry`
-            "atexit.register(lambda: print('BLAS', os.environ.get('OPENBLAS_NUM_THREADS'), "
+            "atexit.register(lambda: print('BLAS', os.environ.get('OPENBLAS_THREAD_TIMEOUT'), "
             "__import__('picscope.encoders.numerics').encoders.numerics._blas_controller().threads(), "
             "file=sys.stderr)); sys.argv[0] = 'picscope'; entry()")
     env = dict(os.environ)
-    env.pop("OPENBLAS_NUM_THREADS", None)
+    env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+    env["OPENBLAS_NUM_THREADS"] = "2"
     env["PYTHONPATH"] = str(Path(picscope.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
 
     def blas(args: list[str], **extra: str) -> list[str]:
@@ -157,8 +158,8 @@ def test_the_program_runs_a_search_on_one_blas_thread_and_its_exit_handlers(libr
         return [ln for ln in proc.stderr.splitlines() if ln.startswith("BLAS ")][-1].split()[1:]
 
     plain = ["search", "a tabby cat", "--paths", "--library", str(library)]
-    assert blas(plain) == ["1", "1"]
-    assert blas(plain, OPENBLAS_NUM_THREADS="2") == ["2", "2"]  # the user's setting
+    assert blas(plain) == ["4", "2"]  # threads kept for large scans, without the spin
+    assert blas(plain, OPENBLAS_THREAD_TIMEOUT="20") == ["20", "2"]  # the user's setting
     assert blas(["search", "a tabby cat", "--rerank", "--library", str(library)])[0] == "None"  # the typer route
 
 

@@ -85,11 +85,11 @@ def entry() -> NoReturn:
     args = sys.argv[1:]
     asked = quick.parse(args)
     if asked is not None:
-        # Before numpy loads. The OpenBLAS threads that numpy's import starts spin for a while, taking a core from
-        # the search on a busy machine (a text search at load ~2 on 2 cores: 0.38 s → 0.24 s p50), and a search
-        # has no use for them: its model products run on one thread anyway, and the scan of a 1M-photo library is
-        # memory-bound (38 ms on one thread or two, once no thread spins). A user's own setting is kept.
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        # Before numpy loads: OpenBLAS's threads go to sleep at once instead of spinning after numpy's import
+        # (and after each product), where they took a core from the search on a busy machine (a text search
+        # beside two busy loops on 2 cores: 0.40 s → 0.33 s p50, the floor 0.29 s). They still share a large
+        # scan (1M coarse codes: 15 ms on two threads, 29 ms on one). A user's own setting is kept.
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # 2^4 cycles, OpenBLAS's shortest wait
         end_now(quick.execute(asked))
     sys.exit(main(args))
 
