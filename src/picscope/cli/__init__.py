@@ -90,7 +90,7 @@ def entry() -> NoReturn:
         # beside two busy loops on 2 cores: 0.40 s → 0.33 s p50, the floor 0.29 s). They still share a large
         # scan (1M coarse codes: 15 ms on two threads, 29 ms on one). A user's own setting is kept.
         os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # 2^4 cycles, OpenBLAS's shortest wait
-        end_now(quick.execute(asked))
+        end_now(quick.run_asked(asked))
     sys.exit(main(args))
 
 

@@ -79,10 +79,10 @@ def parse(argv: Sequence[str]) -> QuickSearch | None:
 def run(argv: Sequence[str]) -> int | None:
     """Run `argv` when `parse` reads it: the exit code. None: not read here (the caller runs the typer command)."""
     asked = parse(argv)
-    return None if asked is None else execute(asked)
+    return None if asked is None else run_asked(asked)
 
 
-def execute(asked: QuickSearch) -> int:
+def run_asked(asked: QuickSearch) -> int:
     """Run the search `parse` read, print it, and return the exit code."""
     from picscope.cli.console import out, report_failure
     from picscope.cli.searching import SearchArgs, print_results, run_search, search_json
